@@ -231,21 +231,26 @@ def _describe(err: ValidationError) -> str:
 def load_config(
     preset: str = "tiny", path: str | Path | None = None, overrides: dict[str, Any] | None = None
 ) -> PipelineConfig:
-    """Preset, then the YAML file (if any), then overrides; the result is validated strictly."""
-    if preset not in PRESETS:
-        raise ConfigError(f"unknown preset {preset!r} (setting `preset`); choose one of {sorted(PRESETS)}")
-    data = _deep_merge(PRESETS[preset], {"preset": preset})
+    """Preset, then the YAML file (if any), then overrides; the result is validated strictly. A `preset` key in
+    the file or the overrides chooses the preset the rest is merged over (overrides win over the file)."""
+    overrides = overrides or {}
+    loaded: Any = {}
     if path is not None:
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r} (setting `config_path`) does not exist")
-        loaded = yaml.safe_load(p.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {str(p)!r} (setting `config_path`) is not valid YAML: {e}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {str(p)!r} must hold a mapping at the top level")
-        if loaded.get("preset", preset) != preset:
-            return load_config(loaded["preset"], path, overrides)
-        data = _deep_merge(data, loaded)
-    data = _deep_merge(data, overrides or {})
+    preset = overrides.get("preset", loaded.get("preset", preset))
+    if not isinstance(preset, str) or preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r} (setting `preset`); choose one of {sorted(PRESETS)}")
+    data = _deep_merge(PRESETS[preset], {"preset": preset})
+    data = _deep_merge(data, loaded)
+    data = _deep_merge(data, overrides)
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as err:

@@ -112,9 +112,18 @@ class PlanItem(Record):
     delta: float | None = None  # personality drift only
 
 
+class PlannedSession(Record):
+    """A conversation the plan schedules; items dated at or before its start are told in it."""
+
+    session_index: int
+    start: str
+    n_turns: int
+
+
 class TimelinePlan(Record):
     persona_id: str
     span_days: int
+    sessions: list[PlannedSession]
     items: list[PlanItem]
 
 

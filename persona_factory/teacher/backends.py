@@ -33,6 +33,10 @@ class ServerBackend:
         self.max_concurrency = max_concurrency
         self.timeout = httpx.Timeout(request_timeout_s, connect=connect_timeout_s)
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._bases = itertools.cycle(self.base_urls)  # one rotation for the backend's lifetime
+        # where a request last failed in transport (by object identity: the Teacher resends the same request
+        # object after a transport error), so its retry goes to the next endpoint, never the same dead one
+        self._failed_at: dict[int, str] = {}
 
     @classmethod
     def from_settings(cls, settings: TeacherSettings, base_urls: Sequence[str], model_id: str) -> "ServerBackend":
@@ -98,9 +102,19 @@ class ServerBackend:
     async def _all(self, requests: Sequence[TeacherRequest]) -> list[RawCompletion]:
         sem = asyncio.Semaphore(self.max_concurrency)
         limits = httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency)
-        bases = itertools.cycle(self.base_urls)
+        bases = [self._route(r) for r in requests]
         async with httpx.AsyncClient(timeout=self.timeout, limits=limits, headers=self.headers) as client:
-            return await asyncio.gather(*(self._one(client, sem, next(bases), r) for r in requests))
+            raws = await asyncio.gather(*(self._one(client, sem, b, r) for b, r in zip(bases, requests)))
+        for b, r, raw in zip(bases, requests, raws):
+            if raw.error is not None:
+                self._failed_at[id(r)] = b
+        return list(raws)
+
+    def _route(self, request: TeacherRequest) -> str:
+        failed = self._failed_at.pop(id(request), None)
+        if failed is None:
+            return next(self._bases)
+        return self.base_urls[(self.base_urls.index(failed) + 1) % len(self.base_urls)]
 
     def complete(self, requests: Sequence[TeacherRequest]) -> list[RawCompletion]:
         if not requests:

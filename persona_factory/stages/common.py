@@ -1,0 +1,56 @@
+"""Small helpers every stage shares: seeded randomness, chat assembly, text normalisation."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from datetime import datetime
+
+from prompts import render
+
+from ..config import PipelineConfig
+from ..schema import BIG_FIVE_TRAITS, TIME_FORMAT, BigFive
+from ..teacher.types import ChatMessage, ImagePart, Sampling
+
+
+def stable_id(prefix: str, *parts: object) -> str:
+    return prefix + hashlib.sha1("\x1f".join(map(str, parts)).encode()).hexdigest()[:12]
+
+
+def rng_for(seed: int, *parts: object) -> random.Random:
+    """An independent, reproducible random stream per (run seed, purpose, entity)."""
+    return random.Random(int(hashlib.sha256(f"{seed}\x1f{parts}".encode()).hexdigest()[:16], 16))
+
+
+def request_seed(seed: int, *parts: object) -> int:
+    return int(hashlib.sha256(f"{seed}\x1f{parts}".encode()).hexdigest()[:8], 16)
+
+
+def sampling(cfg: PipelineConfig, *parts: object, max_tokens: int | None = None) -> Sampling:
+    t = cfg.teacher
+    return Sampling(t.temperature, t.top_p, max_tokens or t.max_tokens, request_seed(cfg.seed, *parts))
+
+
+def chat(template: str, *, image_png: bytes | None = None, **context: object) -> tuple[ChatMessage, ...]:
+    """The stable system prefix (so vLLM's prefix cache hits) plus one rendered user message."""
+    text = render(template, **context)
+    user = ChatMessage("user", (ImagePart(image_png), text) if image_png is not None else text)
+    return (ChatMessage("system", render("system")), user)
+
+
+def normalize(text: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"[^\w\s]", " ", text.lower())).strip()
+
+
+def contains_phrase(text: str, phrase: str) -> bool:
+    return f" {normalize(phrase)} " in f" {normalize(text)} "
+
+
+def personality_text(big_five: BigFive | dict[str, float]) -> str:
+    values = big_five.model_dump() if isinstance(big_five, BigFive) else big_five
+    return ", ".join(f"{t} {values[t]:.1f}" for t in BIG_FIVE_TRAITS)
+
+
+def parse_time(value: str) -> datetime:
+    return datetime.strptime(value, TIME_FORMAT)

@@ -1,0 +1,106 @@
+"""Image pool: real photographs with captions and labels, stored once as PNG by content hash.
+
+Sources: scikit-image's bundled photographs (offline default), a local folder, or a Hub image dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+from typing import Iterator
+
+import imagehash
+import yaml
+from PIL import Image
+
+from ..config import ConfigError, ImageSourceSettings
+from ..schema import ImageRecord, QuarantineRow
+
+SKIMAGE_CAPTIONS = Path(__file__).resolve().parent.parent / "data" / "skimage_captions.yaml"
+MAX_SIDE = 512  # keeps image tokens and parquet shards small; the teacher sees the same pixels
+
+
+def phash_int64(img: Image.Image) -> int:
+    """64-bit perceptual hash as a signed BIGINT, so DuckDB can compute bit_count(xor(a, b))."""
+    u = int(str(imagehash.phash(img)), 16)
+    return u - (1 << 64) if u >= 1 << 63 else u
+
+
+def _candidates(source: ImageSourceSettings) -> Iterator[tuple[str, Image.Image | Exception, str, list[str]]]:
+    if source.kind == "skimage":
+        import skimage
+
+        data_dir = Path(skimage.__file__).parent / "data"
+        for name, meta in yaml.safe_load(SKIMAGE_CAPTIONS.read_text()).items():
+            files = list(data_dir.glob(f"{name}.*"))
+            yield name, _open(files[0]) if files else FileNotFoundError(name), meta["caption"], list(meta["labels"])
+    elif source.kind == "folder":
+        folder = Path(source.path)
+        if not folder.is_dir():
+            raise ConfigError(f"image folder {str(folder)!r} (setting `image_source.path`) does not exist")
+        captions = _folder_captions(folder)
+        for f in sorted(p for p in folder.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".webp"}):
+            meta = captions.get(f.name, {})
+            yield (f.stem, _open(f), meta.get("caption", f.stem.replace("_", " ").replace("-", " ")),
+                   list(meta.get("labels", [])))
+    else:
+        import datasets
+
+        ds = datasets.load_dataset(source.path, split=source.split)
+        for col in (source.image_column,):
+            if col not in ds.column_names:
+                raise ConfigError(f"dataset {source.path!r} has no column {col!r} (setting `image_source.image_column`)")
+        for i, row in enumerate(ds):
+            caption = str(row.get(source.caption_column) or f"image {i}")
+            labels = row.get("labels") or []
+            yield f"{Path(source.path).name}-{i}", row[source.image_column], caption, list(labels)
+
+
+def _open(path: Path) -> Image.Image | Exception:
+    try:
+        img = Image.open(path)
+        img.load()
+        return img
+    except Exception as e:  # unreadable files become quarantine rows, not crashes
+        return e
+
+
+def _folder_captions(folder: Path) -> dict[str, dict]:
+    """Optional captions.jsonl beside the images: {"file": ..., "caption": ..., "labels": [...]} per line."""
+    f = folder / "captions.jsonl"
+    if not f.is_file():
+        return {}
+    return {row["file"]: row for row in map(json.loads, filter(str.strip, f.read_text().splitlines()))}
+
+
+def load_image_pool(source: ImageSourceSettings, store: Path) -> tuple[list[ImageRecord], list[QuarantineRow]]:
+    store.mkdir(parents=True, exist_ok=True)
+    records: dict[str, ImageRecord] = {}
+    quarantined = []
+    for name, img, caption, labels in _candidates(source):
+        if isinstance(img, Exception):
+            quarantined.append(QuarantineRow(table_name="image_pool", row_key=name, rule="unreadable_image",
+                                             value=f"{type(img).__name__}: {img}"))
+            continue
+        rgb = img.convert("RGB")
+        rgb.thumbnail((MAX_SIDE, MAX_SIDE))
+        buf = io.BytesIO()
+        rgb.save(buf, format="PNG", optimize=False)
+        png = buf.getvalue()
+        image_id = hashlib.sha256(png).hexdigest()
+        if image_id in records:
+            quarantined.append(QuarantineRow(table_name="image_pool", row_key=name, rule="duplicate_image",
+                                             value=records[image_id].name))
+            continue
+        path = store / f"{image_id}.png"
+        if not path.exists():
+            path.write_bytes(png)
+        records[image_id] = ImageRecord(
+            image_id=image_id, source=source.kind if source.kind == "skimage" else f"{source.kind}:{source.path}",
+            name=name, caption=caption, labels=labels or [caption.split()[-1]], path=str(path),
+            width=rgb.width, height=rgb.height, phash=phash_int64(rgb))
+        if source.limit and len(records) >= source.limit:
+            break
+    return sorted(records.values(), key=lambda r: r.name), quarantined

@@ -1,0 +1,100 @@
+"""Dagster resources: the pipeline config and the teacher (embedded CPU server by default)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import dagster as dg
+from pydantic import PrivateAttr
+
+from persona_factory.config import EMBEDDED_MODEL, PipelineConfig, load_config
+from persona_factory.teacher.backends import OfflineBackend, ServerBackend
+from persona_factory.teacher.cache import ResponseCache
+from persona_factory.teacher.client import Teacher
+
+
+class FactoryConfig(dg.ConfigurableResource):
+    """Which preset, which YAML file, where outputs go (env: PERSONA_FACTORY_PRESET / _CONFIG / _OUTPUT)."""
+
+    preset: str = "tiny"
+    config_path: Optional[str] = None
+    output_dir: Optional[str] = None
+    teacher_base_urls: Optional[list[str]] = None  # shortcut for teacher.base_urls
+
+    def load(self) -> PipelineConfig:
+        overrides: dict = {}
+        if self.output_dir:
+            overrides["output_dir"] = self.output_dir
+        if self.teacher_base_urls:
+            overrides["teacher"] = {"base_urls": list(self.teacher_base_urls)}
+        return load_config(self.preset, self.config_path, overrides)
+
+
+class TeacherResource(dg.ConfigurableResource):
+    """One teacher per run. The embedded server (or the offline engine) starts on first use, not at import,
+    so runs that need no teacher never pay its start-up; it stops when the run ends."""
+
+    settings: FactoryConfig
+
+    _teacher: Optional[Teacher] = PrivateAttr(default=None)
+    _server: object = PrivateAttr(default=None)
+
+    def get(self) -> Teacher:
+        if self._teacher is None:
+            self._teacher = self._build(self.settings.load())
+        return self._teacher
+
+    def model_name(self) -> str:
+        """The teacher's model id for provenance, without starting an engine."""
+        if self._teacher is not None:
+            return self._teacher.model_id
+        from persona_factory.teacher.embedded import EMBEDDED_SERVED_NAME
+
+        model = self.settings.load().teacher.model
+        if model == EMBEDDED_MODEL:
+            return EMBEDDED_SERVED_NAME
+        return Path(model).name if Path(model).is_dir() else model
+
+    def _build(self, cfg: PipelineConfig) -> Teacher:
+        from persona_factory.teacher.embedded import EmbeddedServer, apply_engine_env, resolve_model
+
+        t = cfg.teacher
+        cache = ResponseCache(cfg.output_path / "teacher_cache.sqlite")
+        if t.backend == "server" and t.base_urls:
+            backend = ServerBackend.from_settings(t, t.base_urls, self.model_name())
+            backend.check()
+        elif t.backend == "offline":
+            path, model_id = resolve_model(t)
+            apply_engine_env(t)
+            backend = OfflineBackend(path, model_id, t, seed=cfg.seed)
+        else:
+            logs = cfg.output_path / "logs"
+            logs.mkdir(parents=True, exist_ok=True)
+            self._server = EmbeddedServer(t, logs / "teacher_server.log").start()
+            backend = ServerBackend.from_settings(t, [self._server.base_url], self._server.served_name)
+        return Teacher(backend, cache, max_retries=t.max_retries, retry_cached_failures=t.retry_cached_failures)
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._teacher is not None:
+            self._teacher.close()
+            self._teacher = None
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+
+def default_settings() -> FactoryConfig:
+    env = os.environ
+    urls = [u for u in env.get("PERSONA_FACTORY_TEACHER_URLS", "").split(",") if u]
+    return FactoryConfig(preset=env.get("PERSONA_FACTORY_PRESET", "tiny"),
+                         config_path=env.get("PERSONA_FACTORY_CONFIG") or None,
+                         output_dir=env.get("PERSONA_FACTORY_OUTPUT") or None,
+                         teacher_base_urls=urls or None)
+
+
+def duckdb_path(settings: FactoryConfig) -> Path:
+    path = settings.load().duckdb_path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
