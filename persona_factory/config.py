@@ -47,6 +47,7 @@ class TeacherSettings(Strict):
     max_model_len: int = Field(2048, ge=256)
     tensor_parallel_size: int = Field(1, ge=1)
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    max_num_seqs: int = Field(32, ge=1)  # sequences per engine step
     kv_cache_gib: int = Field(2, ge=1)  # CPU builds only (VLLM_CPU_KVCACHE_SPACE)
     embedded_port: int = Field(8765, ge=1024, le=65535)
     startup_timeout_s: float = Field(300.0, gt=0)

@@ -35,8 +35,8 @@ _env = Environment(loader=FileSystemLoader(str(TEMPLATE_DIR)), undefined=StrictU
                    trim_blocks=True, lstrip_blocks=True, autoescape=False)
 
 
-def render(name: str, **context: object) -> str:
-    return _env.get_template(TEMPLATES[name]).render(**context).strip()
+def render(template: str, /, **context: object) -> str:
+    return _env.get_template(TEMPLATES[template]).render(**context).strip()
 
 
 @lru_cache(maxsize=None)

