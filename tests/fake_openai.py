@@ -8,7 +8,7 @@ status codes, JSON parsing — is what gets exercised.
         backend = ServerBackend([fake.base_url], "m")
         ...
         fake.requests        # every chat-completions body received (parsed JSON), in arrival order
-        fake.max_in_flight   # the most requests it was handling at the same time
+        fake.max_in_flight   # the most requests it was handling at the same time (InFlight can be shared)
 
 Each POST /v1/chat/completions takes the next scripted `Reply` from the plan; when the plan is empty it asks
 `responder(body)`, which returns either the content string (answered OK) or a `Reply` (so a test can key any
@@ -74,17 +74,35 @@ class Reply:
 Responder = Callable[[dict[str, Any]], "str | Reply"]
 
 
+class InFlight:
+    """Counts requests being handled at once; one instance can be shared by several fakes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.now = 0
+        self.max = 0
+
+    def enter(self) -> None:
+        with self._lock:
+            self.now += 1
+            self.max = max(self.max, self.now)
+
+    def leave(self) -> None:
+        with self._lock:
+            self.now -= 1
+
+
 class FakeOpenAI:
     def __init__(self, model: str = "fake-model", responder: Responder | None = None,
-                 served_models: list[str] | None = None):
+                 served_models: list[str] | None = None, shared_in_flight: InFlight | None = None):
         self.model = model
         self.served_models = served_models if served_models is not None else [model]
         self.responder = responder
         self.requests: list[dict[str, Any]] = []  # chat-completions bodies, in arrival order
         self.model_listings = 0  # GET /v1/models calls
         self.unscripted = 0
-        self.in_flight = 0
-        self.max_in_flight = 0
+        self._flight = InFlight()
+        self._shared_flight = shared_in_flight  # also counted there (concurrency over several endpoints)
         self._plan: deque[Reply] = deque()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -103,6 +121,15 @@ class FakeOpenAI:
             return len(self._plan)
 
     @property
+    def in_flight(self) -> int:
+        return self._flight.now
+
+    @property
+    def max_in_flight(self) -> int:
+        """The most requests this fake was handling at the same time (received, not yet answered)."""
+        return self._flight.max
+
+    @property
     def request_count(self) -> int:
         with self._lock:
             return len(self.requests)
@@ -112,7 +139,7 @@ class FakeOpenAI:
             self.requests.clear()
             self.model_listings = 0
             self.unscripted = 0
-            self.max_in_flight = self.in_flight
+        self._flight.max = self._flight.now
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     @property
@@ -178,22 +205,25 @@ class FakeOpenAI:
         except ValueError:
             _send(h, 400, {"error": {"message": "request body is not JSON", "type": "BadRequestError"}})
             return
+        flights = [f for f in (self._flight, self._shared_flight) if f is not None]
         with self._lock:
             self.requests.append(body)
-            self.in_flight += 1
-            self.max_in_flight = max(self.max_in_flight, self.in_flight)
             reply = self._plan.popleft() if self._plan else None
+        for f in flights:
+            f.enter()
         try:
             if reply is None:
                 reply = self._from_responder(body)
             if reply.delay_s:
                 self._stop.wait(reply.delay_s)
+        finally:
+            # leave before answering: once the client has the answer it may send the next request at once
+            for f in flights:
+                f.leave()
+        try:
             self._answer(h, body, reply)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (timeout) before the answer came
-        finally:
-            with self._lock:
-                self.in_flight -= 1
 
     def _from_responder(self, body: dict[str, Any]) -> Reply:
         if self.responder is None:

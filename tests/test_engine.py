@@ -114,7 +114,9 @@ def make_teacher(backend, tmp_path: Path) -> Teacher:
 
 
 def engine_children() -> set[int]:
-    return {p.pid for p in psutil.Process().children(recursive=True)}
+    """Child processes, less multiprocessing's resource tracker (started by the first spawn, lives on by design)."""
+    return {p.pid for p in psutil.Process().children(recursive=True)
+            if "resource_tracker" not in " ".join(p.cmdline())}
 
 
 @contextlib.contextmanager
@@ -164,7 +166,8 @@ def test_server_json_schema_batch_then_cache(server_teacher: Teacher) -> None:
 
 class TestOfflineBackend:
     @pytest.fixture(scope="class")
-    def offline_teacher(self, embedded_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Teacher]:
+    @classmethod
+    def offline_teacher(cls, embedded_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Teacher]:
         settings = TeacherSettings(backend="offline", max_model_len=1024)
         with offline_engine(embedded_model_path, settings) as backend:
             teacher = make_teacher(backend, tmp_path_factory.mktemp("offline"))

@@ -15,13 +15,13 @@ from pydantic import BaseModel
 from persona_factory.config import ConfigError, canonical_json
 from persona_factory.teacher.backends import ServerBackend
 from persona_factory.teacher.cache import ResponseCache, request_key
-from persona_factory.teacher.client import Teacher
+from persona_factory.teacher.client import Teacher, TeacherUnavailable
 from persona_factory.teacher.types import ChatMessage, ImagePart, Sampling, TeacherRequest, TeacherStats
 
 try:
-    from tests.fake_openai import FakeOpenAI, Reply
+    from tests.fake_openai import FakeOpenAI, InFlight, Reply
 except ImportError:  # tests/ on sys.path instead of the repo root
-    from fake_openai import FakeOpenAI, Reply
+    from fake_openai import FakeOpenAI, InFlight, Reply
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -451,12 +451,14 @@ def test_fake_sees_parallel_requests_when_allowed(fake, make_teacher):
 
 
 def test_concurrency_bound_holds_per_call_across_two_endpoints(make_teacher):
-    slow = lambda body: Reply.ok(good(), delay_s=0.05)  # noqa: E731
-    with FakeOpenAI(MODEL, responder=slow) as a, FakeOpenAI(MODEL, responder=slow) as b:
+    slow = lambda body: Reply.ok(good(), delay_s=0.1)  # noqa: E731
+    both = InFlight()
+    with FakeOpenAI(MODEL, responder=slow, shared_in_flight=both) as a, \
+            FakeOpenAI(MODEL, responder=slow, shared_in_flight=both) as b:
         results = make_teacher(a.base_url, b.base_url, max_concurrency=2).generate([req(f"q{i}") for i in range(8)])
         assert all(r.ok for r in results)
-        assert a.request_count + b.request_count == 8
-        assert a.max_in_flight + b.max_in_flight <= 2
+        assert (a.request_count, b.request_count) == (4, 4)
+        assert both.max == 2
 
 
 # -- token accounting ------------------------------------------------------------------------------------------
@@ -533,9 +535,18 @@ def test_server_backend_needs_a_base_url():
         ServerBackend([], MODEL)
 
 
-def test_unreachable_endpoint_at_generate_is_a_recorded_failure(make_teacher):
+def test_unreachable_endpoint_at_generate_fails_the_call(make_teacher, tmp_path):
+    """An endpoint that accepts no connection is infrastructure, not a bad answer: the call raises (naming the
+    setting) instead of returning a batch of empty rows, and nothing is cached, so a re-run asks again."""
     t = make_teacher(f"http://127.0.0.1:{closed_port()}/v1", max_retries=1)
     stats = TeacherStats()
-    [res] = t.generate([req("q")], stats)
-    assert not res.ok and res.failure.startswith("transport: ConnectError")
-    assert res.attempts == 2 and stats.failures == 1
+    with pytest.raises(TeacherUnavailable, match="teacher.base_urls"):
+        t.generate([req("q"), req("r")], stats)
+    assert stats.sent == 4 and t.cache.count() == 0
+
+
+def test_one_dead_endpoint_among_live_ones_is_routed_around(fake, make_teacher):
+    fake.responder = lambda body: good()
+    t = make_teacher(f"http://127.0.0.1:{closed_port()}/v1", fake.base_url, max_retries=1)
+    results = t.generate([req(f"q{i}") for i in range(4)])
+    assert all(r.ok for r in results)

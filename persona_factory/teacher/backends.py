@@ -79,8 +79,12 @@ class ServerBackend:
         async with sem:
             try:
                 r = await client.post(f"{base}/chat/completions", json=self.payload(request))
+            except httpx.ConnectTimeout as e:
+                return RawCompletion(error=f"timeout ({type(e).__name__}) at {base}", unreachable=True)
             except httpx.TimeoutException as e:
                 return RawCompletion(error=f"timeout ({type(e).__name__}) at {base}")
+            except httpx.ConnectError as e:
+                return RawCompletion(error=f"{type(e).__name__} at {base}: {e}", unreachable=True)
             except httpx.TransportError as e:
                 return RawCompletion(error=f"{type(e).__name__} at {base}: {e}")
         if r.status_code >= 400:

@@ -13,8 +13,8 @@ from .types import RawCompletion, TeacherRequest, TeacherResult, TeacherStats
 
 
 class TeacherUnavailable(RuntimeError):
-    """Every request of a call failed in transport: the endpoint is down, so the asset fails instead of
-    producing empty data; a re-run resumes from the cache."""
+    """No request of a call could even connect: the endpoint is down (not a bad answer), so the asset fails
+    instead of producing empty data; a re-run resumes from the cache."""
 
 
 class Backend(Protocol):
@@ -99,6 +99,7 @@ class Teacher:
             for i, raw in zip(pending, raws):
                 res = results[i]
                 res.attempts = attempt + 1
+                res.unreachable = raw.unreachable
                 tokens[i][0] += raw.prompt_tokens
                 tokens[i][1] += raw.completion_tokens
                 stats.prompt_tokens += raw.prompt_tokens
@@ -117,9 +118,8 @@ class Teacher:
             pending = still
         for i in pending:
             self._record_failure(results[i], last_reason[i], tokens[i], stats)
-        answered = [r for r in results if r.ok or not (r.failure or "").startswith("transport")]
-        if results and not answered:
-            raise TeacherUnavailable(f"the teacher answered none of {len(results)} requests: {results[0].failure} "
+        if results and all(r.unreachable and not r.ok for r in results):
+            raise TeacherUnavailable(f"the teacher was unreachable for all {len(results)} requests: {results[0].failure} "
                                      "(check `teacher.base_urls` / the embedded server log)")
         return results  # type: ignore[return-value]
 

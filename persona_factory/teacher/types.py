@@ -83,6 +83,7 @@ class RawCompletion:
     completion_tokens: int = 0
     error: str | None = None  # transport/protocol problem; None when the backend answered
     retryable: bool = True
+    unreachable: bool = False  # no connection could be made at all (endpoint down), as opposed to a bad answer
 
 
 @dataclass
@@ -93,6 +94,7 @@ class TeacherResult:
     failure: str | None = None  # why no value, after all attempts
     attempts: int = 0
     cached: bool = False
+    unreachable: bool = False  # the last attempt could not connect to any endpoint
 
     @property
     def ok(self) -> bool:
