@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import dagster as dg
 
-from persona_factory.config import PipelineConfig, code_version
+from persona_factory.config import ConfigError, PipelineConfig, code_version
 from persona_factory.schema import (
     Dialogue, ImageRecord, Persona, Provenance, QuarantineRow, TeacherFailure, TimelinePlan,
 )
-from persona_factory.store import read_records, replace_bookkeeping
+from persona_factory.stages.personas import shard_keys
+from persona_factory.store import read_records, replace_bookkeeping, write_records
 from persona_factory.teacher.types import TeacherResult, TeacherStats
 from prompts import template_hashes
 
@@ -27,14 +28,34 @@ def failures_of(asset: str, results: Sequence[TeacherResult]) -> list[TeacherFai
 
 
 def finish(con, asset: str, stats: TeacherStats | None, quarantined: Sequence[QuarantineRow] = (),
-           results: Sequence[TeacherResult] = (), **metadata) -> dg.MaterializeResult:
-    """Records quarantine rows and teacher failures, and reports them with the teacher's accounting."""
-    replace_bookkeeping(con, asset, quarantined, failures_of(asset, results))
+           results: Sequence[TeacherResult] = (), *, shards: Sequence[str] = ("",),
+           owner_shard: Mapping[str, str] | None = None, **metadata) -> dg.MaterializeResult:
+    """Records quarantine rows and teacher failures (of the run's shards, each row filed under its owner's
+    shard), and reports them with the teacher's accounting."""
+    replace_bookkeeping(con, asset, quarantined, failures_of(asset, results), partitions=shards,
+                        partition_of=None if owner_shard is None else owner_shard.__getitem__)
     meta = dict(metadata)
     meta["quarantined_rows"] = len(quarantined)
     if stats is not None:
         meta.update(stats.as_metadata())
     return dg.MaterializeResult(metadata=meta)
+
+
+def run_shards(context: dg.AssetExecutionContext, cfg: PipelineConfig) -> list[str]:
+    """The shards this run covers; they must exist under the config the run loaded."""
+    keys = list(context.partition_keys)
+    known = set(shard_keys(cfg))
+    if unknown := [k for k in keys if k not in known]:
+        raise ConfigError(f"shards {unknown} do not exist under this config ({len(known)} shards from "
+                          f"`personas.per_shard`); reload the code location with the config the run uses")
+    return keys
+
+
+def write_shards(con, table: str, records: Sequence, columns: dict, shards: Sequence[str], cfg: PipelineConfig) -> int:
+    """Replace the rows of these shards, and drop rows of shards the config no longer has."""
+    n = write_records(con, table, records, columns, partition=("shard", shards))
+    con.execute(f"DELETE FROM {table} WHERE shard NOT IN (SELECT unnest(?::VARCHAR[]))", [shard_keys(cfg)])
+    return n
 
 
 def provenance(cfg: PipelineConfig, teacher_model: str, *templates: str) -> Provenance:

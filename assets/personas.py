@@ -2,24 +2,38 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from persona_factory.stages import personas as stage
+from persona_factory.store import read_records
+from persona_factory.schema import Persona
 from persona_factory.teacher.types import TeacherStats
-from persona_factory.store import write_records
+from pipelines.partitions import SHARD_BACKFILL
 from pipelines.resources import FactoryConfig, TeacherResource
 
-from .common import HISTORIES, finish
+from .common import HISTORIES, finish, run_shards, write_shards
 
 
-@dg.asset(group_name=HISTORIES, description="Seeds enriched by the teacher into role, profile and Big Five.")
-def personas(settings: FactoryConfig, teacher: TeacherResource, duckdb: DuckDBResource) -> dg.MaterializeResult:
-    cfg = settings.load()
-    assigned = stage.assign_splits(stage.load_seeds(cfg.persona_source), cfg)
-    requests = [stage.enrichment_request(cfg, seed, stage.sample_big_five(cfg, seed)) for seed, _ in assigned]
-    stats = TeacherStats()
-    results = teacher.get().generate(requests, stats)
-    rows, quarantined = stage.build_personas(cfg, assigned, results)
-    with duckdb.get_connection() as con:
-        write_records(con, "personas", rows, {"persona_id": ("VARCHAR", lambda p: p.persona_id),
-                                              "split": ("VARCHAR", lambda p: p.split),
-                                              "name": ("VARCHAR", lambda p: p.profile.name)})
-        return finish(con, "personas", stats, quarantined, results, personas=len(rows),
-                      per_split={s: sum(p.split == s for p in rows) for s in ("train", "bench_32k", "bench_128k")})
+def personas_asset(shards: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    @dg.asset(name="personas", group_name=HISTORIES, partitions_def=shards, backfill_policy=SHARD_BACKFILL,
+              description="Seeds enriched by the teacher into role, profile and Big Five, per persona shard.")
+    def personas(context: dg.AssetExecutionContext, settings: FactoryConfig, teacher: TeacherResource,
+                 duckdb: DuckDBResource) -> dg.MaterializeResult:
+        cfg = settings.load()
+        keys = run_shards(context, cfg)
+        assigned = [a for a in stage.assign_splits(stage.load_seeds(cfg.persona_source), cfg) if a[2] in keys]
+        requests = [stage.enrichment_request(cfg, seed, stage.sample_big_five(cfg, seed)) for seed, _, _ in assigned]
+        stats = TeacherStats()
+        results = teacher.get().generate(requests, stats)
+        rows, quarantined = stage.build_personas(cfg, assigned, results)
+        with duckdb.get_connection() as con:
+            write_shards(con, "personas", rows, {
+                "persona_id": ("VARCHAR", lambda p: p.persona_id), "split": ("VARCHAR", lambda p: p.split),
+                "shard": ("VARCHAR", lambda p: p.shard), "name": ("VARCHAR", lambda p: p.profile.name)}, keys, cfg)
+            return finish(con, "personas", stats, quarantined, results, shards=keys,
+                          owner_shard={seed.seed_id: shard for seed, _, shard in assigned}, personas=len(rows),
+                          per_split={s: sum(p.split == s for p in rows) for s in ("train", "bench_32k", "bench_128k")})
+
+    return personas
+
+
+def shard_personas(con, keys: list[str]) -> list[Persona]:
+    """The personas of these shards, as the personas asset wrote them."""
+    return read_records(con, "personas", Persona, "WHERE shard IN (SELECT unnest(?::VARCHAR[]))", [keys])

@@ -13,7 +13,8 @@ from .common import SUPERVISION, finish, load_histories, provenance
 
 POOL_OF_KIND = {"event": "event", "routine": "routine", "preference": "hobby", "preference_shift": "hobby",
                 "relationship": "name", "goal": "routine", "goal_update": "routine"}
-TEMPLATES = ("system", "dialogue_turn", "semantic_memory", "episodic_topic", "personality_inference",
+TEMPLATES = ("system", "persona_enrichment", "plan_details", "dialogue_session", "dialogue_repair", "realization_judge",
+             "semantic_memory", "episodic_topic", "personality_inference",
              "reasoning_answer", "alignment_reply", "sft_reasoning_start", "sft_reasoning_mid", "sft_semantic_memory",
              "sft_episodic_memory", "sft_procedural_memory", "sft_core_memory", "sft_personality")
 

@@ -57,6 +57,15 @@ class PersonaCounts(Strict):
     train: int = Field(ge=0)
     bench_32k: int = Field(ge=0)
     bench_128k: int = Field(ge=0)
+    per_shard: int = Field(25, ge=1)  # histories are materialized per shard of about this many personas
+
+    @property
+    def total(self) -> int:
+        return self.train + self.bench_32k + self.bench_128k
+
+    @property
+    def shards(self) -> int:
+        return max(1, -(-self.total // self.per_shard))
 
 
 class TurnRange(Strict):
@@ -101,13 +110,22 @@ class ImageSourceSettings(Strict):
 class PlanSettings(Strict):
     span_days_train: int = Field(30, ge=1, le=31)
     span_days_bench: int = Field(90, ge=1, le=92)
+    # how many items of each kind a timeline asks for (fewer when the history has too few turns to tell them)
     preferences: int = Field(3, ge=1)
+    dislikes: int = Field(1, ge=0)
     people: int = Field(2, ge=1)
+    person_events: int = Field(3, ge=0)  # events with a named person; the first person gets the most
     goals: int = Field(2, ge=0)
     routines: int = Field(2, ge=0)
     events: int = Field(3, ge=0)
+    skills: int = Field(1, ge=0)
+    styles: int = Field(1, ge=0, le=3)
+    small_talk_share: float = Field(0.15, ge=0, lt=1)  # turns kept free of plan items
+    # declared probabilities of planned changes
     preference_shift_prob: float = Field(0.5, ge=0, le=1)
     personality_drift_prob: float = Field(0.5, ge=0, le=1)
+    goal_update_prob: float = Field(0.75, ge=0, le=1)  # a reported outcome, uniform over GOAL_OUTCOMES
+    skill_update_prob: float = Field(0.5, ge=0, le=1)
     big_five_mean: float = Field(3.0, ge=1, le=5)
     big_five_std: float = Field(0.8, ge=0)
 
@@ -120,6 +138,11 @@ class DialogueSettings(Strict):
     session_gap_minutes: int = Field(60, ge=1)
     turns_per_session: TurnRange = TurnRange(min=4, max=10)
     realization_retries: int = Field(2, ge=0)
+    recent_window: int = Field(4, ge=0, le=32)  # earlier turns (text) a session prompt carries; never the history
+    max_tokens_per_turn: int = Field(120, ge=32)
+    # JSON-schema patterns make the teacher write each turn's required phrases; checks still verify them
+    constrain_phrases: bool = True
+    judge_ambiguous: bool = True  # ask the teacher when a lexical check cannot decide (e.g. a negation nearby)
 
 
 class SupervisionSettings(Strict):
@@ -182,27 +205,30 @@ class PipelineConfig(Strict):
 PRESETS: dict[str, dict[str, Any]] = {
     # demo and tests: a handful of personas and short histories on the embedded CPU teacher
     "tiny": {
-        "personas": {"train": 2, "bench_32k": 1, "bench_128k": 1},
+        "personas": {"train": 2, "bench_32k": 1, "bench_128k": 1, "per_shard": 2},
         "dialogue": {
-            "turns_train": {"min": 12, "max": 16},
-            "turns_32k": {"min": 12, "max": 16},
-            "turns_128k": {"min": 16, "max": 20},
+            "turns_train": {"min": 14, "max": 18},
+            "turns_32k": {"min": 24, "max": 28},
+            "turns_128k": {"min": 28, "max": 32},
             "turns_per_session": {"min": 4, "max": 6},
+            "max_tokens_per_turn": 96,
         },
-        "plan": {"preferences": 2, "people": 2, "goals": 1, "routines": 1, "events": 2},
+        "plan": {"preferences": 2, "dislikes": 1, "people": 2, "person_events": 2, "goals": 1, "routines": 1,
+                 "events": 1, "skills": 1, "styles": 1, "preference_shift_prob": 1.0, "goal_update_prob": 0.75},
         "supervision": {"probes_per_persona": 2, "alignment_pairs_per_persona": 1},
-        "benchmark": {"items_per_persona": 6},
+        "benchmark": {"items_per_persona": 10},
         "teacher": {"max_tokens": 96},
     },
     # PersonaVLM's scale (paper App. C): 500 training + 200 benchmark personas
     "paper": {
-        "personas": {"train": 500, "bench_32k": 100, "bench_128k": 100},
+        "personas": {"train": 500, "bench_32k": 100, "bench_128k": 100, "per_shard": 25},
         "dialogue": {
             "turns_train": {"min": 20, "max": 100},
             "turns_32k": {"min": 20, "max": 100},
             "turns_128k": {"min": 100, "max": 500},
         },
-        "plan": {"preferences": 6, "people": 4, "goals": 3, "routines": 3, "events": 12},
+        "plan": {"preferences": 6, "dislikes": 3, "people": 4, "person_events": 8, "goals": 3, "routines": 3,
+                 "events": 12, "skills": 2, "styles": 2},
         "supervision": {"probes_per_persona": 20, "alignment_pairs_per_persona": 4},
         "benchmark": {"items_per_persona": 11},
         "teacher": {"max_tokens": 512, "max_concurrency": 256},

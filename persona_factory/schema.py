@@ -79,6 +79,7 @@ class Persona(Record):
     persona_id: str
     seed: PersonaSeed
     split: Split
+    shard: str  # the history partition this persona is materialized in
     role_description: str
     profile: Profile
     big_five: BigFive
@@ -88,26 +89,35 @@ class Persona(Record):
 # ---------------------------------------------------------------------------------------------- plans
 
 PlanKind = Literal[
-    "preference",  # a stated like, with its topic
-    "preference_shift",  # a like replaced by another, caused by an event
-    "event",  # a dated happening
-    "routine",  # a recurring habit
-    "goal",  # a long-term goal with its status
-    "goal_update",  # a status change of a goal
-    "relationship",  # a named person and their role
-    "personality_drift",  # a planned change in one Big Five trait
+    "preference",  # a stated like (subject: its category, value: the liked thing)
+    "dislike",  # a stated dislike (value: the disliked thing)
+    "preference_shift",  # a like replaced by another (value: new, previous_value: old), caused by an event
+    "event",  # a dated happening (value: what the user did; person: who was there, if anyone)
+    "routine",  # a recurring habit (subject: when it happens, value: what the user does)
+    "goal",  # a long-term goal (subject: the goal, value: "started")
+    "goal_update",  # a status report on a goal (value: one of GOAL_OUTCOMES), caused by the goal
+    "relationship",  # a named person (subject) and their relation to the user (value)
+    "skill",  # a skill the user practises (subject) at a level (value: one of SKILL_LEVELS)
+    "skill_update",  # the user reaches a new level (value) in a skill, caused by the skill item
+    "style",  # how the user likes to do things (subject: the dimension, value: the pole they prefer)
+    "photo_share",  # the user shares a photo (image_id) and says why (value: the purpose)
+    "personality_drift",  # a planned change in one Big Five trait, caused by an event
 ]
+GOAL_OUTCOMES = ("finished", "gave up", "making progress")
+SKILL_LEVELS = ("beginner", "intermediate", "advanced")
 
 
 class PlanItem(Record):
     item_id: str
     persona_id: str
     kind: PlanKind
-    time: str  # when it is first true / said, TIME_FORMAT
-    subject: str  # the entity: topic, person, goal, routine
+    time: str  # when it becomes true and may be told, TIME_FORMAT
+    subject: str  # the entity: category, person, goal, routine trigger, skill, style dimension, image label
     value: str  # the key value a realizing turn must state
-    previous_value: str | None = None  # for shifts and goal updates
+    previous_value: str | None = None  # for shifts and updates
     cause_item_id: str | None = None
+    person: str | None = None  # events: the named person who was there
+    image_id: str | None = None  # photo shares
     trait: str | None = None  # personality drift only
     delta: float | None = None  # personality drift only
 
@@ -135,7 +145,8 @@ class ImageRecord(Record):
     source: str  # skimage | folder:<path> | hub:<repo or path>
     name: str
     caption: str
-    labels: list[str]
+    labels: list[str]  # objects in the photo, the main one first
+    details: dict[str, str] = Field(default_factory=dict)  # visual question -> short answer, for detail recall
     path: str  # PNG file under the output image store
     width: int
     height: int

@@ -11,6 +11,7 @@ import dagster as dg
 from persona_factory.config import ConfigError
 
 from .definitions import build_definitions
+from .partitions import all_shards_tags
 from .resources import FactoryConfig
 
 
@@ -34,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     defs = build_definitions(settings)
     with dg.DagsterInstance.get() as instance:
-        result = defs.resolve_job_def("factory_job").execute_in_process(instance=instance, raise_on_error=False)
+        result = defs.resolve_job_def("factory_job").execute_in_process(
+            instance=instance, raise_on_error=False, tags=all_shards_tags(cfg))
     if not result.success:
         for event in result.all_events:
             if event.is_failure and event.event_specific_data is not None:

@@ -5,20 +5,27 @@ from __future__ import annotations
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from assets import alignment, benchmark, dialogues, images, memory, personas, plans, publish, quality, reasoning, training
+from assets import alignment, benchmark, images, memory, publish, quality, reasoning, training
+from assets.dialogues import dialogues_asset
+from assets.personas import personas_asset
+from assets.plans import timeline_plans_asset
 
 from .checks import release_checks
 from .jobs import factory_job
+from .partitions import persona_shards
 from .resources import FactoryConfig, TeacherResource, default_settings, duckdb_path
 from .schedules import weekly_regeneration
 
-ASSET_MODULES = [personas, plans, images, dialogues, memory, reasoning, alignment, benchmark, training, quality, publish]
+ASSET_MODULES = [images, memory, reasoning, alignment, benchmark, training, quality, publish]
 
 
 def build_definitions(settings: FactoryConfig | None = None) -> dg.Definitions:
+    """Everything for one config: the shard partitions are sized from it, so build one per config."""
     settings = settings or default_settings()
+    shards = persona_shards(settings.load())
     return dg.Definitions(
-        assets=dg.load_assets_from_modules(ASSET_MODULES),
+        assets=[personas_asset(shards), timeline_plans_asset(shards), dialogues_asset(shards),
+                *dg.load_assets_from_modules(ASSET_MODULES)],
         asset_checks=release_checks,
         jobs=[factory_job],
         schedules=[weekly_regeneration],

@@ -14,8 +14,10 @@ TEMPLATE_DIR = Path(__file__).parent / "templates"
 TEMPLATES = {
     "system": "system.v1.j2",
     "persona_enrichment": "persona_enrichment.v1.j2",
-    "plan_details": "plan_details.v1.j2",
-    "dialogue_turn": "dialogue_turn.v1.j2",
+    "plan_details": "plan_details.v2.j2",
+    "dialogue_session": "dialogue_session.v1.j2",
+    "dialogue_repair": "dialogue_repair.v1.j2",
+    "realization_judge": "realization_judge.v1.j2",
     "semantic_memory": "semantic_memory.v1.j2",
     "episodic_topic": "episodic_topic.v1.j2",
     "personality_inference": "personality_inference.v1.j2",

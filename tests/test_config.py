@@ -143,7 +143,7 @@ def test_yaml_file_overrides_preset(tmp_path):
     assert cfg.teacher.max_tokens == 200
     assert cfg.teacher.base_urls == ["http://10.0.0.1:8000/v1"]
     # untouched preset values survive the deep merge
-    assert cfg.personas.train == 2 and cfg.dialogue.turns_train.min == 12
+    assert cfg.personas.train == 2 and cfg.dialogue.turns_train.min == 14
     assert cfg.teacher.max_concurrency == 16
 
 
@@ -159,8 +159,8 @@ def test_overrides_win_over_yaml_file(tmp_path):
 def test_nested_merge_keeps_sibling_keys(tmp_path):
     p = write_yaml(tmp_path, {"dialogue": {"turns_train": {"max": 40}}})
     cfg = load_config("tiny", p)
-    assert (cfg.dialogue.turns_train.min, cfg.dialogue.turns_train.max) == (12, 40)
-    assert cfg.dialogue.turns_32k.max == 16
+    assert (cfg.dialogue.turns_train.min, cfg.dialogue.turns_train.max) == (14, 40)
+    assert cfg.dialogue.turns_32k.max == 28
 
 
 def test_yaml_file_can_choose_the_preset(tmp_path):

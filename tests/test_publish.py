@@ -64,6 +64,7 @@ def _persona(pid: str, split: str) -> Persona:
         persona_id=pid,
         seed=PersonaSeed(seed_id=f"seed-{pid}", text="A birdwatcher.", source="test"),
         split=split,
+        shard="shard-000",
         role_description=f"{pid} watches birds.",
         profile=Profile.model_validate(
             {"name": pid.title(), "gender": "female", "age": 30, "preferences": ["birds"], "recent matters": [],

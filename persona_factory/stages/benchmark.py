@@ -21,7 +21,7 @@ TASKS = {  # question_type -> type (aspect), exact Persona-MME strings
     "Latest Preference Recognition": "Preference Recognition",
 }
 GOAL_STATES = {"finished": "Yes, I finished it", "gave up": "No, I gave up on it",
-               "started": "Still in progress, last I told you", "unknown": "I never told you about that"}
+               "making progress": "Still in progress, last I told you", "unknown": "I never told you about that"}
 FALLBACK_DISTRACTORS = {
     "event": ["went to a pottery fair", "visited an old friend", "ran a charity 5k", "repainted the kitchen"],
     "name": ["Jordan", "Priya", "Marco", "Elena"],
@@ -113,7 +113,7 @@ def candidates(persona: Persona, dialogue: Dialogue, plan: TimelinePlan, images:
         elif item.kind == "goal":
             updates = [u for u in plan.items if u.kind == "goal_update" and u.cause_item_id == item_id
                        and u.item_id in realized]
-            state = updates[-1].value if updates else "started"
+            state = updates[-1].value if updates else "unknown"
             gold = GOAL_STATES[state]
             add("Long-term Goal Tracking", f"Did I ever finish my goal to {item.subject}?", gold,
                 [v for k, v in GOAL_STATES.items() if k != state], [turn] + [realized[u.item_id] for u in updates],

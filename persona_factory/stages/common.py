@@ -6,6 +6,7 @@ import hashlib
 import random
 import re
 from datetime import datetime
+from typing import Sequence
 
 from prompts import render
 
@@ -32,10 +33,11 @@ def sampling(cfg: PipelineConfig, *parts: object, max_tokens: int | None = None)
     return Sampling(t.temperature, t.top_p, max_tokens or t.max_tokens, request_seed(cfg.seed, *parts))
 
 
-def chat(template: str, /, *, image_png: bytes | None = None, **context: object) -> tuple[ChatMessage, ...]:
-    """The stable system prefix (so vLLM's prefix cache hits) plus one rendered user message."""
+def chat(template: str, /, *, images: Sequence[bytes] = (), **context: object) -> tuple[ChatMessage, ...]:
+    """The stable system prefix (so vLLM's prefix cache hits) plus one rendered user message; PNG images, if any,
+    come before the text in the order the text refers to them."""
     text = render(template, **context)
-    user = ChatMessage("user", (ImagePart(image_png), text) if image_png is not None else text)
+    user = ChatMessage("user", (*(ImagePart(png) for png in images), text) if images else text)
     return (ChatMessage("system", render("system")), user)
 
 

@@ -1,38 +1,51 @@
 """M3 dialogues: sessions of {time, user, assistant} turns realizing the plan in order.
 
-Every turn slot is planned first (time, plan items to state, image to share); the teacher only writes the
-words. A slot whose text fails its check is regenerated a bounded number of times, then dropped with a
-quarantine row, so no turn claims a fact it does not state. Prompts never grow with the history: they carry
-the persona, the slot's fact or image, and the previous slot's plan only.
+Every turn slot is planned first (time, the plan item it tells, the photo it shares); the teacher only writes the
+words. Sessions of one persona are sequential, but all personas advance together: session k of every persona is
+one batched teacher call (a wavefront), so the engine stays busy. A session prompt carries the persona, what the
+user has told so far (bounded), the last few turns of text and this session's slots, never the whole history, so
+its size does not grow with the history and its persona prefix stays stable for vLLM's prefix cache.
+
+Each drafted turn is checked: its required phrases are present, it denies no fact that is true at its date, and it
+does not mention a planned new interest before the plan introduces it. Turns failing a check are rewritten alone
+a bounded number of times, then dropped with a quarantine row; a plan item no kept turn states is quarantined too.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import lru_cache
 from typing import Annotated, Protocol
 
-from pydantic import BaseModel, ConfigDict, StringConstraints
+from pydantic import BaseModel, ConfigDict, StringConstraints, create_model
 
 from ..config import PipelineConfig
-from ..schema import Dialogue, ImageRecord, Persona, PlanItem, QuarantineRow, Session, TimelinePlan, Turn, fmt_time
+from ..schema import (
+    Dialogue, ImageRecord, Persona, PlanItem, QuarantineRow, Session, TimelinePlan, Turn, fmt_time,
+)
 from ..teacher.types import TeacherRequest, TeacherResult, TeacherStats
-from .common import chat, contains_phrase, parse_time, personality_text, rng_for, sampling
-from .plans import fact_sentence, realizable
+from .common import chat, contains_phrase, normalize, parse_time, personality_text, rng_for, sampling
+from .plans import MINUTES_PER_TURN, Realization, realizable, realization, told_in
 
 IMG = "<img>"
+USER_MAX = 300
+ASSISTANT_MAX = 360
+KNOWN_FACTS = 8  # statements of what the user told before that a session prompt carries
 SMALL_TALK = ["the weather", "weekend plans", "a recipe idea", "a book recommendation", "a work deadline",
               "a short trip", "sleep habits", "a gift idea", "a movie night", "a shopping list"]
-
-
-class TurnDraft(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    user: Annotated[str, StringConstraints(min_length=3, max_length=280)]
-    assistant: Annotated[str, StringConstraints(min_length=3, max_length=360)]
+# words that, just before a fact's phrase, may deny it ("t" is what normalization leaves of "don't", "can't" ...)
+NEGATIONS = {"not", "no", "never", "t", "cannot", "hate", "hates", "stopped", "quit", "longer", "dislike"}
 
 
 class TeacherLike(Protocol):
     def generate(self, requests: list[TeacherRequest], stats: TeacherStats | None = None) -> list[TeacherResult]: ...
+
+
+class Verdict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    consistent: bool
 
 
 @dataclass
@@ -41,132 +54,304 @@ class TurnSlot:
     session_index: int
     slot_index: int  # position in the planned history, before failed slots are dropped
     time: str
-    items: list[PlanItem] = field(default_factory=list)
-    image: ImageRecord | None = None
+    item: PlanItem | None = None
+    image: ImageRecord | None = None  # the photo a photo_share item shares
     topic: str | None = None
 
     @property
     def key(self) -> str:
         return f"{self.persona_id}:{self.slot_index}"
 
-    def phrase(self) -> str | None:
-        if self.items:
-            return fact_sentence(self.items[0])[1]
+    @property
+    def told(self) -> Realization | None:
+        return realization(self.item) if self.item is not None else None
+
+    def instruction(self) -> str:
+        if self.told is None:
+            return f"makes small talk or asks for everyday help about {self.topic}"
         if self.image is not None:
-            return self.image.labels[0]
+            return f"{self.told.instruction} (the photo shows {self.image.caption})"
+        return self.told.instruction
+
+    @property
+    def phrases(self) -> tuple[str, ...]:
+        return self.told.phrases if self.told else ()
+
+
+@dataclass
+class PersonaState:
+    """One persona's progress through its sessions."""
+
+    persona: Persona
+    plan: TimelinePlan
+    sessions: list[list[TurnSlot]]
+    kept: dict[str, tuple[str, str]] = field(default_factory=dict)  # slot key -> (user, assistant)
+    recent: list[tuple[str, str, str]] = field(default_factory=list)  # (time, user, assistant), bounded
+
+    def known_before(self, time: str) -> list[PlanItem]:
+        """Items told in kept turns before `time`."""
+        told = {s.item.item_id for ss in self.sessions for s in ss if s.item and s.key in self.kept and s.time < time}
+        return [i for i in self.plan.items if i.item_id in told]
+
+
+def plan_slots(cfg: PipelineConfig, persona: Persona, plan: TimelinePlan,
+               images: dict[str, ImageRecord]) -> tuple[list[list[TurnSlot]], list[PlanItem]]:
+    """Turn slots per session with the items told in each, at random positions; returns (slots, unplaced items)."""
+    rng = rng_for(cfg.seed, "slots", persona.persona_id)
+    due: dict[int, list[PlanItem]] = {}
+    for item in plan.items:
+        if realizable(item):
+            due.setdefault(told_in(plan.sessions, item), []).append(item)
+    sessions: list[list[TurnSlot]] = []
+    carry: list[PlanItem] = []
+    count = 0
+    for planned in plan.sessions:
+        start = parse_time(planned.start)
+        times = [start]
+        for _ in range(planned.n_turns - 1):
+            times.append(times[-1] + timedelta(minutes=rng.randint(1, MINUTES_PER_TURN)))
+        slots = [TurnSlot(persona.persona_id, planned.session_index, count + k, fmt_time(t)) for k, t in enumerate(times)]
+        count += len(slots)
+        queue = carry + due.get(planned.session_index, [])
+        positions = sorted(rng.sample(range(len(slots)), k=min(len(queue), len(slots))))
+        for pos, item in zip(positions, queue):
+            slots[pos].item = item
+            if item.image_id is not None:
+                slots[pos].image = images.get(item.image_id)
+        carry = queue[len(positions):]  # more items than turns: they wait for the next session
+        for slot in slots:
+            if slot.item is None:
+                slot.topic = rng.choice(persona.profile.preferences + SMALL_TALK)
+        sessions.append(slots)
+    return sessions, carry
+
+
+# ---------------------------------------------------------------------------------------------- output schemas
+
+
+def _pattern(phrases: tuple[str, ...]) -> str | None:
+    """A regex that makes the teacher write every phrase (either order for two), case-free first letters."""
+    if not phrases or any('"' in p or "\\" in p for p in phrases):
         return None
 
-    def describe(self) -> str:
-        if self.items:
-            return fact_sentence(self.items[0])[0]
-        if self.image is not None:
-            return f"a photo of {self.image.caption}"
-        return self.topic or "small talk"
+    def lit(phrase: str) -> str:
+        body = re.sub(r"([.^$*+?()\[\]{}|/-])", r"\\\1", phrase)
+        first = body[0]
+        return (f"[{first.upper()}{first.lower()}]" if first.isalpha() else first) + body[1:]
+
+    a = [lit(p) for p in phrases]
+    if len(a) == 1:
+        core = a[0]
+    elif len(a) == 2:
+        core = f"(?:{a[0]}.{{0,80}}{a[1]}|{a[1]}.{{0,80}}{a[0]})"
+    else:
+        core = ".{0,80}".join(a)
+    return f"^.{{0,80}}{core}.{{0,120}}$"
 
 
-def image_split(image_id: str) -> str:
-    """Training and benchmark histories draw from disjoint halves of the pool, so no image leaks across."""
-    return "train" if int(image_id[:8], 16) % 2 == 0 else "bench"
+@lru_cache(maxsize=4096)
+def turn_model(phrases: tuple[str, ...], constrain: bool) -> type[BaseModel]:
+    pattern = _pattern(phrases) if constrain else None
+    user = Annotated[str, StringConstraints(min_length=3, max_length=USER_MAX, pattern=pattern)]
+    assistant = Annotated[str, StringConstraints(min_length=3, max_length=ASSISTANT_MAX)]
+    name = "Turn_" + (re.sub(r"\W+", "_", "_".join(phrases))[:40] if constrain and phrases else "free")
+    return create_model(name, __config__=ConfigDict(extra="forbid"), user=(user, ...), assistant=(assistant, ...))
 
 
-def plan_slots(cfg: PipelineConfig, persona: Persona, plan: TimelinePlan, images: list[ImageRecord]) -> list[TurnSlot]:
-    """Place each realizable item in the first session at or after its date, images on small-talk turns."""
-    rng = rng_for(cfg.seed, "slots", persona.persona_id)
-    queue = [i for i in plan.items if realizable(i)]
-    slots: list[TurnSlot] = []
-    for session in plan.sessions:
-        start = parse_time(session.start)
-        t = start
-        session_slots = []
-        for k in range(session.n_turns):
-            if k:
-                t += timedelta(minutes=rng.randint(1, 6))
-            session_slots.append(TurnSlot(persona.persona_id, session.session_index, len(slots) + k, fmt_time(t)))
-        due = [i for i in queue if parse_time(i.time) <= start]
-        positions = sorted(rng.sample(range(len(session_slots)), k=min(len(due), len(session_slots))))
-        for pos, item in zip(positions, due):
-            session_slots[pos].items.append(item)
-            queue.remove(item)
-        slots.extend(session_slots)
-    images = [i for i in images if image_split(i.image_id) == ("train" if persona.split == "train" else "bench")]
-    free = [s for s in slots if not s.items]
-    n_images = min(len(free), round(cfg.dialogue.image_turn_share * len(slots)))
-    for slot in rng.sample(free, k=n_images) if images else []:
-        slot.image = rng.choice(images)
-    for slot in slots:
-        if not slot.items and slot.image is None:
-            slot.topic = rng.choice(persona.profile.preferences + SMALL_TALK)
-    return slots
+def session_model(slots: list[TurnSlot], constrain: bool) -> type[BaseModel]:
+    turns = tuple[tuple(turn_model(s.phrases, constrain) for s in slots)]  # type: ignore[misc]
+    return create_model("SessionDraft", __config__=ConfigDict(extra="forbid"), turns=(turns, ...))
 
 
-def turn_request(cfg: PipelineConfig, persona: Persona, slot: TurnSlot, previous: TurnSlot | None,
-                 attempt: int) -> TeacherRequest:
-    fact, phrase = fact_sentence(slot.items[0]) if slot.items else (None, slot.phrase())
-    show_image = slot.image is not None and cfg.teacher.supports_images
-    messages = chat(
-        "dialogue_turn", image_png=open(slot.image.path, "rb").read() if show_image else None,
-        name=persona.profile.name, age=persona.profile.age, role=persona.role_description,
-        personality=personality_text(persona.big_five), time=slot.time,
-        previous=previous.describe() if previous and previous.session_index == slot.session_index else None,
-        image_caption=slot.image.caption if slot.image else None, fact=fact, phrase=phrase, topic=slot.topic,
-    )
-    return TeacherRequest(messages, sampling(cfg, "turn", slot.key, attempt), TurnDraft, tag=f"turn:{slot.key}")
+# ---------------------------------------------------------------------------------------------- requests
 
 
-def check_turn(slot: TurnSlot, draft: TurnDraft) -> str | None:
-    """Why the drafted text cannot stand for this slot, or None."""
-    if IMG in draft.user or IMG in draft.assistant:
-        return "placeholder_in_text"
-    phrase = slot.phrase()
-    if phrase and not contains_phrase(draft.user, phrase):
-        return "missing_phrase" if slot.items else "image_text_mismatch"
-    return None
+def _header(st: PersonaState, time: str) -> dict[str, object]:
+    """The persona part of every prompt: identical across a persona's sessions except the drifted traits."""
+    p = st.persona
+    return {"name": p.profile.name, "age": p.profile.age, "role": p.role_description,
+            "personality": personality_text(current_personality(p, st.plan, time))}
+
+
+def current_personality(persona: Persona, plan: TimelinePlan, time: str) -> dict[str, float]:
+    """The sampled Big Five plus every planned drift dated at or before `time`, clipped to [1, 5]."""
+    values = persona.big_five.model_dump()
+    for item in plan.items:
+        if item.kind == "personality_drift" and item.trait and item.delta is not None and item.time <= time:
+            values[item.trait] = round(min(5.0, max(1.0, values[item.trait] + item.delta)), 1)
+    return values
+
+
+def _photos(cfg: PipelineConfig, slots: list[TurnSlot]) -> list[bytes]:
+    if not cfg.teacher.supports_images:
+        return []
+    return [open(s.image.path, "rb").read() for s in slots if s.image is not None]
+
+
+def session_request(cfg: PipelineConfig, st: PersonaState, k: int) -> TeacherRequest:
+    slots = st.sessions[k]
+    start = parse_time(slots[0].time)
+    known = [realization(i).statement for i in st.known_before(slots[0].time)][-KNOWN_FACTS:]
+    messages = chat("dialogue_session", images=_photos(cfg, slots), **_header(st, slots[0].time), known=known,
+                    recent=st.recent, start=f"{fmt_time(start)} ({start.strftime('%A')})",
+                    rounds=[{"instruction": s.instruction(), "phrases": s.phrases} for s in slots])
+    budget = cfg.dialogue.max_tokens_per_turn * len(slots) + 32
+    return TeacherRequest(messages, sampling(cfg, "session", st.persona.persona_id, k, max_tokens=budget),
+                          session_model(slots, cfg.dialogue.constrain_phrases),
+                          tag=f"session:{st.persona.persona_id}:{k}")
+
+
+def repair_request(cfg: PipelineConfig, st: PersonaState, slot: TurnSlot, attempt: int,
+                   reason: str) -> TeacherRequest:
+    """One turn rewritten alone, with the turn before it (if kept) as context."""
+    previous = [st.kept[s.key] for s in st.sessions[slot.session_index]
+                if s.slot_index < slot.slot_index and s.key in st.kept][-1:]
+    messages = chat("dialogue_repair", images=_photos(cfg, [slot]), **_header(st, slot.time),
+                    time=slot.time, previous=previous, instruction=slot.instruction(), phrases=slot.phrases,
+                    problem=reason)
+    return TeacherRequest(messages, sampling(cfg, "repair", slot.key, attempt, max_tokens=cfg.dialogue.max_tokens_per_turn),
+                          turn_model(slot.phrases, cfg.dialogue.constrain_phrases), tag=f"repair:{slot.key}")
+
+
+def judge_request(cfg: PipelineConfig, slot: TurnSlot, user: str, fact: PlanItem) -> TeacherRequest:
+    messages = chat("realization_judge", statement=realization(fact).statement, user=user)
+    return TeacherRequest(messages, sampling(cfg, "judge", slot.key, fact.item_id, user, max_tokens=24), Verdict,
+                          tag=f"judge:{slot.key}")
+
+
+# ---------------------------------------------------------------------------------------------- checks
+
+
+@dataclass
+class Check:
+    reason: str | None  # why the turn cannot stand; None = accepted or undecided
+    ask_judge: list[PlanItem] = field(default_factory=list)  # facts a lexical check could not decide on
+
+
+def _negated(text: str, phrase: str) -> bool:
+    """A negation word within the three words before the phrase."""
+    words, target = normalize(text).split(), normalize(phrase).split()
+    for i in range(len(words) - len(target) + 1):
+        if words[i:i + len(target)] == target and NEGATIONS & set(words[max(0, i - 3):i]):
+            return True
+    return False
+
+
+def true_facts(plan: TimelinePlan, told: list[PlanItem], time: str) -> list[PlanItem]:
+    """Facts told before `time` that no later planned change has replaced by then."""
+    replaced = {i.previous_value for i in plan.items if i.kind == "preference_shift" and i.time <= time}
+    ended = {i.subject for i in plan.items if i.kind == "goal_update" and i.value == "gave up" and i.time <= time}
+    return [i for i in told if i.kind in ("preference", "preference_shift", "skill", "goal", "routine")
+            and not (i.kind == "preference" and i.value in replaced) and not (i.kind == "goal" and i.subject in ended)]
+
+
+def check_turn(st: PersonaState, slot: TurnSlot, user: str, assistant: str) -> Check:
+    if IMG in user or IMG in assistant:
+        return Check("placeholder_in_text")
+    for phrase in slot.phrases:
+        if not contains_phrase(user, phrase):
+            return Check("missing_phrase" if slot.image is None else "image_text_mismatch")
+    for shift in (i for i in st.plan.items if i.kind == "preference_shift" and i.time > slot.time):
+        if contains_phrase(user, shift.value) and (slot.item is None or slot.item.item_id != shift.cause_item_id):
+            return Check("premature_shift")
+    doubtful = [f for f in true_facts(st.plan, st.known_before(slot.time), slot.time)
+                if _negated(user, realization(f).phrases[0])]
+    if slot.item is not None and any(_negated(user, p) for p in slot.phrases):
+        doubtful.append(slot.item)
+    return Check(None, doubtful)
+
+
+# ---------------------------------------------------------------------------------------------- the wavefront
 
 
 def generate_dialogues(cfg: PipelineConfig, teacher: TeacherLike, personas: list[Persona], plans: list[TimelinePlan],
                        images: list[ImageRecord], stats: TeacherStats) -> tuple[list[Dialogue], list[QuarantineRow]]:
     by_id = {p.persona_id: p for p in personas}
-    slots = {plan.persona_id: plan_slots(cfg, by_id[plan.persona_id], plan, images) for plan in plans}
-    flat = [s for ss in slots.values() for s in ss]
-    previous = {s.key: (ss[i - 1] if i else None) for ss in slots.values() for i, s in enumerate(ss)}
-    drafts: dict[str, TurnDraft] = {}
-    last_reason: dict[str, str] = {}
-    pending = flat
-    for attempt in range(cfg.dialogue.realization_retries + 1):
-        if not pending:
-            break
-        requests = [turn_request(cfg, by_id[s.persona_id], s, previous[s.key], attempt) for s in pending]
-        still = []
-        for slot, res in zip(pending, teacher.generate(requests, stats)):
-            reason = res.failure if not res.ok else check_turn(slot, res.value)  # type: ignore[arg-type]
-            if reason is None:
-                drafts[slot.key] = res.value  # type: ignore[assignment]
-            else:
-                last_reason[slot.key] = reason
-                still.append(slot)
-        pending = still
-    quarantined = [QuarantineRow(table_name="dialogue_turns", row_key=s.key, rule=last_reason[s.key].split(":")[0],
-                                 value=f"{s.describe()} | {last_reason[s.key]}") for s in pending]
-    dialogues = [assemble_dialogue(by_id[pid], ss, drafts) for pid, ss in slots.items()]
+    by_image = {i.image_id: i for i in images}
+    states, quarantined = [], []
+    for plan in sorted(plans, key=lambda p: p.persona_id):
+        slots, unplaced = plan_slots(cfg, by_id[plan.persona_id], plan, by_image)
+        states.append(PersonaState(by_id[plan.persona_id], plan, slots))
+        quarantined += [QuarantineRow(table_name="timeline_plans", row_key=f"{i.persona_id}:{i.item_id}", rule="unplaced",
+                                      value=f"{realization(i).statement} | more items than turns") for i in unplaced]
+    for k in range(max((len(s.sessions) for s in states), default=0)):
+        active = [st for st in states if k < len(st.sessions)]
+        results = teacher.generate([session_request(cfg, st, k) for st in active], stats)
+        pending: list[tuple[PersonaState, TurnSlot, str]] = []
+        drafted: list[tuple[PersonaState, TurnSlot, str, str]] = []
+        for st, res in zip(active, results):
+            if not res.ok:
+                pending += [(st, slot, res.failure or "teacher_failure") for slot in st.sessions[k]]
+                continue
+            drafted += [(st, slot, t.user.strip(), t.assistant.strip())
+                        for slot, t in zip(st.sessions[k], res.value.turns)]  # type: ignore[union-attr]
+        pending += _accept(cfg, teacher, drafted, stats)
+        for attempt in range(1, cfg.dialogue.realization_retries + 1):
+            if not pending:
+                break
+            results = teacher.generate([repair_request(cfg, st, slot, attempt, reason)
+                                        for st, slot, reason in pending], stats)
+            retry = [(st, slot, res.failure or "teacher_failure") for (st, slot, _), res in zip(pending, results)
+                     if not res.ok]
+            drafted = [(st, slot, res.value.user.strip(), res.value.assistant.strip())  # type: ignore[union-attr]
+                       for (st, slot, _), res in zip(pending, results) if res.ok]
+            pending = retry + _accept(cfg, teacher, drafted, stats)
+        for st, slot, reason in pending:
+            quarantined.append(QuarantineRow(table_name="dialogue_turns", row_key=slot.key,
+                                             rule=reason.split(":")[0], value=f"{slot.instruction()} | {reason}"))
+        for st in active:
+            kept = [s for s in st.sessions[k] if s.key in st.kept]
+            st.recent = (st.recent + [(s.time, *st.kept[s.key]) for s in kept])[-cfg.dialogue.recent_window:]
+    dialogues = []
+    for st in states:
+        told = {s.item.item_id for ss in st.sessions for s in ss if s.item and s.key in st.kept}
+        quarantined += [QuarantineRow(table_name="timeline_plans", row_key=f"{i.persona_id}:{i.item_id}", rule="unrealized",
+                                      value=f"{realization(i).statement} | its turn was dropped")
+                        for ss in st.sessions for s in ss if (i := s.item) is not None and i.item_id not in told]
+        dialogues.append(assemble_dialogue(st))
     return dialogues, quarantined
 
 
-def assemble_dialogue(persona: Persona, slots: list[TurnSlot], drafts: dict[str, TurnDraft]) -> Dialogue:
-    sessions: dict[int, list[Turn]] = {}
+def _accept(cfg: PipelineConfig, teacher: TeacherLike, drafted: list[tuple[PersonaState, TurnSlot, str, str]],
+            stats: TeacherStats) -> list[tuple[PersonaState, TurnSlot, str]]:
+    """Keeps drafts that pass the checks (asking the judge where they cannot decide); returns the rejected."""
+    rejected, judged = [], []
+    for st, slot, user, assistant in drafted:
+        check = check_turn(st, slot, user, assistant)
+        if check.reason is not None:
+            rejected.append((st, slot, check.reason))
+        elif not check.ask_judge:
+            st.kept[slot.key] = (user, assistant)
+        elif not cfg.dialogue.judge_ambiguous:
+            rejected.append((st, slot, "contradiction"))
+        else:
+            judged.append((st, slot, user, assistant, check.ask_judge))
+    requests = [judge_request(cfg, slot, user, fact) for st, slot, user, _, facts in judged for fact in facts]
+    verdicts = iter(teacher.generate(requests, stats) if requests else [])
+    for st, slot, user, assistant, facts in judged:
+        answers = [next(verdicts) for _ in facts]
+        if all(a.ok and a.value.consistent for a in answers):  # type: ignore[union-attr]
+            st.kept[slot.key] = (user, assistant)
+        else:
+            rejected.append((st, slot, "contradiction"))
+    return rejected
+
+
+def assemble_dialogue(st: PersonaState) -> Dialogue:
+    """Kept turns in order, renumbered; empty sessions are dropped so session indices stay contiguous."""
+    sessions: list[Session] = []
     index = 0
-    for slot in slots:
-        draft = drafts.get(slot.key)
-        if draft is None:
-            continue
-        user = draft.user.strip()
-        turn = Turn(persona_id=persona.persona_id, session_index=slot.session_index, turn_index=index, time=slot.time,
-                    user=f"{IMG}{user}" if slot.image else user, assistant=draft.assistant.strip(),
-                    image_id=slot.image.image_id if slot.image else None, realizes=[i.item_id for i in slot.items])
-        sessions.setdefault(slot.session_index, []).append(turn)
-        index += 1
-    ordered = [Session(persona_id=persona.persona_id, session_index=i, turns=turns)
-               for i, (_, turns) in enumerate(sorted(sessions.items()))]
-    for session in ordered:  # renumber after dropped slots so session indices stay contiguous
-        for turn in session.turns:
-            turn.session_index = session.session_index
-    return Dialogue(persona_id=persona.persona_id, split=persona.split, sessions=ordered)
+    for slots in st.sessions:
+        turns = []
+        for slot in slots:
+            if slot.key not in st.kept:
+                continue
+            user, assistant = st.kept[slot.key]
+            turns.append(Turn(persona_id=st.persona.persona_id, session_index=len(sessions), turn_index=index,
+                              time=slot.time, user=f"{IMG}{user}" if slot.image else user, assistant=assistant,
+                              image_id=slot.image.image_id if slot.image else None,
+                              realizes=[slot.item.item_id] if slot.item else []))
+            index += 1
+        if turns:
+            sessions.append(Session(persona_id=st.persona.persona_id, session_index=len(sessions), turns=turns))
+    return Dialogue(persona_id=st.persona.persona_id, split=st.persona.split, sessions=sessions)

@@ -19,7 +19,7 @@ from ..schema import (
 )
 from ..teacher.types import TeacherRequest, TeacherResult
 from .common import chat, contains_phrase, parse_time, sampling
-from .plans import fact_sentence
+from .plans import realization
 
 Sentence = Annotated[str, StringConstraints(min_length=3, max_length=200)]
 Keywords = Annotated[str, StringConstraints(min_length=2, max_length=80)]
@@ -47,7 +47,8 @@ def semantic_requests(cfg: PipelineConfig, dialogue: Dialogue, plan: TimelinePla
     requests = []
     for turn in dialogue.turns:
         for item in remembered_items(turn, items)[:1]:
-            fact, phrase = fact_sentence(item)
+            told = realization(item)
+            fact, phrase = told.statement, told.phrases[0]
             requests.append(TeacherRequest(
                 chat("semantic_memory", user=turn.user, fact=fact, phrase=phrase),
                 sampling(cfg, "semantic", dialogue.persona_id, turn.turn_index), SemanticDraft,
@@ -70,13 +71,14 @@ def semantic_targets(dialogue: Dialogue, plan: TimelinePlan, images: dict[str, I
                 keywords=""))
             continue
         item = remembered[0]
-        fact, phrase = fact_sentence(item)
+        told = realization(item)
+        fact, phrase = told.statement, told.phrases[0]
         res = next(answers)
         draft: SemanticDraft | None = res.value if res.ok else None  # type: ignore[assignment]
         if draft is None or not contains_phrase(draft.content, phrase):
             fallbacks += 1
             draft = SemanticDraft(reason=f"The user shared a lasting {item.kind.replace('_', ' ')}.",
-                                  content=f"The user said {fact}.", keywords=phrase)
+                                  content=fact, keywords=phrase)
         content = draft.content.strip()
         if turn.image_id:  # visual concepts are named as in PersonaVLM
             content += f" (Image Object: {images[turn.image_id].labels[0]})"

@@ -72,8 +72,13 @@ def _read_seed_dataset(source: SourceSettings) -> list[str]:
     return list(ds[source.column])
 
 
-def assign_splits(seeds: list[PersonaSeed], cfg: PipelineConfig) -> list[tuple[PersonaSeed, Split]]:
-    """Deterministic, disjoint assignment of seeds to train and the two benchmark buckets."""
+def shard_keys(cfg: PipelineConfig) -> list[str]:
+    return [f"shard-{i:03d}" for i in range(cfg.personas.shards)]
+
+
+def assign_splits(seeds: list[PersonaSeed], cfg: PipelineConfig) -> list[tuple[PersonaSeed, Split, str]]:
+    """Deterministic, disjoint assignment of seeds to train and the two benchmark buckets, and to shards
+    (round robin over the assignment order, so shards are balanced and every split is spread over them)."""
     counts = cfg.personas
     need = counts.train + counts.bench_32k + counts.bench_128k
     if need > len(seeds):
@@ -81,7 +86,8 @@ def assign_splits(seeds: list[PersonaSeed], cfg: PipelineConfig) -> list[tuple[P
     order = sorted(seeds, key=lambda s: s.seed_id)
     rng_for(cfg.seed, "split").shuffle(order)
     splits: list[Split] = ["train"] * counts.train + ["bench_32k"] * counts.bench_32k + ["bench_128k"] * counts.bench_128k
-    return list(zip(order, splits))
+    keys = shard_keys(cfg)
+    return [(seed, split, keys[i % len(keys)]) for i, (seed, split) in enumerate(zip(order, splits))]
 
 
 def sample_big_five(cfg: PipelineConfig, seed: PersonaSeed) -> BigFive:
@@ -99,10 +105,10 @@ def enrichment_request(cfg: PipelineConfig, seed: PersonaSeed, big_five: BigFive
 
 
 def build_personas(
-    cfg: PipelineConfig, assigned: list[tuple[PersonaSeed, Split]], results: list[TeacherResult]
+    cfg: PipelineConfig, assigned: list[tuple[PersonaSeed, Split, str]], results: list[TeacherResult]
 ) -> tuple[list[Persona], list[QuarantineRow]]:
     personas, quarantined = [], []
-    for (seed, split), res in zip(assigned, results):
+    for (seed, split, shard), res in zip(assigned, results):
         if not res.ok:
             quarantined.append(QuarantineRow(table_name="personas", row_key=seed.seed_id, rule="teacher_failure",
                                              value=res.failure or ""))
@@ -116,7 +122,7 @@ def build_personas(
                "requirements or expectations": draft.requirements.strip(), "update time": fmt_time(start)},
         )
         personas.append(Persona(
-            persona_id=stable_id("p_", seed.seed_id), seed=seed, split=split,
+            persona_id=stable_id("p_", seed.seed_id), seed=seed, split=split, shard=shard,
             role_description=draft.role_description.strip(), profile=profile,
             big_five=sample_big_five(cfg, seed), start_time=fmt_time(start),
         ))

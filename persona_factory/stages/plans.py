@@ -1,41 +1,72 @@
-"""M2 timeline plans: the ground truth. The teacher proposes names and phrases; the program dates them,
-schedules the conversations, and draws preference shifts and personality drifts with declared probabilities."""
+"""M2 timeline plans: the ground truth every later gold answer is traced to.
+
+The teacher proposes names and phrases (people, goals, routines, events, interests, dislikes, skills); the
+program checks them, fills what is short from a closed vocabulary, schedules the conversations, gives every item
+a date and a session, and draws the planned changes (preference shifts, goal outcomes, skill progress,
+personality drifts) with the probabilities declared in the config. Categories a benchmark answer depends on
+(relation and its tone, why a photo was shared, how the user likes to work) always come from the vocabulary.
+"""
 
 from __future__ import annotations
 
+import random
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import Annotated
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Callable
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from ..config import PipelineConfig
-from ..schema import BIG_FIVE_TRAITS, Persona, PlanItem, PlannedSession, QuarantineRow, TimelinePlan, fmt_time
+from ..config import PipelineConfig, TurnRange
+from ..schema import (
+    BIG_FIVE_TRAITS, GOAL_OUTCOMES, SKILL_LEVELS, ImageRecord, Persona, PlanItem, PlannedSession, QuarantineRow,
+    TimelinePlan, fmt_time,
+)
 from ..teacher.types import TeacherRequest, TeacherResult
 from .common import chat, normalize, parse_time, rng_for, sampling, stable_id
 
+VOCABULARY_FILE = Path(__file__).resolve().parent.parent / "data" / "plan_vocabulary.yaml"
 Phrase = Annotated[str, StringConstraints(min_length=3, max_length=48)]
+Name = Annotated[str, StringConstraints(min_length=2, max_length=20, pattern=r"^[A-Z][a-z]+$")]
+MINUTES_PER_TURN = 6  # turns of one session are at most this far apart
 
 
-class Person(BaseModel):
+class RoutineDraft(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: Annotated[str, StringConstraints(min_length=2, max_length=20)]
-    relation: Annotated[str, StringConstraints(min_length=3, max_length=24)]
+    when: Annotated[str, StringConstraints(min_length=3, max_length=32)]  # e.g. "every Saturday morning"
+    action: Annotated[str, StringConstraints(min_length=3, max_length=40)]  # e.g. "go to the farmers market"
 
 
 class PlanDraft(BaseModel):
+    """What the teacher proposes for one persona (structured output)."""
+
     model_config = ConfigDict(extra="forbid")
-    people: list[Person] = Field(min_length=1, max_length=6)
+    people: list[Name] = Field(min_length=1, max_length=6)
     goals: list[Phrase] = Field(max_length=6)
-    routines: list[Phrase] = Field(max_length=6)
+    routines: list[RoutineDraft] = Field(max_length=6)
     events: list[Phrase] = Field(max_length=12)
     new_interests: list[Phrase] = Field(min_length=1, max_length=4)
+    dislikes: list[Phrase] = Field(max_length=4)
+    skills: list[Phrase] = Field(max_length=3)
+
+
+@lru_cache(maxsize=1)
+def vocabulary() -> dict:
+    return yaml.safe_load(VOCABULARY_FILE.read_text())
+
+
+def relation_tone(relation: str) -> str:
+    """How a message to someone of this relation should sound (the closed vocabulary's mapping)."""
+    return vocabulary()["relations"][relation]
 
 
 def span_days(cfg: PipelineConfig, persona: Persona) -> int:
     return cfg.plan.span_days_train if persona.split == "train" else cfg.plan.span_days_bench
 
 
-def turn_range(cfg: PipelineConfig, persona: Persona):
+def turn_range(cfg: PipelineConfig, persona: Persona) -> TurnRange:
     d = cfg.dialogue
     return {"train": d.turns_train, "bench_32k": d.turns_32k, "bench_128k": d.turns_128k}[persona.split]
 
@@ -44,8 +75,10 @@ def plan_request(cfg: PipelineConfig, persona: Persona) -> TeacherRequest:
     p = cfg.plan
     messages = chat("plan_details", name=persona.profile.name, role=persona.role_description,
                     preferences=", ".join(persona.profile.preferences), people=p.people, goals=p.goals,
-                    routines=p.routines, events=p.events, new_interests=2)
-    return TeacherRequest(messages, sampling(cfg, "plan", persona.persona_id, max_tokens=max(cfg.teacher.max_tokens, 256)),
+                    routines=p.routines, events=p.events + p.person_events, new_interests=2,
+                    dislikes=p.dislikes, skills=p.skills)
+    return TeacherRequest(messages, sampling(cfg, "plan", persona.persona_id,
+                                             max_tokens=max(cfg.teacher.max_tokens, 320)),
                           PlanDraft, tag=f"plan:{persona.persona_id}")
 
 
@@ -64,67 +97,18 @@ def schedule_sessions(cfg: PipelineConfig, persona: Persona) -> list[PlannedSess
     while len(offsets) < len(sizes):  # more sessions than days: later ones share the last day, hours apart
         offsets.append(offsets[-1])
     start = parse_time(persona.start_time)
-    sessions, last = [], None
+    sessions, last_end = [], None
+    min_gap = timedelta(minutes=cfg.dialogue.session_gap_minutes + 1)
     for i, (off, n) in enumerate(zip(offsets, sizes)):
         t = start + timedelta(days=off, hours=rng.randint(0, 11), minutes=rng.randrange(0, 60, 5))
-        if last is not None and t < last + timedelta(minutes=cfg.dialogue.session_gap_minutes + 61):
-            t = last + timedelta(minutes=cfg.dialogue.session_gap_minutes + 61 + rng.randrange(0, 120, 5))
+        if last_end is not None and t < last_end + min_gap:
+            t = last_end + min_gap + timedelta(minutes=rng.randrange(0, 120, 5))
         sessions.append(PlannedSession(session_index=i, start=fmt_time(t), n_turns=n))
-        last = t + timedelta(minutes=6 * n)  # turns are at most 6 minutes apart
+        last_end = t + timedelta(minutes=MINUTES_PER_TURN * (n - 1))
     return sessions
 
 
-def build_plan(cfg: PipelineConfig, persona: Persona, draft: PlanDraft) -> TimelinePlan:
-    """Dates every item just before the session it will be told in; earlier-known facts go first."""
-    rng = rng_for(cfg.seed, "plan", persona.persona_id)
-    p = cfg.plan
-    sessions = schedule_sessions(cfg, persona)
-    pid = persona.persona_id
-    items: list[PlanItem] = []
-
-    def session_time(index: int, hours_before: int = 0) -> str:
-        return fmt_time(parse_time(sessions[index].start) - timedelta(hours=hours_before))
-
-    def add(kind: str, subject: str, value: str, session: int, **extra: object) -> PlanItem:
-        item = PlanItem(item_id=stable_id("i_", pid, kind, subject, value, len(items)), persona_id=pid, kind=kind,
-                        time=session_time(session, rng.randint(0, 30)), subject=subject, value=value, **extra)
-        items.append(item)
-        return item
-
-    last = len(sessions) - 1
-    early = max(1, len(sessions) // 3)
-    for pref in persona.profile.preferences[: p.preferences]:
-        add("preference", "hobby", pref, rng.randint(0, early - 1) if early > 0 else 0)
-    for person in _unique(draft.people, key=lambda x: normalize(x.name))[: p.people]:
-        add("relationship", person.name.strip(), person.relation.strip(), rng.randint(0, last))
-    for routine in _unique(draft.routines)[: p.routines]:
-        add("routine", "routine", routine.strip(), rng.randint(0, last))
-    events = [add("event", "event", e.strip(), rng.randint(0, last)) for e in _unique(draft.events)[: p.events]]
-    for goal in _unique(draft.goals)[: p.goals]:
-        first = rng.randint(0, max(0, last - 1))
-        g = add("goal", goal.strip(), "started", first)
-        if first < last and rng.random() < 0.5:
-            add("goal_update", g.subject, rng.choice(["finished", "gave up"]), rng.randint(first + 1, last),
-                previous_value="started", cause_item_id=g.item_id)
-    # planned shifts: each drawn with its declared probability, caused by a dated event
-    old_prefs = [i for i in items if i.kind == "preference"]
-    for interest in _unique(draft.new_interests)[:1]:
-        if old_prefs and last >= 1 and rng.random() < p.preference_shift_prob:
-            at = rng.randint(1, last)
-            cause = add("event", "event", f"tried {interest.strip()} for the first time", at - 1)
-            add("preference_shift", "hobby", interest.strip(), at, previous_value=rng.choice(old_prefs).value,
-                cause_item_id=cause.item_id)
-    if events and rng.random() < p.personality_drift_prob:
-        cause = rng.choice(events)
-        trait = rng.choice(BIG_FIVE_TRAITS)
-        items.append(PlanItem(item_id=stable_id("i_", pid, "drift", trait), persona_id=pid, kind="personality_drift",
-                              time=cause.time, subject=trait, value=trait, trait=trait,
-                              delta=rng.choice([-1.0, -0.5, 0.5, 1.0]), cause_item_id=cause.item_id))
-    items.sort(key=lambda i: (i.time, i.item_id))
-    return TimelinePlan(persona_id=pid, span_days=span_days(cfg, persona), sessions=sessions, items=items)
-
-
-def _unique(values: list, key=lambda v: normalize(v)) -> list:
+def _unique(values: list, key: Callable = normalize) -> list:
     seen, out = set(), []
     for v in values:
         k = key(v)
@@ -134,16 +118,263 @@ def _unique(values: list, key=lambda v: normalize(v)) -> list:
     return out
 
 
-def build_plans(cfg: PipelineConfig, personas: list[Persona],
-                results: list[TeacherResult]) -> tuple[list[TimelinePlan], list[QuarantineRow]]:
+def _proposals(proposed: list, pool: list, n: int, rng: random.Random, key: Callable = normalize,
+               taken: set[str] | None = None) -> list:
+    """The teacher's distinct proposals first, then vocabulary entries, n in all; nothing already taken."""
+    taken = taken if taken is not None else set()
+    out = []
+    extra = list(pool)
+    rng.shuffle(extra)
+    for v in _unique(list(proposed), key) + extra:
+        if len(out) == n:
+            break
+        k = key(v)
+        if k and k not in taken:
+            taken.add(k)
+            out.append(v)
+    return out
+
+
+@dataclass
+class _Calendar:
+    """Free plan-item capacity per session, and the dates an item told in a session can carry."""
+
+    sessions: list[PlannedSession]
+    free: list[int]
+
+    def window(self, index: int) -> tuple[str, str]:
+        """(earliest, latest) time for an item first told in session `index`: after the previous session ended."""
+        start = parse_time(self.sessions[index].start)
+        if index == 0:
+            return fmt_time(start - timedelta(days=2)), fmt_time(start)
+        prev = self.sessions[index - 1]
+        prev_end = parse_time(prev.start) + timedelta(minutes=MINUTES_PER_TURN * (prev.n_turns - 1) + 1)
+        return fmt_time(prev_end), fmt_time(start)
+
+    def take(self, rng: random.Random, earliest: int = 0, latest: int | None = None) -> int | None:
+        latest = len(self.sessions) - 1 if latest is None else latest
+        open_ = [i for i in range(earliest, latest + 1) if self.free[i] > 0]
+        if not open_:
+            return None
+        index = rng.choice(open_)
+        self.free[index] -= 1
+        return index
+
+
+def build_plan(cfg: PipelineConfig, persona: Persona, draft: PlanDraft, images: list[ImageRecord]) -> TimelinePlan:
+    """Every item gets the session it is told in; its time falls between the previous session and that one.
+
+    Items are added one kind at a time in rounds (one of each kind, then a second of each ...), so a short
+    history still gets every kind before any kind gets its second item.
+    """
+    rng = rng_for(cfg.seed, "plan", persona.persona_id)
+    p, vocab, pid = cfg.plan, vocabulary(), persona.persona_id
+    sessions = schedule_sessions(cfg, persona)
+    total_turns = sum(s.n_turns for s in sessions)
+    n_photos = round(cfg.dialogue.image_turn_share * total_turns) if images else 0
+    facts = total_turns - n_photos - round(p.small_talk_share * total_turns)
+    free = [s.n_turns for s in sessions]
+    for _ in range(n_photos):  # photos first: their share of turns is fixed by the config
+        free[rng.choice([i for i, f in enumerate(free) if f > 0])] -= 1
+    cal = _Calendar(sessions, free)
+    for _ in range(max(0, sum(free) - facts)):  # keep the small-talk share free
+        free[rng.choice([i for i, f in enumerate(free) if f > 0])] -= 1
+    items: list[PlanItem] = []
+
+    def add(kind: str, session: int, subject: str, value: str, **extra: object) -> PlanItem:
+        lo, hi = cal.window(session)
+        lo_t, hi_t = parse_time(lo), parse_time(hi)
+        minutes = int((hi_t - lo_t).total_seconds() // 60)
+        when = lo_t + timedelta(minutes=rng.randint(0, max(0, minutes)))
+        item = PlanItem(item_id=stable_id("i_", pid, kind, subject, value, len(items)), persona_id=pid, kind=kind,
+                        time=fmt_time(when), subject=subject, value=value, **extra)
+        items.append(item)
+        return item
+
+    taken: set[str] = {normalize(x) for x in persona.profile.preferences}
+    names = _proposals(draft.people, vocab["names"], p.people, rng, taken=set())
+    relations = rng.sample(sorted(vocab["relations"]), k=min(len(names), len(vocab["relations"])))
+    people = list(zip(names, relations))
+    goals = _proposals(draft.goals, vocab["goals"], p.goals, rng, taken=taken)
+    routines = _proposals([(r.when, r.action) for r in draft.routines], [tuple(r) for r in vocab["routines"]],
+                          p.routines, rng, key=lambda r: normalize(r[1]), taken=taken)
+    events = _proposals(draft.events, vocab["events"], p.events + p.person_events, rng, taken=taken)
+    interests = _proposals(draft.new_interests, vocab["interests"], 1, rng, taken=taken)
+    dislikes = _proposals(draft.dislikes, vocab["dislikes"], p.dislikes, rng, taken=taken)
+    skills = _proposals(draft.skills, vocab["skills"], p.skills, rng, taken=taken)
+    styles = rng.sample(sorted(vocab["styles"]), k=min(p.styles, len(vocab["styles"])))
+
+    people_sessions: dict[str, int] = {}
+    person_events = events[p.events:]
+    plain_events = events[:p.events]
+    # the first person is the most present one: they get every other person event, the rest share the others
+    event_people = [names[0] if k % 2 == 0 or len(names) == 1 else names[1 + (k // 2) % (len(names) - 1)]
+                    for k in range(len(person_events))]
+
+    def add_preference(k: int) -> bool:
+        if k >= min(p.preferences, len(persona.profile.preferences)):
+            return False
+        s = cal.take(rng, 0, max(0, len(sessions) // 3))
+        return s is not None and bool(add("preference", s, "hobby", persona.profile.preferences[k]))
+
+    def add_person(k: int) -> bool:
+        if k >= len(people):
+            return False
+        s = cal.take(rng, 0, max(0, len(sessions) // 2))
+        if s is None:
+            return False
+        name, relation = people[k]
+        people_sessions[name] = s
+        return bool(add("relationship", s, name, relation))
+
+    def add_person_event(k: int) -> bool:
+        """After the session that introduces the person, where there is one."""
+        if k >= len(person_events) or event_people[k] not in people_sessions:
+            return False
+        s = cal.take(rng, min(people_sessions[event_people[k]] + 1, len(sessions) - 1))
+        return s is not None and bool(add("event", s, "event", person_events[k], person=event_people[k]))
+
+    def add_event(k: int) -> bool:
+        if k >= len(plain_events):
+            return False
+        s = cal.take(rng)
+        return s is not None and bool(add("event", s, "event", plain_events[k]))
+
+    def add_routine(k: int) -> bool:
+        if k >= len(routines):
+            return False
+        s = cal.take(rng)
+        return s is not None and bool(add("routine", s, routines[k][0], routines[k][1]))
+
+    def add_dislike(k: int) -> bool:
+        if k >= len(dislikes):
+            return False
+        s = cal.take(rng)
+        return s is not None and bool(add("dislike", s, "dislike", dislikes[k]))
+
+    def add_style(k: int) -> bool:
+        if k >= len(styles):
+            return False
+        s = cal.take(rng)
+        return s is not None and bool(add("style", s, styles[k], rng.choice(vocab["styles"][styles[k]])))
+
+    def add_goal(k: int) -> bool:
+        """A goal, and with goal_update_prob a later outcome report (otherwise its outcome stays unknown)."""
+        if k >= len(goals):
+            return False
+        s = cal.take(rng, 0, max(0, len(sessions) - 2))
+        if s is None:
+            return False
+        goal = add("goal", s, goals[k], "started")
+        if s < len(sessions) - 1 and rng.random() < p.goal_update_prob:
+            u = cal.take(rng, s + 1)
+            if u is not None:
+                add("goal_update", u, goal.subject, rng.choice(GOAL_OUTCOMES), previous_value="started",
+                    cause_item_id=goal.item_id)
+        return True
+
+    def add_skill(k: int) -> bool:
+        if k >= len(skills):
+            return False
+        s = cal.take(rng, 0, max(0, len(sessions) - 2))
+        if s is None:
+            return False
+        level = rng.choice(SKILL_LEVELS[:-1])
+        skill = add("skill", s, skills[k], level)
+        if s < len(sessions) - 1 and rng.random() < p.skill_update_prob:
+            u = cal.take(rng, s + 1)
+            if u is not None:
+                add("skill_update", u, skill.subject, SKILL_LEVELS[SKILL_LEVELS.index(level) + 1],
+                    previous_value=level, cause_item_id=skill.item_id)
+        return True
+
+    def add_shift(k: int) -> bool:
+        """A new interest replacing an earlier like, caused by a first try one or more sessions before."""
+        old = [i for i in items if i.kind == "preference"]
+        if k >= len(interests) or not old or len(sessions) < 2 or rng.random() >= p.preference_shift_prob:
+            return False
+        first_pref = min(told_in(sessions, i) for i in old)
+        cause_s = cal.take(rng, first_pref, len(sessions) - 2)
+        if cause_s is None:
+            return False
+        shift_s = cal.take(rng, cause_s + 1)
+        if shift_s is None:
+            cal.free[cause_s] += 1
+            return False
+        cause = add("event", cause_s, "event", f"tried {interests[k]} for the first time")
+        add("preference_shift", shift_s, "hobby", interests[k],
+            previous_value=rng.choice([i for i in old if told_in(sessions, i) <= cause_s]).value,
+            cause_item_id=cause.item_id)
+        return True
+
+    # most telling first: when turns run short, the kinds at the end lose their items first
+    kinds = [add_preference, add_person, add_shift, add_goal, add_routine, add_person_event, add_event, add_skill,
+             add_dislike, add_style]
+    rounds = max(p.preferences, p.people, p.routines, p.goals, p.person_events, p.events, p.dislikes, p.skills,
+                 p.styles, 1)
+    for k in range(rounds):
+        for kind in kinds:
+            kind(k)
+    for k in range(len(person_events)):  # persons introduced late may still take events in later rounds
+        if not any(i.kind == "event" and i.value == person_events[k] for i in items):
+            add_person_event(k)
+
+    _add_photos(cfg, persona, sessions, images, n_photos, add, rng)
+    events_told = [i for i in items if i.kind == "event"]
+    if events_told and rng.random() < p.personality_drift_prob:
+        cause = rng.choice(events_told)
+        trait = rng.choice(BIG_FIVE_TRAITS)
+        items.append(PlanItem(item_id=stable_id("i_", pid, "drift", trait, cause.item_id), persona_id=pid,
+                              kind="personality_drift", time=cause.time, subject=trait, value=trait, trait=trait,
+                              delta=rng.choice([-1.0, -0.5, 0.5, 1.0]), cause_item_id=cause.item_id))
+    items.sort(key=lambda i: (i.time, i.item_id))
+    return TimelinePlan(persona_id=pid, span_days=span_days(cfg, persona), sessions=sessions, items=items)
+
+
+def image_side(image_id: str) -> str:
+    """Training and benchmark histories draw from disjoint halves of the pool, so no image leaks across."""
+    return "train" if int(image_id[:8], 16) % 2 == 0 else "bench"
+
+
+def _add_photos(cfg: PipelineConfig, persona: Persona, sessions: list[PlannedSession], images: list[ImageRecord],
+                n_photos: int, add: Callable, rng: random.Random) -> None:
+    side = "train" if persona.split == "train" else "bench"
+    pool = sorted((i for i in images if image_side(i.image_id) == side), key=lambda i: i.image_id)
+    if not pool:
+        return
+    order = rng.sample(pool, k=len(pool))
+    purposes = list(vocabulary()["photo_purposes"])
+    weights = [s.n_turns for s in sessions]
+    for k in range(n_photos):
+        image = order[k % len(order)]  # distinct photos until the pool runs out
+        session = rng.choices(range(len(sessions)), weights=weights)[0]
+        add("photo_share", session, image.labels[0], rng.choice(purposes), image_id=image.image_id)
+
+
+def build_plans(cfg: PipelineConfig, personas: list[Persona], results: list[TeacherResult],
+                images: list[ImageRecord]) -> tuple[list[TimelinePlan], list[QuarantineRow]]:
     plans, quarantined = [], []
     for persona, res in zip(personas, results):
         if res.ok:
-            plans.append(build_plan(cfg, persona, res.value))  # type: ignore[arg-type]
+            plans.append(build_plan(cfg, persona, res.value, images))  # type: ignore[arg-type]
         else:
             quarantined.append(QuarantineRow(table_name="timeline_plans", row_key=persona.persona_id,
                                              rule="teacher_failure", value=res.failure or ""))
     return plans, quarantined
+
+
+@dataclass(frozen=True)
+class Realization:
+    """How a plan item is told: what the user does in the turn (third person, as in "the user ..."), the
+    phrases the user message must contain, and the fact in third person (memory wording falls back to it)."""
+
+    instruction: str
+    phrases: tuple[str, ...]
+    statement: str
+
+
+GOAL_NEWS = {"finished": "they finished it", "gave up": "they gave up on it",
+             "making progress": "they are making progress"}
 
 
 def realizable(item: PlanItem) -> bool:
@@ -151,21 +382,45 @@ def realizable(item: PlanItem) -> bool:
     return item.kind != "personality_drift"
 
 
-def fact_sentence(item: PlanItem) -> tuple[str, str]:
-    """(what the user tells, the exact phrase a realizing turn must contain) for a plan item."""
+def realization(item: PlanItem) -> Realization:
+    v, s = item.value, item.subject
     match item.kind:
         case "preference":
-            return f"they enjoy {item.value}", item.value
+            return Realization(f"says they enjoy {v}", (v,), f"The user enjoys {v}.")
+        case "dislike":
+            return Realization(f"says they really dislike {v}", (v,), f"The user dislikes {v}.")
         case "preference_shift":
-            return f"they are now into {item.value} more than {item.previous_value}", item.value
-        case "relationship":
-            return f"{item.subject} is their {item.value}", item.subject
-        case "routine":
-            return f"they have a routine: {item.value}", item.value
+            return Realization(f"says that these days they are more into {v} than {item.previous_value}", (v,),
+                               f"The user is now more into {v} than {item.previous_value}.")
+        case "event" if item.person:
+            return Realization(f"says they {v} with {item.person}", (v, item.person),
+                               f"The user {v} with {item.person}.")
         case "event":
-            return f"they {item.value}", item.value
+            return Realization(f"says they {v}", (v,), f"The user {v}.")
+        case "routine":
+            return Realization(f"says that {s} they {v}, as a habit", (s, v), f"{s[0].upper()}{s[1:]}, the user {v}.")
         case "goal":
-            return f"they have a goal: {item.subject}", item.subject
+            return Realization(f"says they have set themselves a long-term goal: to {s}", (s,),
+                               f"The user has a long-term goal: to {s}.")
         case "goal_update":
-            return f"they {item.value} their goal to {item.subject}", item.subject
+            return Realization(f"gives news on their goal to {s}: {GOAL_NEWS[v]}", (s, v),
+                               f"On the goal to {s}, {GOAL_NEWS[v].replace('they', 'the user', 1)}.")
+        case "relationship":
+            return Realization(f"mentions {s}, who is their {v}", (v, s), f"{s} is the user's {v}.")
+        case "skill":
+            return Realization(f"says they practise {s} and are at {v} level", (s, v),
+                               f"The user practises {s} at {v} level.")
+        case "skill_update":
+            return Realization(f"says they have now reached {v} level at {s}", (s, v),
+                               f"The user has reached {v} level at {s}.")
+        case "style":
+            return Realization(f"says they like to do things {v}", (v,), f"The user likes to do things {v}.")
+        case "photo_share":
+            return Realization(f"shares a photo of the {s} and says they are sending it {v}", (s, v),
+                               f"The user shared a photo of the {s} {v}.")
     raise ValueError(f"plan item kind {item.kind} is not realizable")
+
+
+def told_in(sessions: list[PlannedSession], item: PlanItem) -> int:
+    """The session an item is told in: the first one starting at or after the item's time."""
+    return next(s.session_index for s in sessions if item.time <= s.start)

@@ -16,7 +16,7 @@ from ..schema import (
 )
 from ..teacher.types import TeacherRequest, TeacherResult
 from .common import chat, contains_phrase, normalize, parse_time, rng_for, sampling, stable_id
-from .plans import fact_sentence
+from .plans import realization
 
 TOP_K = 4
 QUESTIONS = {
@@ -80,7 +80,7 @@ def retrieve(call: RetrieveCall, semantic: dict[int, SemanticMemoryTarget], turn
 def retrieval_plan(item: PlanItem, gold_memory: SemanticMemoryTarget, realized_at: Turn) -> list[RetrieveCall]:
     """Demonstrated searches: the question's own words first, then the stored keywords minus the answer words."""
     question_kw = QUESTIONS[item.kind][1].format(subject=item.subject)
-    answer_words = set(normalize(fact_sentence(item)[1]).split())
+    answer_words = set(normalize(realization(item).phrases[0]).split())
     stored = [w for w in normalize(gold_memory.keywords.replace(",", " ")).split() if w not in answer_words]
     day = parse_time(realized_at.time)
     window = (fmt_time(day.replace(hour=0, minute=0)), fmt_time(day.replace(hour=23, minute=59)))
@@ -117,7 +117,7 @@ def search(cfg: PipelineConfig, item: PlanItem, realized_at: Turn, probe_turn: T
 def answer_requests(cfg: PipelineConfig, persona: Persona, jobs: list[dict]) -> list[TeacherRequest]:
     return [TeacherRequest(
         chat("reasoning_answer", name=persona.profile.name, memories=job["memories"], query=job["query"],
-             phrase=fact_sentence(job["item"])[1]),
+             phrase=realization(job["item"]).phrases[0]),
         sampling(cfg, "answer", job["probe_id"]), AnswerDraft, tag=f"answer:{job['probe_id']}") for job in jobs]
 
 
@@ -141,7 +141,7 @@ def build_trajectories(persona: Persona, jobs: list[dict],
     out = []
     for job, res in zip(jobs, results):
         item: PlanItem = job["item"]
-        phrase = fact_sentence(item)[1]
+        phrase = realization(item).phrases[0]
         draft: AnswerDraft | None = res.value if res.ok else None  # type: ignore[assignment]
         verified = draft is not None and contains_phrase(draft.answer, phrase) and any(
             contains_phrase(m["content"], phrase) for m in job["memories"])

@@ -1,0 +1,309 @@
+"""Personas, timeline plans and dialogues on a schema-following fake teacher: the plan is the ground truth, and the
+dialogue realizes it in order, passes the structural rules, and quarantines what it cannot realize."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from persona_factory.config import load_config
+from persona_factory.schema import Dialogue, Persona, TimelinePlan
+from persona_factory.stages import dialogues as D
+from persona_factory.stages import personas as P
+from persona_factory.stages import plans as PL
+from persona_factory.stages.common import contains_phrase, parse_time
+from persona_factory.stages.images import load_image_pool
+from persona_factory.teacher.types import TeacherRequest, TeacherStats
+from quality.validate import structural_violations
+
+try:
+    from tests.fake_teacher import SchemaTeacher, answer
+except ImportError:
+    from fake_teacher import SchemaTeacher, answer
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    cfg = load_config("tiny")
+    pool, quarantined = load_image_pool(cfg.image_source, tmp_path_factory.mktemp("images"))
+    assert not quarantined
+    return pool
+
+
+def histories(cfg, images, teacher=None):
+    teacher = teacher or SchemaTeacher()
+    assigned = P.assign_splits(P.load_seeds(cfg.persona_source), cfg)
+    personas, _ = P.build_personas(cfg, assigned, teacher.generate(
+        [P.enrichment_request(cfg, s, P.sample_big_five(cfg, s)) for s, _, _ in assigned]))
+    plans, _ = PL.build_plans(cfg, personas, teacher.generate([PL.plan_request(cfg, p) for p in personas]), images)
+    return personas, plans
+
+
+@pytest.fixture(scope="module")
+def tiny(images):
+    cfg = load_config("tiny")
+    personas, plans = histories(cfg, images)
+    teacher = SchemaTeacher()
+    dialogues, quarantined = D.generate_dialogues(cfg, teacher, personas, plans, images, TeacherStats())
+    return cfg, personas, plans, dialogues, quarantined, teacher
+
+
+# ---------------------------------------------------------------------------------------------- personas
+
+
+def test_personas_are_stable_balanced_over_shards_and_disjoint(images):
+    cfg = load_config("tiny")
+    a, _ = histories(cfg, images)
+    b, _ = histories(cfg, images)
+    assert [p.persona_id for p in a] == [p.persona_id for p in b]
+    assert Counter(p.split for p in a) == {"train": 2, "bench_32k": 1, "bench_128k": 1}
+    assert Counter(p.shard for p in a) == {"shard-000": 2, "shard-001": 2}
+    assert len({p.seed.seed_id for p in a}) == len(a)
+
+
+def test_shards_are_sized_from_the_config():
+    assert load_config("paper").personas.shards == 28
+    assert P.shard_keys(load_config("tiny", overrides={"personas": {"per_shard": 3}})) == ["shard-000", "shard-001"]
+
+
+# ---------------------------------------------------------------------------------------------- plans
+
+
+def test_bench_plans_hold_every_kind_the_benchmark_needs(tiny):
+    _, personas, plans, *_ = tiny
+    bench = {p.persona_id for p in personas if p.split != "train"}
+    for plan in (p for p in plans if p.persona_id in bench):
+        kinds = Counter(i.kind for i in plan.items)
+        for kind in ("preference", "dislike", "preference_shift", "event", "routine", "goal", "relationship",
+                     "skill", "style", "photo_share"):
+            assert kinds[kind] >= 1, (kind, kinds)
+        assert kinds["relationship"] == 2
+        people = Counter(i.person for i in plan.items if i.kind == "event" and i.person)
+        assert people and max(people.values()) >= 1
+
+
+def test_plan_items_are_dated_in_the_session_that_tells_them(tiny):
+    _, _, plans, *_ = tiny
+    for plan in plans:
+        starts = [s.start for s in plan.sessions]
+        assert starts == sorted(starts)
+        for item in plan.items:
+            if not PL.realizable(item):
+                continue
+            k = PL.told_in(plan.sessions, item)
+            assert item.time <= starts[k] and (k == 0 or item.time > starts[k - 1])
+
+
+def test_planned_changes_follow_their_causes(tiny):
+    _, _, plans, *_ = tiny
+    for plan in plans:
+        items = {i.item_id: i for i in plan.items}
+        for item in plan.items:
+            if item.cause_item_id:
+                cause = items[item.cause_item_id]
+                assert cause.time <= item.time
+                if item.kind in ("preference_shift", "goal_update", "skill_update"):
+                    assert PL.told_in(plan.sessions, cause) < PL.told_in(plan.sessions, item)
+            if item.kind == "preference_shift":
+                assert item.previous_value in {i.value for i in plan.items if i.kind == "preference"}
+
+
+def test_relation_tones_come_from_the_vocabulary(tiny):
+    _, _, plans, *_ = tiny
+    for item in (i for p in plans for i in p.items if i.kind == "relationship"):
+        assert PL.relation_tone(item.value)
+
+
+def test_a_short_history_keeps_the_small_talk_share(images):
+    cfg = load_config("tiny", overrides={"dialogue": {"turns_train": {"min": 6, "max": 6}}})
+    personas, plans = histories(cfg, images)
+    for persona, plan in zip(personas, plans):
+        if persona.split == "train":
+            told = [i for i in plan.items if PL.realizable(i)]
+            assert len(told) <= 6 - round(cfg.plan.small_talk_share * 6)
+
+
+# ---------------------------------------------------------------------------------------------- dialogues
+
+
+def test_dialogues_pass_the_structural_rules(tiny):
+    cfg, _, plans, dialogues, quarantined, _ = tiny
+    plan_items = {p.persona_id: {i.item_id for i in p.items} for p in plans}
+    for d in dialogues:
+        assert structural_violations(d, plan_items[d.persona_id], cfg.dialogue.session_gap_minutes) == []
+        for t in d.turns:
+            assert t.user.count("<img>") == (1 if t.image_id else 0) and "<img>" not in t.assistant
+    assert [t.turn_index for d in dialogues for t in d.turns] == [i for d in dialogues for i in range(len(d.turns))]
+
+
+def test_turn_counts_and_image_share_follow_the_preset(tiny):
+    cfg, personas, _, dialogues, _, _ = tiny
+    split = {p.persona_id: p.split for p in personas}
+    for d in dialogues:
+        rng = {"train": cfg.dialogue.turns_train, "bench_32k": cfg.dialogue.turns_32k,
+               "bench_128k": cfg.dialogue.turns_128k}[split[d.persona_id]]
+        assert rng.min <= len(d.turns) <= rng.max
+        share = sum(t.image_id is not None for t in d.turns) / len(d.turns)
+        assert abs(share - cfg.dialogue.image_turn_share) < 0.05
+
+
+def test_every_plan_item_is_realized_or_quarantined(tiny):
+    _, _, plans, dialogues, quarantined, _ = tiny
+    realized = {i for d in dialogues for t in d.turns for i in t.realizes}
+    excused = {q.row_key.split(":")[1] for q in quarantined if q.table_name == "timeline_plans"}
+    for plan in plans:
+        for item in plan.items:
+            if PL.realizable(item):
+                assert item.item_id in realized | excused
+
+
+def test_realizing_turns_state_their_phrases(tiny):
+    _, _, plans, dialogues, _, _ = tiny
+    items = {i.item_id: i for p in plans for i in p.items}
+    for t in (t for d in dialogues for t in d.turns if t.realizes):
+        for phrase in PL.realization(items[t.realizes[0]]).phrases:
+            assert contains_phrase(t.user, phrase)
+
+
+def test_one_batched_call_per_session_index(tiny):
+    """The wavefront: session k of every persona goes out in one generate call."""
+    _, _, plans, _, _, teacher = tiny
+    calls = [r.tag for r in teacher.requests if r.tag.startswith("session:")]
+    assert len(calls) == sum(len(p.sessions) for p in plans)
+    assert max(len(p.sessions) for p in plans) < len(calls)
+
+
+def test_session_prompts_do_not_grow_with_the_history(images):
+    """Prompt size per turn for a 20-turn vs a 300-turn history stays within 1.5x."""
+    def per_turn(turns: int) -> float:
+        cfg = load_config("tiny", overrides={"personas": {"train": 1, "bench_32k": 0, "bench_128k": 0},
+                                             "dialogue": {"turns_train": {"min": turns, "max": turns}},
+                                             "plan": {"span_days_train": 31}})
+        personas, plans = histories(cfg, images)
+        teacher = SchemaTeacher()
+        D.generate_dialogues(cfg, teacher, personas, plans, images, TeacherStats())
+        sessions = [r for r in teacher.requests if r.tag.startswith("session:")]
+        chars = sum(len(m.content if isinstance(m.content, str) else m.content[-1]) for r in sessions
+                    for m in r.messages)
+        return chars / turns
+
+    assert per_turn(300) / per_turn(20) <= 1.5
+
+
+def test_a_session_failing_its_schema_is_repaired_turn_by_turn(images):
+    """A first session whose turns lack their phrases fails validation as a whole; each of its turns is then
+    rewritten alone, and all of them make it into the dialogue."""
+    cfg = load_config("tiny")
+    personas, plans = histories(cfg, images)
+
+    def drop_phrases(req: TeacherRequest) -> str:
+        data = json.loads(answer(req.json_schema(), req.sampling.seed))
+        for turn in data["turns"]:
+            turn["user"] = "Just chatting today."
+        return json.dumps(data)
+
+    teacher = SchemaTeacher(lambda req: drop_phrases(req) if req.tag.startswith("session:")
+                            and req.tag.endswith(":0") else None)
+    dialogues, quarantined = D.generate_dialogues(cfg, teacher, personas, plans, images, TeacherStats())
+    repairs = [r for r in teacher.requests if r.tag.startswith("repair:")]
+    assert len(repairs) == sum(p.sessions[0].n_turns for p in plans)
+    assert not [q for q in quarantined if q.table_name == "dialogue_turns"]
+    assert sum(len(d.turns) for d in dialogues) == sum(s.n_turns for p in plans for s in p.sessions)
+    assert all("Just chatting today." not in t.user for d in dialogues for t in d.turns)
+
+
+def test_a_turn_that_stays_wrong_is_quarantined_and_its_item_unrealized(images):
+    cfg = load_config("tiny", overrides={"dialogue": {"constrain_phrases": False, "realization_retries": 1}})
+    personas, plans = histories(cfg, images)
+    target = next(i for i in plans[0].items if i.kind == "relationship")
+
+    def never_name(req: TeacherRequest) -> str | None:
+        raw = answer(req.json_schema(), req.sampling.seed)
+        return raw.replace(target.subject, "someone")
+
+    teacher = SchemaTeacher(never_name)
+    dialogues, quarantined = D.generate_dialogues(cfg, teacher, personas, plans, images, TeacherStats())
+    rules = {(q.table_name, q.rule) for q in quarantined}
+    assert ("dialogue_turns", "missing_phrase") in rules
+    assert any(q.rule == "unrealized" and q.row_key.endswith(target.item_id) for q in quarantined)
+    assert target.item_id not in {i for d in dialogues for t in d.turns for i in t.realizes}
+    assert len([r for r in teacher.requests if r.tag.startswith("repair:")]) >= 1
+
+
+def test_a_new_interest_before_its_shift_is_rejected(images):
+    """The plan drives the dialogue: a planned preference shift appears only after its cause event."""
+    cfg = load_config("tiny")
+    personas, plans = histories(cfg, images)
+    shifts = {p.persona_id: next(i for i in p.items if i.kind == "preference_shift") for p in plans
+              if any(i.kind == "preference_shift" for i in p.items)}
+    assert shifts
+
+    def leak_interest(req: TeacherRequest) -> str | None:
+        pid = req.tag.split(":")[1]
+        if not req.tag.startswith("session:") or pid not in shifts:
+            return None
+        data = json.loads(answer(req.json_schema(), req.sampling.seed))
+        for turn in data["turns"]:
+            turn["user"] += f" Also, {shifts[pid].value} looks fun."
+        return json.dumps(data)
+
+    teacher = SchemaTeacher(leak_interest)
+    dialogues, quarantined = D.generate_dialogues(cfg, teacher, personas, plans, images, TeacherStats())
+    assert any("premature_shift" in r.messages[1].content for r in teacher.requests if r.tag.startswith("repair:"))
+    items = {i.item_id: i for p in plans for i in p.items}
+    for d in dialogues:
+        shift = shifts.get(d.persona_id)
+        if shift is None:
+            continue
+        cause_turns = [t for t in d.turns if shift.cause_item_id in t.realizes]
+        for t in d.turns:
+            if contains_phrase(t.user, shift.value):
+                assert t.time >= shift.time or shift.cause_item_id in t.realizes
+        if cause_turns:
+            shift_turns = [t for t in d.turns if shift.item_id in t.realizes]
+            assert all(parse_time(s.time) > parse_time(cause_turns[0].time) for s in shift_turns)
+        assert items[shift.cause_item_id].time < shift.time
+
+
+def test_a_negated_fact_goes_to_the_judge(images):
+    cfg = load_config("tiny")
+    personas, plans = histories(cfg, images)
+    replaced = {i.previous_value for p in plans for i in p.items if i.kind == "preference_shift"}
+    pref = {p.persona_id: i for p in plans for i in p.items if i.kind == "preference" and i.value not in replaced}
+    assert pref
+
+    def deny_preference(req: TeacherRequest) -> str | None:
+        if req.tag.startswith("judge:"):
+            return json.dumps({"consistent": False})
+        if not req.tag.startswith("session:"):
+            return None
+        pid = req.tag.split(":")[1]
+        data = json.loads(answer(req.json_schema(), req.sampling.seed))
+        if pid in pref:
+            data["turns"][-1]["user"] += f" I never liked {pref[pid].value} anyway."
+        return json.dumps(data)
+
+    teacher = SchemaTeacher(deny_preference)
+    dialogues, quarantined = D.generate_dialogues(cfg, teacher, personas, plans, images, TeacherStats())
+    assert [r for r in teacher.requests if r.tag.startswith("judge:")]
+    assert any("contradiction" in r.messages[1].content for r in teacher.requests if r.tag.startswith("repair:"))
+    for d in (d for d in dialogues if d.persona_id in pref):
+        for t in d.turns:
+            assert f"never liked {pref[d.persona_id].value}" not in t.user or pref[d.persona_id].time > t.time
+
+
+def test_the_session_prompt_carries_the_photo_for_image_teachers(images):
+    cfg = load_config("tiny", overrides={"teacher": {"supports_images": True}})
+    personas, plans = histories(cfg, images)
+    teacher = SchemaTeacher()
+    D.generate_dialogues(cfg, teacher, personas, plans, images, TeacherStats())
+    with_photos = [r for r in teacher.requests if r.tag.startswith("session:") and not isinstance(
+        r.messages[1].content, str)]
+    assert with_photos
+    photos = sum(1 for p in plans for i in p.items if i.kind == "photo_share")
+    sent = sum(len(r.messages[1].content) - 1 for r in with_photos)
+    assert sent == photos
