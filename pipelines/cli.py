@@ -9,6 +9,7 @@ import sys
 import dagster as dg
 
 from persona_factory.config import ConfigError
+from persona_factory.estimate import estimate
 
 from .definitions import build_definitions
 from .partitions import all_shards_tags
@@ -24,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--output", default=None, help="output folder (default: output/)")
     run.add_argument("--teacher-url", action="append", default=None,
                      help="OpenAI-compatible teacher endpoint (repeatable); default: start the embedded server")
+    run.add_argument("--estimate-only", action="store_true", help="print the expected teacher cost and stop")
     args = parser.parse_args(argv)
 
     settings = FactoryConfig(preset=args.preset, config_path=args.config, output_dir=args.output,
@@ -33,6 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    print(f"Preset {cfg.preset}, teacher {cfg.teacher.model}, expected cost:")
+    for line in estimate(cfg).lines():
+        print(f"  {line}")
+    if args.estimate_only:
+        return 0
     defs = build_definitions(settings)
     with dg.DagsterInstance.get() as instance:
         result = defs.resolve_job_def("factory_job").execute_in_process(

@@ -12,7 +12,7 @@ from pydantic import PrivateAttr
 from persona_factory.config import EMBEDDED_MODEL, PipelineConfig, load_config
 from persona_factory.teacher.backends import OfflineBackend, ServerBackend
 from persona_factory.teacher.cache import ResponseCache
-from persona_factory.teacher.client import Teacher
+from persona_factory.teacher.client import Backend, Teacher
 
 
 class FactoryConfig(dg.ConfigurableResource):
@@ -58,23 +58,32 @@ class TeacherResource(dg.ConfigurableResource):
         return Path(model).name if Path(model).is_dir() else model
 
     def _build(self, cfg: PipelineConfig) -> Teacher:
-        from persona_factory.teacher.embedded import EmbeddedServer, apply_engine_env, resolve_model
-
         t = cfg.teacher
         cache = ResponseCache(cfg.output_path / "teacher_cache.sqlite")
+        return Teacher(lambda: self._connect(cfg), cache, model_id=self.model_name(), max_retries=t.max_retries,
+                       retry_cached_failures=t.retry_cached_failures)
+
+    def _connect(self, cfg: PipelineConfig) -> Backend:
+        """Called on the first request the cache cannot answer: a configured endpoint, the in-process engine, an
+        embedded server already running on `teacher.embedded_port` (e.g. `make serve-teacher`), or a new one."""
+        from persona_factory.teacher.embedded import EmbeddedServer, apply_engine_env, resolve_model, running_server
+
+        t = cfg.teacher
         if t.backend == "server" and t.base_urls:
             backend = ServerBackend.from_settings(t, t.base_urls, self.model_name())
             backend.check()
-        elif t.backend == "offline":
+            return backend
+        if t.backend == "offline":
             path, model_id = resolve_model(t)
             apply_engine_env(t)
-            backend = OfflineBackend(path, model_id, t, seed=cfg.seed)
-        else:
+            return OfflineBackend(path, model_id, t, seed=cfg.seed)
+        url = running_server(t, self.model_name())
+        if url is None:
             logs = cfg.output_path / "logs"
             logs.mkdir(parents=True, exist_ok=True)
             self._server = EmbeddedServer(t, logs / "teacher_server.log").start()
-            backend = ServerBackend.from_settings(t, [self._server.base_url], self._server.served_name)
-        return Teacher(backend, cache, max_retries=t.max_retries, retry_cached_failures=t.retry_cached_failures)
+            url = self._server.base_url
+        return ServerBackend.from_settings(t, [url], self.model_name())
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._teacher is not None:

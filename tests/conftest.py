@@ -26,7 +26,7 @@ os.environ.update({
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "slow: starts a real vLLM engine (~30-40 s per engine on a 2-core CPU)")
+    config.addinivalue_line("markers", "slow: starts a real vLLM engine, a dagster dev server or runs the whole graph")
 
 
 def _require_vllm() -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 from pydantic import ValidationError
 
+from ..config import ConfigError
 from .cache import ResponseCache, request_key
 from .types import RawCompletion, TeacherRequest, TeacherResult, TeacherStats
 
@@ -43,11 +44,21 @@ def validate_completion(request: TeacherRequest, raw: RawCompletion) -> tuple[ob
 
 
 class Teacher:
-    """generate() never raises for a bad answer: every request comes back with a value or a recorded failure."""
+    """generate() never raises for a bad answer: every request comes back with a value or a recorded failure.
 
-    def __init__(self, backend: Backend, cache: ResponseCache, *, max_retries: int = 2,
-                 retry_cached_failures: bool = False, backoff_s: float = 0.5):
-        self.backend = backend
+    The backend may be given as a connect function: it is called on the first cache miss, so a run whose every
+    request is already answered never starts an engine.
+    """
+
+    def __init__(self, backend: Backend | Callable[[], Backend], cache: ResponseCache, *, model_id: str | None = None,
+                 max_retries: int = 2, retry_cached_failures: bool = False, backoff_s: float = 0.5):
+        if callable(backend):
+            if model_id is None:
+                raise ValueError("a teacher connected lazily needs its model_id up front (cache keys use it)")
+            self._connect, self._backend = backend, None
+        else:
+            self._connect, self._backend = None, backend
+        self._model_id = model_id or backend.model_id  # type: ignore[union-attr]
         self.cache = cache
         self.max_retries = max_retries
         self.retry_cached_failures = retry_cached_failures
@@ -55,7 +66,20 @@ class Teacher:
 
     @property
     def model_id(self) -> str:
-        return self.backend.model_id
+        return self._model_id
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            self._backend = self._connect()  # type: ignore[misc]
+            if self._backend.model_id != self._model_id:
+                raise ConfigError(f"the teacher serves {self._backend.model_id!r}, not the configured "
+                                  f"{self._model_id!r} (setting `teacher.model`)")
+        return self._backend
+
+    @property
+    def connected(self) -> bool:
+        return self._backend is not None
 
     def generate(self, requests: Sequence[TeacherRequest], stats: TeacherStats | None = None) -> list[TeacherResult]:
         stats = stats if stats is not None else TeacherStats()
@@ -134,5 +158,6 @@ class Teacher:
                        prompt_tokens=tokens[0], completion_tokens=tokens[1])
 
     def close(self) -> None:
-        self.backend.close()
+        if self._backend is not None:
+            self._backend.close()
         self.cache.close()

@@ -315,6 +315,18 @@ def _tail(text: str, lines: int = 40) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
+def running_server(settings: TeacherSettings, served_name: str) -> str | None:
+    """The base URL of a server already serving `served_name` on `teacher.embedded_port`, if there is one, so
+    several runs (parallel shard backfills, `make serve-teacher`) share one engine instead of starting their own."""
+    base = f"http://127.0.0.1:{settings.embedded_port}/v1"
+    try:
+        r = httpx.get(f"{base}/models", timeout=httpx.Timeout(3.0, connect=1.0))
+        served = [m.get("id") for m in r.json().get("data", [])] if r.status_code == 200 else []
+    except (httpx.HTTPError, ValueError):
+        return None
+    return base if served_name in served else None
+
+
 class EmbeddedServer:
     """A local OpenAI-compatible vLLM server process for `teacher.model`, started and stopped by this process.
 

@@ -1,0 +1,67 @@
+"""What a config will ask of the teacher, printed before a run starts: turns, requests and tokens.
+
+Expected values from the config's ranges; tokens per request from the figures measured on the tiny preset with
+the embedded teacher (BENCHMARKS.md, "history cost"), scaled by the config's turns per session. A sizing aid for
+GPU time, not a promise: a stronger teacher writes longer text and needs fewer repairs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import PipelineConfig, TurnRange
+
+# measured prompt / completion tokens: per request of each stage, and per turn for session requests
+SESSION_PROMPT_BASE, SESSION_PROMPT_PER_TURN, SESSION_COMPLETION_PER_TURN = 420, 45, 60
+PER_REQUEST = {  # stage -> (prompt tokens, completion tokens)
+    "persona": (200, 145), "plan": (490, 460), "repair": (330, 60), "semantic": (190, 60), "topic": (380, 45),
+    "personality": (150, 45), "answer": (250, 50), "alignment": (150, 70), "blind": (200, 10),
+}
+REPAIR_SHARE = 0.15  # turns rewritten alone after their session draft failed a check
+
+
+def _mean(r: TurnRange) -> float:
+    return (r.min + r.max) / 2
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    personas: int
+    turns: int
+    sessions: int
+    requests: dict[str, int]
+    prompt_tokens: int
+    completion_tokens: int
+
+    def lines(self) -> list[str]:
+        total = sum(self.requests.values())
+        return [
+            f"{self.personas} personas, ~{self.turns:,} turns in ~{self.sessions:,} sessions",
+            f"~{total:,} teacher requests: " + ", ".join(f"{k} {v:,}" for k, v in self.requests.items() if v),
+            f"~{self.prompt_tokens:,} prompt tokens and ~{self.completion_tokens:,} completion tokens "
+            f"(~{(self.prompt_tokens + self.completion_tokens) / 1e6:.1f} M tokens)",
+        ]
+
+
+def estimate(cfg: PipelineConfig) -> CostEstimate:
+    d, s, n = cfg.dialogue, cfg.supervision, cfg.personas
+    turns_by_split = {"train": n.train * _mean(d.turns_train), "bench_32k": n.bench_32k * _mean(d.turns_32k),
+                      "bench_128k": n.bench_128k * _mean(d.turns_128k)}
+    turns = sum(turns_by_split.values())
+    per_session = _mean(d.turns_per_session)
+    sessions = turns / per_session
+    told = turns * (1 - cfg.plan.small_talk_share)
+    bench_items = (n.bench_32k + n.bench_128k) * cfg.benchmark.items_per_persona
+    requests = {
+        "persona": n.total, "plan": n.total, "session": round(sessions), "repair": round(REPAIR_SHARE * turns),
+        "semantic": round(told), "topic": round(sessions), "personality": round(turns),
+        "answer": n.train * s.probes_per_persona, "alignment": 2 * n.total * s.alignment_pairs_per_persona,
+        "blind": 2 * bench_items,
+    }
+    prompt = SESSION_PROMPT_BASE * sessions + SESSION_PROMPT_PER_TURN * turns
+    completion = SESSION_COMPLETION_PER_TURN * turns
+    for stage, count in requests.items():
+        if stage in PER_REQUEST:
+            prompt += PER_REQUEST[stage][0] * count
+            completion += PER_REQUEST[stage][1] * count
+    return CostEstimate(n.total, round(turns), round(sessions), requests, round(prompt), round(completion))

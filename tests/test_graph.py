@@ -1,0 +1,158 @@
+"""The whole Dagster graph on a schema-following teacher served over loopback HTTP: every asset materializes, a
+second run asks the teacher nothing and writes identical outputs, one shard re-runs alone, and setup mistakes
+fail fast naming the setting to fix."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Iterator
+
+import dagster as dg
+import duckdb
+import pytest
+
+from persona_factory.config import load_config
+from persona_factory.stages.personas import shard_keys
+from persona_factory.teacher.embedded import EMBEDDED_SERVED_NAME
+from pipelines import cli
+from pipelines.definitions import build_definitions
+from pipelines.partitions import all_shards_tags
+from pipelines.resources import FactoryConfig
+
+try:
+    from tests.fake_openai import FakeOpenAI
+    from tests.fake_teacher import openai_responder
+except ImportError:
+    from fake_openai import FakeOpenAI
+    from fake_teacher import openai_responder
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+TEACHER_ASSETS = ("personas", "timeline_plans", "dialogues", "memory_targets", "personality_trajectories",
+                  "reasoning_trajectories", "alignment_pairs")
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI(EMBEDDED_SERVED_NAME, responder=openai_responder()) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def instance() -> Iterator[dg.DagsterInstance]:
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+def run_all(settings: FactoryConfig, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
+    defs = build_definitions(settings)
+    return defs.resolve_job_def("factory_job").execute_in_process(
+        instance=instance, tags=all_shards_tags(settings.load()), raise_on_error=False)
+
+
+def materialization_metadata(result: dg.ExecuteInProcessResult) -> dict[str, dict]:
+    return {e.asset_key.to_user_string(): {k: v.value for k, v in e.materialization.metadata.items()}
+            for e in result.get_asset_materialization_events()}
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def first_run(fake, instance, tmp_path_factory):
+    out = tmp_path_factory.mktemp("graph")
+    settings = FactoryConfig(preset="tiny", output_dir=str(out), teacher_base_urls=[fake.base_url])
+    fake.reset_stats()
+    result = run_all(settings, instance)
+    return settings, out, result, fake.request_count
+
+
+def test_every_asset_materializes(first_run):
+    settings, out, result, requests = first_run
+    assert result.success, [e.message for e in result.all_events if e.is_failure]
+    graph = build_definitions(settings).resolve_asset_graph()
+    expected = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert set(materialization_metadata(result)) == expected
+    checks = result.get_asset_check_evaluations()
+    assert checks and all(c.passed for c in checks)
+    assert requests > 0
+    for path in ("pipeline.duckdb", "hub/README.md", "native/data/Persona-MME/Persona-MME.json",
+                 "teacher_cache.sqlite"):
+        assert (out / path).exists(), path
+
+
+def test_published_configs_load_back(first_run):
+    from datasets import get_dataset_config_names, load_dataset
+
+    _, out, _, _ = first_run
+    configs = get_dataset_config_names(str(out / "hub"))
+    assert {"sft", "rl", "histories", "memory_db"} <= set(configs)
+    for config in configs:
+        assert all(len(split) > 0 for split in load_dataset(str(out / "hub"), config).values()), config
+
+
+def test_every_persona_shard_is_written(first_run):
+    settings, out, _, _ = first_run
+    with duckdb.connect(str(out / "pipeline.duckdb"), read_only=True) as con:
+        shards = {r[0] for r in con.execute("SELECT DISTINCT shard FROM dialogues").fetchall()}
+    assert shards == set(shard_keys(settings.load()))
+
+
+def test_second_run_asks_the_teacher_nothing_and_writes_the_same(first_run, fake, instance):
+    settings, out, _, _ = first_run
+    before = tree_digest(out / "hub"), tree_digest(out / "native")
+    with duckdb.connect(str(out / "pipeline.duckdb"), read_only=True) as con:
+        turns = con.execute("SELECT record FROM dialogue_turns ORDER BY rowid").fetchall()
+    fake.reset_stats()
+    result = run_all(settings, instance)
+    assert result.success
+    assert fake.request_count == 0
+    meta = materialization_metadata(result)
+    for asset in TEACHER_ASSETS:
+        assert meta[asset]["teacher_calls_sent"] == 0, asset
+        assert meta[asset]["teacher_cache_hits"] == meta[asset]["teacher_requests"], asset
+    assert sum(meta[a]["teacher_cache_hits"] for a in TEACHER_ASSETS) > 0
+    assert (tree_digest(out / "hub"), tree_digest(out / "native")) == before
+    with duckdb.connect(str(out / "pipeline.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT record FROM dialogue_turns ORDER BY rowid").fetchall() == turns
+
+
+def test_one_shard_reruns_alone(first_run, fake, instance):
+    settings, out, _, _ = first_run
+    keys = shard_keys(settings.load())
+    with duckdb.connect(str(out / "pipeline.duckdb"), read_only=True) as con:
+        before = con.execute("SELECT shard, count(*) FROM dialogue_turns GROUP BY 1 ORDER BY 1").fetchall()
+    defs = build_definitions(settings)
+    fake.reset_stats()
+    result = dg.materialize(
+        [a for a in defs.assets if isinstance(a, dg.AssetsDefinition)],
+        selection=["personas", "timeline_plans", "dialogues"], partition_key=keys[-1], instance=instance,
+        resources=defs.resources)
+    assert result.success
+    assert fake.request_count == 0
+    with duckdb.connect(str(out / "pipeline.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT shard, count(*) FROM dialogue_turns GROUP BY 1 ORDER BY 1").fetchall() == before
+
+
+def test_an_unreachable_teacher_fails_fast_naming_the_setting(tmp_path, capsys):
+    rc = cli.main(["materialize", "--preset", "tiny", "--output", str(tmp_path),
+                   "--teacher-url", "http://127.0.0.1:9/v1"])
+    assert rc == 1
+    assert "teacher.base_urls" in capsys.readouterr().err
+
+
+def test_a_bad_preset_fails_fast_naming_the_setting(tmp_path, capsys):
+    rc = cli.main(["materialize", "--preset", "huge", "--output", str(tmp_path)])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "preset" in err and "tiny" in err
+
+
+def test_the_paper_preset_prints_its_cost_before_it_starts(tmp_path, capsys):
+    rc = cli.main(["materialize", "--preset", "paper", "--output", str(tmp_path), "--estimate-only"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    cfg = load_config("paper")
+    assert "personas" in out and f"{cfg.personas.total}" in out and "tokens" in out
