@@ -41,6 +41,8 @@ class TeacherSettings(Strict):
     top_p: float = Field(0.95, gt=0, le=1)
     max_tokens: int = Field(160, ge=8, le=32768)
     supports_images: bool = False  # True for VLM teachers (Qwen2.5-VL): images go into the chat messages
+    # engines we start write JSON without optional whitespace: small models otherwise loop on it until max_tokens
+    compact_json: bool = True
     # engine settings, used by the offline backend and the embedded server
     dtype: str = "float32"
     enforce_eager: bool = True
@@ -140,6 +142,8 @@ class DialogueSettings(Strict):
     realization_retries: int = Field(2, ge=0)
     recent_window: int = Field(4, ge=0, le=32)  # earlier turns (text) a session prompt carries; never the history
     max_tokens_per_turn: int = Field(120, ge=32)
+    max_user_chars: int = Field(300, ge=40)
+    max_assistant_chars: int = Field(360, ge=40)
     # JSON-schema patterns make the teacher write each turn's required phrases; checks still verify them
     constrain_phrases: bool = True
     judge_ambiguous: bool = True  # ask the teacher when a lexical check cannot decide (e.g. a negation nearby)
@@ -211,7 +215,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "turns_32k": {"min": 24, "max": 28},
             "turns_128k": {"min": 28, "max": 32},
             "turns_per_session": {"min": 4, "max": 6},
-            "max_tokens_per_turn": 96,
+            "max_tokens_per_turn": 110, "max_user_chars": 160, "max_assistant_chars": 200,
         },
         "plan": {"preferences": 2, "dislikes": 1, "people": 2, "person_events": 2, "goals": 1, "routines": 1,
                  "events": 1, "skills": 1, "styles": 1, "preference_shift_prob": 1.0, "goal_update_prob": 0.75},

@@ -30,8 +30,6 @@ from .common import chat, contains_phrase, normalize, parse_time, personality_te
 from .plans import MINUTES_PER_TURN, Realization, realizable, realization, told_in
 
 IMG = "<img>"
-USER_MAX = 300
-ASSISTANT_MAX = 360
 KNOWN_FACTS = 8  # statements of what the user told before that a session prompt carries
 SMALL_TALK = ["the weather", "weekend plans", "a recipe idea", "a book recommendation", "a work deadline",
               "a short trip", "sleep habits", "a gift idea", "a movie night", "a shopping list"]
@@ -149,17 +147,22 @@ def _pattern(phrases: tuple[str, ...]) -> str | None:
     return f"^.{{0,80}}{core}.{{0,120}}$"
 
 
+def turn_model(cfg: PipelineConfig, phrases: tuple[str, ...]) -> type[BaseModel]:
+    d = cfg.dialogue
+    return _turn_model(phrases, d.constrain_phrases, d.max_user_chars, d.max_assistant_chars)
+
+
 @lru_cache(maxsize=4096)
-def turn_model(phrases: tuple[str, ...], constrain: bool) -> type[BaseModel]:
+def _turn_model(phrases: tuple[str, ...], constrain: bool, user_max: int, assistant_max: int) -> type[BaseModel]:
     pattern = _pattern(phrases) if constrain else None
-    user = Annotated[str, StringConstraints(min_length=3, max_length=USER_MAX, pattern=pattern)]
-    assistant = Annotated[str, StringConstraints(min_length=3, max_length=ASSISTANT_MAX)]
+    user = Annotated[str, StringConstraints(min_length=3, max_length=user_max, pattern=pattern)]
+    assistant = Annotated[str, StringConstraints(min_length=3, max_length=assistant_max)]
     name = "Turn_" + (re.sub(r"\W+", "_", "_".join(phrases))[:40] if constrain and phrases else "free")
     return create_model(name, __config__=ConfigDict(extra="forbid"), user=(user, ...), assistant=(assistant, ...))
 
 
-def session_model(slots: list[TurnSlot], constrain: bool) -> type[BaseModel]:
-    turns = tuple[tuple(turn_model(s.phrases, constrain) for s in slots)]  # type: ignore[misc]
+def session_model(cfg: PipelineConfig, slots: list[TurnSlot]) -> type[BaseModel]:
+    turns = tuple[tuple(turn_model(cfg, s.phrases) for s in slots)]  # type: ignore[misc]
     return create_model("SessionDraft", __config__=ConfigDict(extra="forbid"), turns=(turns, ...))
 
 
@@ -196,9 +199,9 @@ def session_request(cfg: PipelineConfig, st: PersonaState, k: int) -> TeacherReq
                     recent=st.recent, start=f"{fmt_time(start)} ({start.strftime('%A')})",
                     rounds=[{"instruction": s.instruction(), "phrases": s.phrases} for s in slots])
     budget = cfg.dialogue.max_tokens_per_turn * len(slots) + 32
+    # a failed session is not asked again whole: its turns are rewritten one by one, which is cheaper
     return TeacherRequest(messages, sampling(cfg, "session", st.persona.persona_id, k, max_tokens=budget),
-                          session_model(slots, cfg.dialogue.constrain_phrases),
-                          tag=f"session:{st.persona.persona_id}:{k}")
+                          session_model(cfg, slots), tag=f"session:{st.persona.persona_id}:{k}", retry_answers=False)
 
 
 def repair_request(cfg: PipelineConfig, st: PersonaState, slot: TurnSlot, attempt: int,
@@ -210,7 +213,7 @@ def repair_request(cfg: PipelineConfig, st: PersonaState, slot: TurnSlot, attemp
                     time=slot.time, previous=previous, instruction=slot.instruction(), phrases=slot.phrases,
                     problem=reason)
     return TeacherRequest(messages, sampling(cfg, "repair", slot.key, attempt, max_tokens=cfg.dialogue.max_tokens_per_turn),
-                          turn_model(slot.phrases, cfg.dialogue.constrain_phrases), tag=f"repair:{slot.key}")
+                          turn_model(cfg, slot.phrases), tag=f"repair:{slot.key}")
 
 
 def judge_request(cfg: PipelineConfig, slot: TurnSlot, user: str, fact: PlanItem) -> TeacherRequest:

@@ -172,6 +172,8 @@ def engine_args(settings: TeacherSettings) -> dict[str, Any]:
     args: dict[str, Any] = dict(dtype=settings.dtype, enforce_eager=settings.enforce_eager,
                                 max_model_len=settings.max_model_len, tensor_parallel_size=settings.tensor_parallel_size,
                                 max_num_seqs=settings.max_num_seqs)
+    if settings.compact_json:
+        args["structured_outputs_config"] = {"backend": "xgrammar", "disable_any_whitespace": True}
     if _has_cuda():
         args["gpu_memory_utilization"] = settings.gpu_memory_utilization
     else:

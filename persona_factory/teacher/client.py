@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from typing import Callable, Protocol, Sequence
@@ -113,8 +114,8 @@ class Teacher:
             # a schema miss under the same seed would repeat itself: later attempts move the seed
             batch = [
                 requests[i] if attempt == 0 or last_reason[i].startswith("transport")
-                else TeacherRequest(requests[i].messages, requests[i].sampling.with_seed(
-                    requests[i].sampling.seed + 7919 * attempt), requests[i].schema, requests[i].tag)
+                else dataclasses.replace(requests[i], sampling=requests[i].sampling.with_seed(
+                    requests[i].sampling.seed + 7919 * attempt))
                 for i in pending
             ]
             raws = self.backend.complete(batch)
@@ -134,7 +135,7 @@ class Teacher:
                     payload = value.model_dump(mode="json") if requests[i].schema else value
                     self.cache.put(res.key, self.model_id, res.tag, payload=payload, attempts=res.attempts,
                                    prompt_tokens=tokens[i][0], completion_tokens=tokens[i][1])
-                elif raw.error is not None and not raw.retryable:
+                elif raw.error is not None and not raw.retryable or raw.error is None and not requests[i].retry_answers:
                     self._record_failure(res, reason, tokens[i], stats)
                 else:
                     last_reason[i] = reason

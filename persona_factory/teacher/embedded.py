@@ -355,6 +355,8 @@ class EmbeddedServer:
             flag = "--" + key.replace("_", "-")
             if value is True:
                 cmd.append(flag)
+            elif isinstance(value, dict):
+                cmd += [flag, json.dumps(value)]
             elif value is not False:
                 cmd += [flag, str(value)]
         if s.supports_images:

@@ -68,6 +68,9 @@ class TeacherRequest:
     sampling: Sampling
     schema: type[BaseModel] | None = None  # structured output; None = free text
     tag: str = ""  # what the request is for (e.g. "persona:p_1a2b"), kept with failures
+    # ask again after an invalid or truncated answer; False where the caller has a cheaper fallback of its own
+    # (transport errors are retried either way)
+    retry_answers: bool = True
 
     def json_schema(self) -> dict[str, Any] | None:
         return None if self.schema is None else self.schema.model_json_schema()
