@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Mapping, Sequence, TypeVar
 
 import dagster as dg
 
@@ -12,8 +12,11 @@ from persona_factory.schema import (
 )
 from persona_factory.stages.personas import shard_keys
 from persona_factory.store import read_records, replace_bookkeeping, write_records
-from persona_factory.teacher.types import TeacherResult, TeacherStats
+from persona_factory.teacher.client import Teacher
+from persona_factory.teacher.types import TeacherRequest, TeacherResult, TeacherStats
 from prompts import template_hashes
+
+R = TypeVar("R")
 
 HISTORIES = "histories"
 SUPERVISION = "supervision"
@@ -31,7 +34,11 @@ def finish(con, asset: str, stats: TeacherStats | None, quarantined: Sequence[Qu
            results: Sequence[TeacherResult] = (), *, shards: Sequence[str] = ("",),
            owner_shard: Mapping[str, str] | None = None, **metadata) -> dg.MaterializeResult:
     """Records quarantine rows and teacher failures (of the run's shards, each row filed under its owner's
-    shard), and reports them with the teacher's accounting."""
+    shard), and reports them with the teacher's accounting. An asset whose every teacher request failed stops the
+    run: that is a teacher or config problem (a refused schema, a wrong model), not data to publish."""
+    if stats is not None and stats.requests and stats.failures == stats.requests:
+        raise TeacherUnavailable(f"{asset}: all {stats.requests} teacher requests failed, the first with: "
+                                 f"{stats.first_failure} (check the teacher settings and its log)")
     replace_bookkeeping(con, asset, quarantined, failures_of(asset, results), partitions=shards,
                         partition_of=None if owner_shard is None else owner_shard.__getitem__)
     meta = dict(metadata)
@@ -60,7 +67,24 @@ def write_shards(con, table: str, records: Sequence, columns: dict, shards: Sequ
 
 def provenance(cfg: PipelineConfig, teacher_model: str, *templates: str) -> Provenance:
     return Provenance(teacher_model=teacher_model, prompt_templates=template_hashes(*templates), seed=cfg.seed,
-                      code_version=code_version(), preset=cfg.preset, config_hash=cfg.config_hash())
+                      code_version=code_version(), preset=cfg.preset, config_hash=cfg.config_hash(),
+                      personality_skip_rule=cfg.supervision.personality_skip_rule)
+
+
+def by_persona(records: Sequence[R]) -> dict[str, list[R]]:
+    """Records grouped by their persona, in their given order."""
+    out: dict[str, list[R]] = {}
+    for r in records:
+        out.setdefault(r.persona_id, []).append(r)
+    return out
+
+
+def generate_batched(teacher: Teacher, stats: TeacherStats,
+                     requests: Mapping[str, Sequence[TeacherRequest]]) -> dict[str, list[TeacherResult]]:
+    """Every owner's requests in one teacher batch (so the engine stays busy), answers handed back per owner."""
+    flat = [r for reqs in requests.values() for r in reqs]
+    results = iter(teacher.generate(flat, stats) if flat else [])
+    return {owner: [next(results) for _ in reqs] for owner, reqs in requests.items()}
 
 
 def load_histories(con) -> tuple[dict[str, Persona], dict[str, TimelinePlan], dict[str, Dialogue], list[ImageRecord]]:

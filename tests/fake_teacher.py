@@ -27,7 +27,7 @@ def phrases_of(pattern: str) -> list[str]:
     core = re.sub(r"\.\{0,\d+\}\$$", "", core)
     if core.startswith("(?:"):
         core = core[3:].split("|")[0]
-    parts = core.split(".{0,80}")
+    parts = re.split(r"\.\{0,\d+\}", core)
     return [re.sub(r"\\(.)", r"\1", re.sub(r"\[(\w)\w\]", r"\1", p)) for p in parts]
 
 

@@ -550,3 +550,31 @@ def test_one_dead_endpoint_among_live_ones_is_routed_around(fake, make_teacher):
     t = make_teacher(f"http://127.0.0.1:{closed_port()}/v1", fake.base_url, max_retries=1)
     results = t.generate([req(f"q{i}") for i in range(4)])
     assert all(r.ok for r in results)
+
+
+# -- schemas the grammar backend can compile ----------------------------------------------------------------------
+
+
+def test_a_pattern_with_length_bounds_is_refused_before_sending():
+    """vLLM's xgrammar backend answers 400 to a string with both a pattern and length bounds; the request fails
+    where it is built, naming the field, instead of at the server."""
+    from typing import Annotated
+
+    from pydantic import BaseModel, StringConstraints
+
+    class Bounded(BaseModel):
+        name: Annotated[str, StringConstraints(pattern=r"^[A-Z][a-z]+$", max_length=20)]
+
+    class InPattern(BaseModel):
+        name: Annotated[str, StringConstraints(pattern=r"^[A-Z][a-z]{1,19}$")]
+
+    with pytest.raises(ValueError, match="Bounded.properties.name"):
+        TeacherRequest((ChatMessage("user", "x"),), Sampling(), Bounded).json_schema()
+    assert TeacherRequest((ChatMessage("user", "x"),), Sampling(), InPattern).json_schema()["properties"]["name"]
+
+
+def test_the_first_failure_reason_is_kept_for_the_report(fake, make_teacher):
+    fake.script(Reply.status(400), Reply.status(400))
+    stats = TeacherStats()
+    make_teacher(fake.base_url).generate([req("q1"), req("q2")], stats)
+    assert stats.failures == 2 and stats.first_failure.startswith("transport: HTTP 400")

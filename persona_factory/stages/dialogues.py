@@ -127,8 +127,9 @@ def plan_slots(cfg: PipelineConfig, persona: Persona, plan: TimelinePlan,
 # ---------------------------------------------------------------------------------------------- output schemas
 
 
-def _pattern(phrases: tuple[str, ...]) -> str | None:
-    """A regex that makes the teacher write every phrase (either order for two), case-free first letters."""
+def _pattern(phrases: tuple[str, ...], max_chars: int) -> str | None:
+    """A regex that makes the teacher write every phrase (either order for two), case-free first letters, in a
+    message of at most about `max_chars` characters."""
     if not phrases or any('"' in p or "\\" in p for p in phrases):
         return None
 
@@ -137,14 +138,11 @@ def _pattern(phrases: tuple[str, ...]) -> str | None:
         first = body[0]
         return (f"[{first.upper()}{first.lower()}]" if first.isalpha() else first) + body[1:]
 
+    room = max(20, max_chars - sum(len(p) for p in phrases))
+    lead, gap = room // 3, f".{{0,{room // 3}}}"
     a = [lit(p) for p in phrases]
-    if len(a) == 1:
-        core = a[0]
-    elif len(a) == 2:
-        core = f"(?:{a[0]}.{{0,80}}{a[1]}|{a[1]}.{{0,80}}{a[0]})"
-    else:
-        core = ".{0,80}".join(a)
-    return f"^.{{0,80}}{core}.{{0,120}}$"
+    core = f"(?:{a[0]}{gap}{a[1]}|{a[1]}{gap}{a[0]})" if len(a) == 2 else gap.join(a)
+    return f"^.{{0,{lead}}}{core}.{{0,{room - lead}}}$"
 
 
 def turn_model(cfg: PipelineConfig, phrases: tuple[str, ...]) -> type[BaseModel]:
@@ -154,8 +152,10 @@ def turn_model(cfg: PipelineConfig, phrases: tuple[str, ...]) -> type[BaseModel]
 
 @lru_cache(maxsize=4096)
 def _turn_model(phrases: tuple[str, ...], constrain: bool, user_max: int, assistant_max: int) -> type[BaseModel]:
-    pattern = _pattern(phrases) if constrain else None
-    user = Annotated[str, StringConstraints(min_length=3, max_length=user_max, pattern=pattern)]
+    pattern = _pattern(phrases, user_max) if constrain else None
+    # a pattern carries its own length bounds (the grammar backend refuses a pattern with minLength/maxLength)
+    user = Annotated[str, StringConstraints(pattern=pattern) if pattern else StringConstraints(min_length=3,
+                                                                                             max_length=user_max)]
     assistant = Annotated[str, StringConstraints(min_length=3, max_length=assistant_max)]
     name = "Turn_" + (re.sub(r"\W+", "_", "_".join(phrases))[:40] if constrain and phrases else "free")
     return create_model(name, __config__=ConfigDict(extra="forbid"), user=(user, ...), assistant=(assistant, ...))

@@ -29,7 +29,7 @@ from .common import chat, normalize, parse_time, rng_for, sampling, stable_id
 
 VOCABULARY_FILE = Path(__file__).resolve().parent.parent / "data" / "plan_vocabulary.yaml"
 Phrase = Annotated[str, StringConstraints(min_length=3, max_length=48)]
-Name = Annotated[str, StringConstraints(min_length=2, max_length=20, pattern=r"^[A-Z][a-z]+$")]
+Name = Annotated[str, StringConstraints(pattern=r"^[A-Z][a-z]{1,15}$")]  # bounds inside: see grammar_schema
 MINUTES_PER_TURN = 6  # turns of one session are at most this far apart
 
 

@@ -97,6 +97,7 @@ class Teacher:
                     value = req.schema.model_validate(hit["payload"]) if req.schema else hit["payload"]
                 else:
                     stats.failures += 1
+                    stats.first_failure = stats.first_failure or hit["failure"]
                 results[i] = TeacherResult(key, req.tag, value, hit["failure"], hit["attempts"], cached=True)
             else:
                 results[i] = TeacherResult(key, req.tag)
@@ -151,6 +152,7 @@ class Teacher:
     def _record_failure(self, res: TeacherResult, reason: str, tokens: list[int], stats: TeacherStats) -> None:
         res.failure = reason
         stats.failures += 1
+        stats.first_failure = stats.first_failure or reason
         kind = reason.split(":", 1)[0]
         stats.failure_reasons[kind] = stats.failure_reasons.get(kind, 0) + 1
         if kind == "transport":

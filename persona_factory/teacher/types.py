@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -73,7 +75,33 @@ class TeacherRequest:
     retry_answers: bool = True
 
     def json_schema(self) -> dict[str, Any] | None:
-        return None if self.schema is None else self.schema.model_json_schema()
+        return None if self.schema is None else grammar_schema(self.schema)
+
+
+@lru_cache(maxsize=4096)
+def _schema_json(model: type[BaseModel]) -> str:
+    schema = model.model_json_schema()
+    for path, node in _strings(schema, model.__name__):
+        if ("pattern" in node or "format" in node) and ("minLength" in node or "maxLength" in node):
+            raise ValueError(f"{path} combines a pattern with length bounds, which vLLM's xgrammar backend refuses; "
+                             "put the bounds in the pattern")
+    return json.dumps(schema)
+
+
+def grammar_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON schema, checked once for combinations the structured-output grammar cannot compile."""
+    return json.loads(_schema_json(model))
+
+
+def _strings(node: Any, path: str):
+    if isinstance(node, dict):
+        if node.get("type") == "string":
+            yield path, node
+        for key, value in node.items():
+            yield from _strings(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _strings(value, f"{path}[{i}]")
 
 
 @dataclass
@@ -116,6 +144,7 @@ class TeacherStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     failure_reasons: dict[str, int] = field(default_factory=dict)
+    first_failure: str | None = None  # the first recorded reason, for a clear error when nothing got through
 
     def as_metadata(self) -> dict[str, int]:
         return {
