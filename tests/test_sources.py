@@ -1,0 +1,116 @@
+"""Where personas and photos come from: the bundled defaults, a local file or folder, or a Hub dataset (tested with
+a local dataset folder, the same code path `load_dataset` takes for a repo id)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+
+import pytest
+from datasets import Dataset, Features, Image, Value
+from PIL import Image as PILImage
+
+from persona_factory.config import ConfigError, ImageSourceSettings, SourceSettings
+from persona_factory.stages.images import load_image_pool
+from persona_factory.stages.personas import BUNDLED_SEEDS, load_seeds
+
+
+def test_bundled_seeds_are_distinct_and_stable():
+    seeds = load_seeds(SourceSettings())
+    texts = [line.strip() for line in BUNDLED_SEEDS.read_text().splitlines() if line.strip()]
+    assert [s.text for s in seeds] == list(dict.fromkeys(texts))
+    assert len({s.seed_id for s in seeds}) == len(seeds) >= 20
+    assert [s.seed_id for s in load_seeds(SourceSettings())] == [s.seed_id for s in seeds]
+
+
+@pytest.mark.parametrize("suffix", ["txt", "jsonl", "csv"])
+def test_seeds_from_a_file(tmp_path, suffix):
+    texts = ["A beekeeper in Lyon.", "A night nurse who bakes.", "A beekeeper in Lyon."]
+    path = tmp_path / f"seeds.{suffix}"
+    if suffix == "txt":
+        path.write_text("\n".join(texts) + "\n\n")
+    elif suffix == "jsonl":
+        path.write_text("\n".join(json.dumps({"persona": t}) for t in texts))
+    else:
+        path.write_text("persona\n" + "\n".join(f'"{t}"' for t in texts))
+    seeds = load_seeds(SourceSettings(kind="file", path=str(path)))
+    assert [s.text for s in seeds] == texts[:2]  # exact duplicates would make identical personas
+    assert all(s.source == f"file:{path}" for s in seeds)
+
+
+def test_a_missing_seed_file_names_the_setting(tmp_path):
+    with pytest.raises(ConfigError, match="persona_source.path"):
+        load_seeds(SourceSettings(kind="file", path=str(tmp_path / "nope.txt")))
+
+
+def test_seeds_from_a_dataset_folder(tmp_path):
+    folder = tmp_path / "personahub-sample"
+    folder.mkdir()
+    Dataset.from_dict({"persona": ["A ferry captain.", "A chess coach."], "id": [1, 2]}).to_parquet(
+        str(folder / "train.parquet"))
+    seeds = load_seeds(SourceSettings(kind="hub", path=str(folder)))
+    assert [s.text for s in seeds] == ["A ferry captain.", "A chess coach."]
+    with pytest.raises(ConfigError, match="persona_source.column"):
+        load_seeds(SourceSettings(kind="hub", path=str(folder), column="description"))
+
+
+def test_bundled_photos_carry_captions_labels_and_hashes(tmp_path):
+    images, quarantined = load_image_pool(ImageSourceSettings(), tmp_path)
+    assert not quarantined and len(images) >= 12
+    for img in images:
+        png = (tmp_path / f"{img.image_id}.png").read_bytes()
+        assert hashlib.sha256(png).hexdigest() == img.image_id  # the id is the checksum of the stored file
+        assert img.caption and img.labels and max(img.width, img.height) <= 512
+
+
+def _png(color: tuple[int, int, int], size=(64, 48)) -> bytes:
+    buf = io.BytesIO()
+    PILImage.new("RGB", size, color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_photos_from_a_folder_with_captions_and_a_broken_file(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "red_kite.png").write_bytes(_png((200, 30, 30)))
+    (folder / "blue_door.png").write_bytes(_png((30, 30, 200)))
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    (folder / "captions.jsonl").write_text(json.dumps(
+        {"file": "red_kite.png", "caption": "a red kite in the sky", "labels": ["kite"]}) + "\n")
+    images, quarantined = load_image_pool(ImageSourceSettings(kind="folder", path=str(folder)), tmp_path / "store")
+    by_name = {i.name: i for i in images}
+    assert set(by_name) == {"red_kite", "blue_door"}
+    assert by_name["red_kite"].caption == "a red kite in the sky" and by_name["red_kite"].labels == ["kite"]
+    assert by_name["blue_door"].caption == "blue door"  # no caption given: the file name stands in
+    assert [(q.row_key, q.rule) for q in quarantined] == [("broken", "unreadable_image")]
+
+
+def test_the_same_photo_twice_is_stored_once(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(_png((10, 200, 10)))
+    (folder / "b.png").write_bytes(_png((10, 200, 10)))
+    images, quarantined = load_image_pool(ImageSourceSettings(kind="folder", path=str(folder)), tmp_path / "store")
+    assert len(images) == 1 and [q.rule for q in quarantined] == ["duplicate_image"]
+
+
+def test_photos_from_a_dataset_folder(tmp_path):
+    folder = tmp_path / "coco-sample"
+    folder.mkdir()
+    features = Features({"image": Image(), "caption": Value("string")})
+    Dataset.from_dict({"image": [{"bytes": _png((250, 200, 0)), "path": None},
+                                 {"bytes": _png((0, 120, 250)), "path": None}],
+                       "caption": ["a yellow frisbee", "a blue umbrella"]}, features=features).to_parquet(
+        str(folder / "train.parquet"))
+    images, quarantined = load_image_pool(ImageSourceSettings(kind="hub", path=str(folder)), tmp_path / "store")
+    assert not quarantined
+    assert sorted(i.caption for i in images) == ["a blue umbrella", "a yellow frisbee"]
+    assert all(i.labels for i in images)
+    with pytest.raises(ConfigError, match="image_source.image_column"):
+        load_image_pool(ImageSourceSettings(kind="hub", path=str(folder), image_column="picture"), tmp_path / "s2")
+
+
+def test_a_missing_photo_folder_names_the_setting(tmp_path):
+    with pytest.raises(ConfigError, match="image_source.path"):
+        load_image_pool(ImageSourceSettings(kind="folder", path=str(tmp_path / "nope")), tmp_path / "store")
