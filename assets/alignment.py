@@ -6,27 +6,29 @@ from persona_factory.store import write_records
 from persona_factory.teacher.types import TeacherStats
 from pipelines.resources import FactoryConfig, TeacherResource
 
-from .common import SUPERVISION, finish, load_histories
+from .common import SUPERVISION, finish, generate_batched, load_histories
 
 
 @dg.asset(group_name=SUPERVISION, deps=["dialogues"],
-          description="Chosen (fits the current personality) vs rejected (generic or another profile) replies.")
+          description="In-situ queries with a chosen reply (fits the planned personality at that moment) and a "
+                      "rejected one (half generic, half written for a different Big Five profile).")
 def alignment_pairs(settings: FactoryConfig, teacher: TeacherResource, duckdb: DuckDBResource) -> dg.MaterializeResult:
     cfg = settings.load()
     with duckdb.get_connection() as con:
         personas, plans, dialogues, _ = load_histories(con)
-    stats, t = TeacherStats(), teacher.get()
-    rows, results, failed = [], [], 0
-    for pid in sorted(dialogues):
-        current = stage.current_personality(personas[pid], plans[pid])
-        specs = stage.pair_specs(cfg, personas[pid], current)
-        res = t.generate(stage.reply_requests(cfg, personas[pid], specs), stats)
-        pairs, n = stage.build_pairs(personas[pid], specs, res)
+    specs = {pid: stage.pair_specs(cfg, personas[pid], plans[pid], dialogues[pid])
+             for pid in sorted(dialogues) if pid in personas and pid in plans}
+    stats = TeacherStats()
+    res = generate_batched(teacher.get(), stats, {pid: stage.reply_requests(cfg, s) for pid, s in specs.items()})
+    rows, quarantined = [], []
+    for pid in specs:
+        pairs, dropped = stage.build_pairs(cfg, specs[pid], res[pid])
         rows += pairs
-        results += res
-        failed += n
+        quarantined += dropped
     with duckdb.get_connection() as con:
         write_records(con, "alignment_pairs", rows, {
             "pair_id": ("VARCHAR", lambda p: p.pair_id), "persona_id": ("VARCHAR", lambda p: p.persona_id),
             "rejected_kind": ("VARCHAR", lambda p: p.rejected_kind)})
-        return finish(con, "alignment_pairs", stats, (), results, pairs=len(rows), dropped_pairs=failed)
+        return finish(con, "alignment_pairs", stats, quarantined, [r for rs in res.values() for r in rs],
+                      pairs=len(rows), generic_rejected=sum(p.rejected_kind == "generic" for p in rows),
+                      other_profile_rejected=sum(p.rejected_kind == "other_profile" for p in rows))

@@ -150,20 +150,31 @@ class DialogueSettings(Strict):
 
 
 class SupervisionSettings(Strict):
+    # PEM skip rule: all_neutral (paper), per_trait (released inference code), none (released RL replay)
     personality_skip_rule: Literal["all_neutral", "per_trait", "none"] = "all_neutral"
     probes_per_persona: int = Field(3, ge=0)
+    direct_answer_share: float = Field(0.25, ge=0, le=1)  # probes answerable from the recent context
     max_retrieval_steps: int = Field(3, ge=1)
     alignment_pairs_per_persona: int = Field(2, ge=0)
+    alignment_max_length_ratio: float = Field(2.0, ge=1)  # longer/shorter reply, so length does not give it away
+    # JSON-schema patterns make the teacher write the phrases a memory, topic or answer must state; checks verify
+    constrain_phrases: bool = True
+    # paper App. B.2: SFT 43.6% reasoning QA, 46.1% memory, 10.3% personality; RL 55.6% MC, 23.4% binary, 21% open
     sft_shares: dict[str, float] = Field(
         default_factory=lambda: {"reasoning": 0.436, "memory": 0.461, "personality": 0.103}
+    )
+    rl_shares: dict[str, float] = Field(
+        default_factory=lambda: {"multiple_choice": 0.556, "binary": 0.234, "open_qa": 0.21}
     )
 
     @model_validator(mode="after")
     def _shares(self) -> "SupervisionSettings":
-        if set(self.sft_shares) != {"reasoning", "memory", "personality"}:
-            raise ValueError("sft_shares needs exactly the keys reasoning, memory, personality")
-        if abs(sum(self.sft_shares.values()) - 1.0) > 1e-6:
-            raise ValueError("sft_shares must sum to 1")
+        for name, shares, keys in (("sft_shares", self.sft_shares, {"reasoning", "memory", "personality"}),
+                                   ("rl_shares", self.rl_shares, {"multiple_choice", "binary", "open_qa"})):
+            if set(shares) != keys:
+                raise ValueError(f"{name} needs exactly the keys {', '.join(sorted(keys))}")
+            if any(v < 0 for v in shares.values()) or abs(sum(shares.values()) - 1.0) > 1e-6:
+                raise ValueError(f"{name} must be non-negative and sum to 1")
         return self
 
 
@@ -219,7 +230,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
         "plan": {"preferences": 2, "dislikes": 1, "people": 2, "person_events": 2, "goals": 1, "routines": 1,
                  "events": 1, "skills": 1, "styles": 1, "preference_shift_prob": 1.0, "goal_update_prob": 0.75},
-        "supervision": {"probes_per_persona": 2, "alignment_pairs_per_persona": 1},
+        "supervision": {"probes_per_persona": 8, "alignment_pairs_per_persona": 2},
         "benchmark": {"items_per_persona": 10},
         "teacher": {"max_tokens": 96},
     },

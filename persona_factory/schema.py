@@ -36,6 +36,7 @@ class Provenance(Record):
     code_version: str
     preset: str
     config_hash: str
+    personality_skip_rule: Literal["all_neutral", "per_trait", "none"] | None = None  # the PEM rule labels follow
 
 
 # ---------------------------------------------------------------------------------------------- personas
@@ -186,25 +187,35 @@ class Dialogue(Record):
 # ---------------------------------------------------------------------------------------------- memory (M4)
 
 
+Wording = Literal["teacher", "plan"]  # who wrote a target's text: the teacher, or the plan when its text failed checks
+
+
 class SemanticMemoryTarget(Record):
+    """PersonaVLM's per-turn semantic-memory decision, index-aligned with the interactions."""
+
     persona_id: str
     turn_index: int
     reason: str
     decision: bool
-    content: str
-    keywords: str
+    content: str  # empty when decision is false; image objects as "<user naming> (Image Object: <class>)"
+    keywords: str  # comma-separated
+    item_id: str | None = None  # the plan fact the memory stores; None for small talk
+    wording: Wording
 
 
 class EpisodicTopic(Record):
-    topic_summary: str
+    topic_summary: str  # third person
     keywords: str
-    source_dialog_indices: list[int]
+    source_dialog_indices: list[int]  # round indices within the session
 
 
 class SessionMemoryTarget(Record):
+    """What the session-end update writes: episodic topics, then procedural memory and core profile after it."""
+
     persona_id: str
     session_index: int
-    episodic: list[EpisodicTopic]
+    episodic: list[EpisodicTopic]  # together they cover every round of the session exactly once
+    topic_wording: list[Wording]  # index-aligned with episodic
     procedural: dict[str, str]  # <= 5 keyed one-sentence habits/goals
     profile: dict[str, Any]  # core profile valid after this session (spec keys)
 
@@ -216,8 +227,22 @@ class PersonalityStep(Record):
     persona_id: str
     turn_index: int
     inferred: dict[str, int]  # momentary state, integers 1-5
+    inferred_by: Literal["teacher", "neutral_fallback"]  # neutral_fallback: the teacher gave no valid state
     ema: dict[str, float]  # trajectory after this turn
     skipped: list[str]  # traits not updated under the configured skip rule
+    planned: dict[str, float]  # the plan's personality at the turn's time (sampled Big Five + drifts so far)
+
+
+class PersonalityCorrelation(Record):
+    """How well one persona's inferred states follow its planned personality (Pearson r; None when undefined)."""
+
+    persona_id: str
+    turns: int
+    inferred_r: float | None  # inferred vs planned, over every (turn, trait)
+    ema_r: float | None  # EMA vs planned, over every (turn, trait)
+    drift_trait: str | None  # the trait a planned drift changes within the history, if any
+    drift_r: float | None  # inferred vs planned on that trait, over the turns
+    final_ema_mae: float  # mean |EMA - planned| over the traits after the last turn
 
 
 # ---------------------------------------------------------------------------------------------- reasoning (M5)
@@ -233,20 +258,29 @@ class ReasoningStep(Record):
     think: str
     action: Literal["retrieve", "answer"]
     retrieve: RetrieveCall | None = None
-    retrieved_turns: list[int] = Field(default_factory=list)  # turn indices returned by executing the call
+    # memory keys the executed call returned: "semantic:<session>:<round>", "episodic:<session>:<topic>",
+    # "procedural:<key>" (see stages.memory.visible_memories)
+    retrieved: list[str] = Field(default_factory=list)
     answer: str | None = None
+
+
+ProbeVerdict = Literal["verified", "evidence_not_retrieved", "answer_unsupported", "malformed_text", "teacher_failure"]
 
 
 class ReasoningTrajectory(Record):
     probe_id: str
     persona_id: str
+    question_kind: str  # which plan fact the question asks about (stages.reasoning.QUESTION_KINDS)
+    mode: Literal["retrieve", "direct"]  # direct: the answer is in the recent (short-term) context
     probe_turn_index: int  # the query is posed right after this turn
     probe_time: str
     query: str
     gold_item_id: str
-    gold_value: str
+    gold_value: str  # the phrase a correct answer states, from the plan's state at probe time
+    evidence_turns: list[int]  # turns that told the gold
+    distractors: list[str]  # type-consistent wrong answers for multiple choice (empty when too few)
     steps: list[ReasoningStep]
-    answer_verified: bool  # the regenerated answer states the plan's value
+    verdict: ProbeVerdict  # only verified trajectories are exported
 
 
 # ---------------------------------------------------------------------------------------------- alignment (M7)
@@ -255,11 +289,14 @@ class ReasoningTrajectory(Record):
 class AlignmentPair(Record):
     pair_id: str
     persona_id: str
+    after_turn_index: int  # the query is posed in situ, right after this turn
+    query_time: str
     query: str
     chosen: str
     rejected: str
     rejected_kind: Literal["generic", "other_profile"]
-    rejected_profile: dict[str, float] | None = None
+    chosen_profile: dict[str, float]  # the persona's planned personality at query_time
+    rejected_profile: dict[str, float] | None = None  # the different profile the rejected reply was written for
 
 
 # ---------------------------------------------------------------------------------------------- benchmark

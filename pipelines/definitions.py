@@ -15,6 +15,7 @@ from .jobs import factory_job
 from .partitions import persona_shards
 from .resources import FactoryConfig, TeacherResource, default_settings, duckdb_path
 from .schedules import weekly_regeneration
+from .supervision_checks import supervision_checks
 
 ASSET_MODULES = [images, memory, reasoning, alignment, benchmark, training, quality, publish]
 
@@ -26,7 +27,7 @@ def build_definitions(settings: FactoryConfig | None = None) -> dg.Definitions:
     return dg.Definitions(
         assets=[personas_asset(shards), timeline_plans_asset(shards), dialogues_asset(shards),
                 *dg.load_assets_from_modules(ASSET_MODULES)],
-        asset_checks=release_checks,
+        asset_checks=[*release_checks, *supervision_checks],
         jobs=[factory_job],
         schedules=[weekly_regeneration],
         executor=dg.in_process_executor,

@@ -1,149 +1,306 @@
-"""Training exports: SFT records in Qwen2.5-VL `conversations` format and RL records in ms-swift `messages`
-format, built from the supervision targets, with task shares and provenance per row."""
+"""Training exports: SFT records in the Qwen2.5-VL `conversations` format and RL records in the ms-swift `messages`
+format, built from the supervision targets and the replayed memory database, with task shares and provenance per
+row.
+
+Every prompt is PersonaVLM's task format (spec §1.4) filled with what the agent holds at that moment: the core
+profile valid in the session, the EMA personality after the last turn, the short-term context, and for reasoning
+the memories each `<retrieve>` call returned from the database as it was at probe time.
+"""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence, TypeVar
+
 from prompts import render
 
-from ..config import PipelineConfig
 from ..schema import (
-    AlignmentPair, Dialogue, Persona, PersonalityStep, Provenance, ReasoningTrajectory, RLRecord, SFTRecord,
-    SemanticMemoryTarget, SessionMemoryTarget, Turn,
+    BIG_FIVE_TRAITS, AlignmentPair, Dialogue, Persona, PersonalityStep, Provenance, QuarantineRow,
+    ReasoningTrajectory, RLRecord, SemanticMemoryTarget, SessionMemoryTarget, SFTRecord, Turn,
 )
 from .benchmark import LETTERS
-from .common import normalize, personality_text, rng_for, stable_id
+from .common import parse_time, personality_text, rng_for, stable_id
+from .memory import MemoryEntry, short_term, visible_memories
 from .reasoning import render_step
 
 SHARE_GROUP = {"reasoning": "reasoning", "semantic_memory": "memory", "episodic_memory": "memory",
                "procedural_memory": "memory", "core_memory": "memory", "personality": "personality"}
+IMAGE = "<image>"
+_SLOT = "\x00image\x00"  # a real image's place while rendering; literal "<image>" in free text is neutralized
+MC_SUFFIX = "Please give your final answer (a), (b), (c) or (d)."
+BINARY_OPTIONS = "Options:\n(a). Yes, it aligns\n(b). No, it misaligns\nPlease give your final answer (a) or (b)."
 
 
-def _turn_view(turn: Turn) -> dict[str, str]:
-    return {"time": turn.time, "user": turn.user.replace("<img>", "<image>"), "assistant": turn.assistant}
+def with_weekday(t: str) -> str:
+    return f"{t} ({parse_time(t).strftime('%A')})"
 
 
-def _recent(dialogue: Dialogue, turn_index: int) -> list[Turn]:
-    """The short-term context: earlier turns of the same session."""
-    turns = dialogue.turns
-    here = turns[turn_index]
-    return [t for t in turns[:turn_index] if t.session_index == here.session_index]
+def finalize(text: str) -> str:
+    """Only the images the record lists become <image> tokens."""
+    return text.replace(IMAGE, "image").replace(_SLOT, IMAGE)
 
 
-def _images(turns: list[Turn]) -> list[str]:
+def image_token_mismatch(conversations: Sequence[dict[str, str]], images: Sequence[str]) -> bool:
+    return sum(c.get("value", c.get("content", "")).count(IMAGE) for c in conversations) != len(images)
+
+
+@dataclass
+class Agent:
+    """What the agent holds for one persona: the dialogue, its replayed memory database and personality steps."""
+
+    persona: Persona
+    dialogue: Dialogue
+    user_data: dict[str, Any]
+    steps: dict[int, PersonalityStep]
+    gap_minutes: int
+
+    def __post_init__(self) -> None:
+        self.turns = self.dialogue.turns
+
+    def view(self, turn: Turn) -> dict[str, str]:
+        return {"time": with_weekday(turn.time), "user": turn.user.replace("<img>", _SLOT),
+                "assistant": turn.assistant}
+
+    def recent(self, upto: int, at: str) -> list[Turn]:
+        """The short-term context at `at` among turns before index `upto`."""
+        return short_term(self.turns[:upto], at, self.gap_minutes)
+
+    def profile(self, turn_index: int) -> str:
+        """The core profile valid during the turn's session, as the prompts show it."""
+        return json.dumps(self.user_data["sessions"][self.turns[turn_index].session_index]["profile"],
+                          ensure_ascii=False)
+
+    def procedural(self, turn_index: int) -> dict[str, str]:
+        return self.user_data["sessions"][self.turns[turn_index].session_index]["ProceduralMemory"]
+
+    def user_input(self, at: str, query: str) -> str:
+        """PersonaVLM's input line, a Python dict string; a turn's image placeholder becomes its image slot."""
+        return str({"time": with_weekday(at), "query": query}).replace("<img>", _SLOT)
+
+    def turn_prompt(self, template: str, turn: Turn) -> tuple[str, list[str]]:
+        """A per-turn memory task (semantic decision, personality state): profile, recent context, input."""
+        recent = self.recent(turn.turn_index, turn.time)
+        text = render(template, profile=self.profile(turn.turn_index), recent=[self.view(t) for t in recent],
+                      user_input=self.user_input(turn.time, turn.user))
+        return text, images_of(recent + [turn])
+
+    def start(self, after: int, at: str, query: str) -> tuple[str, list[str]]:
+        """PersonaVLM's first reasoning prompt for a query posed at `at`, right after turn `after`."""
+        recent = self.recent(after + 1, at)
+        ema = self.steps[after].ema if after in self.steps else dict.fromkeys(BIG_FIVE_TRAITS, 3.0)
+        text = render("sft_reasoning_start", profile=self.profile(after), personality=personality_text(ema),
+                      recent=[self.view(t) for t in recent], user_input=self.user_input(at, query))
+        return text, images_of(recent)
+
+    def middle(self, entries: list[MemoryEntry]) -> tuple[str, list[str]]:
+        """The prompt returning what a <retrieve> call found: procedural entries, semantic memories, and the raw
+        turns of episodic topics (images included)."""
+        turns = [self.turns[i] for e in entries if e.kind == "episodic" for i in e.turns]
+        text = render("sft_reasoning_mid",
+                      procedural={e.key.split(":", 1)[1]: e.shown for e in entries if e.kind == "procedural"},
+                      memories=[{"time": with_weekday(e.time), "content": e.shown} for e in entries
+                                if e.kind == "semantic"],
+                      dialogue=[self.view(t) for t in turns])
+        return text, images_of(turns)
+
+
+def images_of(turns: list[Turn]) -> list[str]:
     return [t.image_id for t in turns if t.image_id]
 
 
-def _record(persona: Persona, task: str, pairs: list[tuple[str, str]], images: list[str], prov: Provenance,
-            *key: object) -> SFTRecord:
+def lines(fields: dict[str, Any]) -> str:
+    """PersonaVLM's key-value target lines: `"key": value`, values as JSON."""
+    return "\n".join(f"{json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}" for k, v in fields.items())
+
+
+def sft_record(persona_id: str, task: str, pairs: list[tuple[str, str]], images: list[str], prov: Provenance,
+               *key: object) -> SFTRecord:
     conv = []
     for human, gpt in pairs:
-        conv += [{"from": "human", "value": human}, {"from": "gpt", "value": gpt}]
-    return SFTRecord(record_id=stable_id("sft_", persona.persona_id, task, *key), persona_id=persona.persona_id,
-                     task=task, conversations=conv, image=images, provenance=prov)
+        conv += [{"from": "human", "value": finalize(human)}, {"from": "gpt", "value": finalize(gpt)}]
+    return SFTRecord(record_id=stable_id("sft_", persona_id, task, *key), persona_id=persona_id, task=task,
+                     conversations=conv, image=images, provenance=prov)
 
 
-def sft_records(cfg: PipelineConfig, persona: Persona, dialogue: Dialogue, semantic: list[SemanticMemoryTarget],
-                sessions: list[SessionMemoryTarget], personality: list[PersonalityStep],
-                trajectories: list[ReasoningTrajectory], prov: Provenance) -> list[SFTRecord]:
-    turns = dialogue.turns
-    profile = persona.profile.to_spec()
+def memory_records(agent: Agent, semantic: list[SemanticMemoryTarget], sessions: list[SessionMemoryTarget],
+                   personality: list[PersonalityStep], prov: dict[str, Provenance]) -> list[SFTRecord]:
+    """The five memory-and-personality task types: per turn a semantic decision and a personality state, per
+    session episodic topics, a procedural update and a core-profile update."""
+    pid, turns = agent.persona.persona_id, agent.turns
     out: list[SFTRecord] = []
     for s in semantic:
-        recent, turn = _recent(dialogue, s.turn_index), turns[s.turn_index]
-        user_input = str({"time": turn.time, "query": turn.user.replace("<img>", "<image>")})
-        target = (f'"reason": "{s.reason}"\n"decision": {str(s.decision).lower()}\n"content": "{s.content}"\n'
-                  f'"keywords": "{s.keywords}"')
-        out.append(_record(persona, "semantic_memory", [(render(
-            "sft_semantic_memory", profile=profile, recent=[_turn_view(t) for t in recent], user_input=user_input),
-            target)], _images(recent + [turn]), prov, s.turn_index))
+        text, images = agent.turn_prompt("sft_semantic_memory", turns[s.turn_index])
+        target = lines({"reason": s.reason, "decision": s.decision, "content": s.content, "keywords": s.keywords})
+        out.append(sft_record(pid, "semantic_memory", [(text, target)], images, prov["semantic_memory"], s.turn_index))
     for p in personality:
-        recent, turn = _recent(dialogue, p.turn_index), turns[p.turn_index]
-        user_input = str({"time": turn.time, "query": turn.user.replace("<img>", "<image>")})
-        target = "\n".join(f'"{t}": {v}' for t, v in p.inferred.items())
-        out.append(_record(persona, "personality", [(render(
-            "sft_personality", profile=profile, recent=[_turn_view(t) for t in recent], user_input=user_input),
-            target)], _images(recent + [turn]), prov, p.turn_index))
-    procedural: dict[str, str] = {}
-    for session, target in zip(dialogue.sessions, sessions):
-        views = [_turn_view(t) for t in session.turns]
-        imgs = _images(session.turns)
-        episodic = "\n".join(f'"topic_summary": "{e.topic_summary}"\n"keywords": "{e.keywords}"\n'
-                             f'"source_dialog_indices": {e.source_dialog_indices}' for e in target.episodic)
-        out.append(_record(persona, "episodic_memory", [(render("sft_episodic_memory", profile=profile, turns=views),
-                                                          episodic)], imgs, prov, session.session_index))
-        out.append(_record(persona, "procedural_memory", [(render(
-            "sft_procedural_memory", profile=profile, procedural=procedural, turns=views),
-            "\n".join(f'"{k}": "{v}"' for k, v in target.procedural.items()))], imgs, prov, session.session_index))
-        out.append(_record(persona, "core_memory", [(render("sft_core_memory", profile=profile, turns=views),
-                                                      "\n".join(f'"{k}": {v!r}' for k, v in target.profile.items()))],
-                           imgs, prov, session.session_index))
-        procedural, profile = target.procedural, target.profile
-    ema = {p.turn_index: p.ema for p in personality}
-    for traj in (t for t in trajectories if t.answer_verified):
-        recent = [t for t in turns if t.session_index == turns[traj.probe_turn_index].session_index
-                  and t.turn_index <= traj.probe_turn_index]
-        start = render("sft_reasoning_start", profile=persona.profile.to_spec(),
-                       personality=personality_text(ema.get(traj.probe_turn_index, persona.big_five.model_dump())),
-                       recent=[_turn_view(t) for t in recent],
-                       user_input=str({"time": traj.probe_time, "query": traj.query}))
-        pairs, human, images = [], start, _images(recent)
-        for step in traj.steps:
-            pairs.append((human, render_step(step)))
-            if step.action == "retrieve":
-                found = [turns[i] for i in step.retrieved_turns]
-                human = render("sft_reasoning_mid", procedural={}, memories=[
-                    {"time": t.time, "content": next(s.content for s in semantic if s.turn_index == t.turn_index)}
-                    for t in found], dialogue=[_turn_view(t) for t in found])
-                images += _images(found)
-        out.append(_record(persona, "reasoning", pairs, images, prov, traj.probe_id))
+        text, images = agent.turn_prompt("sft_personality", turns[p.turn_index])
+        out.append(sft_record(pid, "personality", [(text, lines(p.inferred))], images, prov["personality"],
+                              p.turn_index))
+    for session, target in zip(agent.dialogue.sessions, sessions, strict=True):
+        first = session.turns[0].turn_index
+        views, images = [agent.view(t) for t in session.turns], images_of(session.turns)
+        episodic = "\n".join(lines(e.model_dump()) for e in target.episodic)
+        out.append(sft_record(pid, "episodic_memory", [(render(
+            "sft_episodic_memory", profile=agent.profile(first), turns=views), episodic)], images,
+            prov["episodic_memory"], session.session_index))
+        out.append(sft_record(pid, "procedural_memory", [(render(
+            "sft_procedural_memory", profile=agent.profile(first),
+            procedural=json.dumps(agent.procedural(first), ensure_ascii=False), turns=views),
+            lines(target.procedural) or "{}")], images, prov["procedural_memory"], session.session_index))
+        out.append(sft_record(pid, "core_memory", [(render(
+            "sft_core_memory", profile=agent.profile(first), turns=views), lines(target.profile))], images,
+            prov["core_memory"], session.session_index))
     return out
 
 
-def apply_shares(cfg: PipelineConfig, records: list[SFTRecord]) -> list[SFTRecord]:
-    """Subsample to the configured shares (reasoning / memory / personality), keeping the scarcest group whole."""
-    shares = cfg.supervision.sft_shares
-    groups: dict[str, list[SFTRecord]] = {g: [] for g in shares}
+def retrieved_entries(agent: Agent, traj: ReasoningTrajectory) -> dict[str, MemoryEntry]:
+    """The database's memories at probe time; every key a trajectory cites must be among them."""
+    visible = {e.key: e for e in visible_memories(agent.user_data, traj.probe_time, agent.gap_minutes)}
+    cited = [k for step in traj.steps for k in step.retrieved]
+    if missing := [k for k in cited if k not in visible]:
+        raise ValueError(f"trajectory {traj.probe_id} cites memories {missing} that the database of "
+                         f"{traj.persona_id} did not hold outside the short-term window at {traj.probe_time}")
+    return visible
+
+
+def reasoning_record(agent: Agent, traj: ReasoningTrajectory, prov: Provenance) -> SFTRecord:
+    """START prompt, then per step the model's turn and, after a <retrieve>, the memories it returned."""
+    visible = retrieved_entries(agent, traj)
+    human, images = agent.start(traj.probe_turn_index, traj.probe_time, traj.query)
+    pairs = []
+    for step in traj.steps:
+        pairs.append((human, render_step(step)))
+        if step.action == "retrieve":
+            human, found = agent.middle([visible[k] for k in step.retrieved])
+            images = images + found
+    return sft_record(agent.persona.persona_id, "reasoning", pairs, images, prov, traj.probe_id)
+
+
+def sft_records(agent: Agent, semantic: list[SemanticMemoryTarget], sessions: list[SessionMemoryTarget],
+                personality: list[PersonalityStep], trajectories: list[ReasoningTrajectory],
+                prov: dict[str, Provenance]) -> tuple[list[SFTRecord], list[QuarantineRow]]:
+    """Every candidate record; one whose <image> tokens do not match its image list is quarantined."""
+    records = memory_records(agent, semantic, sessions, personality, prov)
+    records += [reasoning_record(agent, t, prov["reasoning"]) for t in trajectories if t.verdict == "verified"]
+    bad = [r for r in records if image_token_mismatch(r.conversations, r.image)]
+    quarantined = [QuarantineRow(table_name="sft_records", row_key=f"{r.persona_id}:{r.record_id}",
+                                 rule="image_token_mismatch", value=f"{r.task} | {len(r.image)} images") for r in bad]
+    return [r for r in records if r not in bad], quarantined
+
+
+# ---------------------------------------------------------------------------------------------- RL
+
+
+def rl_record(agent: Agent, kind: str, key: str, prompt: tuple[str, list[str]], appendix: str, gold: str,
+              solution: str, prov: Provenance) -> RLRecord:
+    """The START prompt with the item's options (or alignment question) appended, as the RL environment expects."""
+    text, images = prompt
+    return RLRecord(record_id=stable_id("rl_", key, kind), persona_id=agent.persona.persona_id, kind=kind,
+                    messages=[{"role": "user", "content": finalize(text + appendix)},
+                              {"role": "assistant", "content": finalize(gold)}],
+                    images=images, solution=solution, provenance=prov)
+
+
+def rl_records(agent: Agent, trajectories: list[ReasoningTrajectory], pairs: list[AlignmentPair], prov: Provenance,
+               seed: int) -> list[RLRecord]:
+    """Multiple choice (gold letters rotate evenly from a random start) and verifiable open QA from verified
+    probes; binary alignment judgements from the pairs (chosen: (a), rejected: (b))."""
+    rng = rng_for(seed, "rl", agent.persona.persona_id)
+    offset = rng.randrange(len(LETTERS))
+    out: list[RLRecord] = []
+    verified = [t for t in trajectories if t.verdict == "verified"]
+    for n, traj in enumerate(verified):
+        after, at = traj.probe_turn_index, traj.probe_time
+        if traj.distractors:
+            slot = (offset + n) % len(LETTERS)
+            options = rng.sample(traj.distractors, k=len(traj.distractors))
+            options.insert(slot, traj.gold_value)
+            appendix = "\nOptions:\n" + "\n".join(f"{l}. {o}" for l, o in zip(LETTERS, options)) + "\n" + MC_SUFFIX
+            out.append(rl_record(agent, "multiple_choice", traj.probe_id, agent.start(after, at, traj.query), appendix,
+                                 LETTERS[slot], LETTERS[slot], prov))
+        answer = traj.steps[-1].answer or ""
+        out.append(rl_record(agent, "open_qa", traj.probe_id, agent.start(after, at, traj.query), "", answer,
+                             traj.gold_value, prov))
+    for pair in pairs:
+        for reply, gold in ((pair.chosen, "(a)"), (pair.rejected, "(b)")):
+            appendix = (f"\nEvaluate the following response: {reply}\nDoes the provided response align with and adapt "
+                        f"to the user's personality?\n{BINARY_OPTIONS}")
+            out.append(rl_record(agent, "binary", f"{pair.pair_id}:{gold}",
+                                 agent.start(pair.after_turn_index, pair.query_time, pair.query), appendix, gold, gold,
+                                 prov))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- shares
+
+R = TypeVar("R", SFTRecord, RLRecord)
+
+
+def apply_shares(records: list[R], group_of: Callable[[R], str], stratum_of: Callable[[R], str],
+                 shares: dict[str, float], seed: int, purpose: str) -> list[R]:
+    """Subsample to the configured group shares, keeping the scarcest group whole. Within a group, records are
+    taken round robin over strata (persona and task), so every persona keeps every task type the quota allows."""
+    groups: dict[str, list[R]] = {g: [] for g in shares}
     for r in sorted(records, key=lambda r: r.record_id):
-        groups[SHARE_GROUP[r.task]].append(r)
+        groups[group_of(r)].append(r)
     feasible = [len(groups[g]) / shares[g] for g in shares if shares[g] > 0 and groups[g]]
     if not feasible:
         return []
     total = min(feasible)
-    rng = rng_for(cfg.seed, "sft_shares")
-    out = []
+    rng = rng_for(seed, "shares", purpose)
+    out: list[R] = []
     for g, rows in groups.items():
-        keep = min(len(rows), round(total * shares[g]))
-        out += sorted(rng.sample(rows, k=keep), key=lambda r: r.record_id)
+        out += _round_robin(rows, min(len(rows), round(total * shares[g])), stratum_of, rng)
+    return sorted(out, key=lambda r: r.record_id)
+
+
+def _round_robin(rows: list[R], k: int, stratum_of: Callable[[R], str], rng) -> list[R]:
+    strata: dict[str, list[R]] = {}
+    for r in rows:
+        strata.setdefault(stratum_of(r), []).append(r)
+    queues = [rng.sample(v, k=len(v)) for _, v in sorted(strata.items())]
+    rng.shuffle(queues)
+    out: list[R] = []
+    while len(out) < k:
+        for q in queues:
+            if q and len(out) < k:
+                out.append(q.pop())
     return out
 
 
-def rl_records(persona: Persona, trajectories: list[ReasoningTrajectory], pairs: list[AlignmentPair],
-               distractors: dict[str, list[str]], prov: Provenance, seed: int) -> list[RLRecord]:
-    """Multiple choice and open QA from verified probes, binary choice from alignment pairs."""
-    rng = rng_for(seed, "rl", persona.persona_id)
-    out = []
-    for traj in (t for t in trajectories if t.answer_verified):
-        pool = sorted({d for d in distractors.get(traj.gold_item_id, []) if normalize(d) != normalize(traj.gold_value)})
-        prompt = str({"time": traj.probe_time, "query": traj.query})
-        if len(pool) >= 3:
-            options = rng.sample(pool, k=3)
-            slot = rng.randrange(4)
-            options.insert(slot, traj.gold_value)
-            text = prompt + "\nOptions:\n" + "\n".join(f"{l}. {o}" for l, o in zip(LETTERS, options))
-            out.append(RLRecord(record_id=stable_id("rl_", traj.probe_id, "mc"), persona_id=persona.persona_id,
-                                kind="multiple_choice", messages=[{"role": "user", "content": text},
-                                                                  {"role": "assistant", "content": LETTERS[slot]}],
-                                solution=LETTERS[slot], provenance=prov))
-        out.append(RLRecord(record_id=stable_id("rl_", traj.probe_id, "open"), persona_id=persona.persona_id,
-                            kind="open_qa", messages=[{"role": "user", "content": prompt},
-                                                      {"role": "assistant", "content": traj.gold_value}],
-                            solution=traj.gold_value, provenance=prov))
-    for pair in pairs:
-        for reply, gold in ((pair.chosen, "(a)"), (pair.rejected, "(b)")):
-            text = (f"{pair.query}\nEvaluate the following response: {reply}\nDoes the provided response align with "
-                    "and adapt to the user's personality?\nOptions:\n(a). Yes, it aligns\n(b). No, it misaligns")
-            out.append(RLRecord(record_id=stable_id("rl_", pair.pair_id, gold), persona_id=persona.persona_id,
-                                kind="binary", messages=[{"role": "user", "content": text},
-                                                         {"role": "assistant", "content": gold}],
-                                solution=gold, provenance=prov))
-    return out
+def rl_stratum(record: RLRecord) -> str:
+    """Persona and kind, and for choice items the gold letter, so subsampling keeps letters and yes/no balanced."""
+    letter = f":{record.solution}" if record.kind != "open_qa" else ""
+    return f"{record.persona_id}:{record.kind}{letter}"
+
+
+def achieved_shares(records: Sequence[R], group_of: Callable[[R], str]) -> dict[str, float]:
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[group_of(r)] = counts.get(group_of(r), 0) + 1
+    return {g: round(n / len(records), 4) for g, n in sorted(counts.items())} if records else {}
+
+
+# ---------------------------------------------------------------------------------------------- invariants
+
+
+def export_problems(sft: Sequence[SFTRecord], rl: Sequence[RLRecord]) -> list[str]:
+    """Broken invariants of the exports: <image> tokens matching each record's image list, and the PEM skip rule
+    in every row's provenance."""
+    problems = [f"{r.record_id}: {len(r.image)} images for its <image> tokens" for r in sft
+                if image_token_mismatch(r.conversations, r.image)]
+    problems += [f"{r.record_id}: {len(r.images)} images for its <image> tokens" for r in rl
+                 if image_token_mismatch(r.messages, r.images)]
+    problems += [f"{r.record_id}: provenance lacks the personality skip rule" for r in [*sft, *rl]
+                 if r.provenance.personality_skip_rule is None]
+    return problems
+
+
+def missing_tasks(sft: Sequence[SFTRecord], training_personas: Sequence[str]) -> dict[str, list[str]]:
+    """Per training persona, the SFT task types it yields no record of."""
+    have: dict[str, set[str]] = {}
+    for r in sft:
+        have.setdefault(r.persona_id, set()).add(r.task)
+    return {pid: sorted(set(SHARE_GROUP) - have.get(pid, set())) for pid in training_personas
+            if set(SHARE_GROUP) - have.get(pid, set())}
