@@ -10,7 +10,7 @@ the memories each `<retrieve>` call returned from the database as it was at prob
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence, TypeVar
 
 from prompts import render
@@ -54,6 +54,7 @@ class Agent:
     user_data: dict[str, Any]
     steps: dict[int, PersonalityStep]
     gap_minutes: int
+    turns: list[Turn] = field(init=False)
 
     def __post_init__(self) -> None:
         self.turns = self.dialogue.turns
@@ -183,10 +184,11 @@ def sft_records(agent: Agent, semantic: list[SemanticMemoryTarget], sessions: li
     """Every candidate record; one whose <image> tokens do not match its image list is quarantined."""
     records = memory_records(agent, semantic, sessions, personality, prov)
     records += [reasoning_record(agent, t, prov["reasoning"]) for t in trajectories if t.verdict == "verified"]
-    bad = [r for r in records if image_token_mismatch(r.conversations, r.image)]
+    bad = {r.record_id for r in records if image_token_mismatch(r.conversations, r.image)}
     quarantined = [QuarantineRow(table_name="sft_records", row_key=f"{r.persona_id}:{r.record_id}",
-                                 rule="image_token_mismatch", value=f"{r.task} | {len(r.image)} images") for r in bad]
-    return [r for r in records if r not in bad], quarantined
+                                 rule="image_token_mismatch", value=f"{r.task} | {len(r.image)} images")
+                   for r in records if r.record_id in bad]
+    return [r for r in records if r.record_id not in bad], quarantined
 
 
 # ---------------------------------------------------------------------------------------------- RL

@@ -304,7 +304,7 @@ def update_procedural(current: dict[str, str], told: list[tuple[PlanItem, str]])
 def update_profile(profile: dict[str, Any], told: list[PlanItem], last_time: str, gap_minutes: int) -> dict[str, Any]:
     """Core memory after a session: preferences after shifts (recency-ordered, 5-7 kept), dislikes, people,
     recent matters and ways of doing things; identity fields stay; `update time` = last turn + the session gap."""
-    updated = dict(profile)
+    updated = {k: v for k, v in profile.items() if k != "update time"}  # re-added last, as the prompt writes it
     prefs = list(profile["preferences"])
     dislikes = list(profile.get("dislikes", []))
     people = dict(profile.get("people", {}))
