@@ -13,7 +13,7 @@ from pipelines.resources import FactoryConfig, TeacherResource
 
 from .common import SUPERVISION, by_persona, finish, load_histories, provenance
 
-HISTORY_TEMPLATES = ("system", "persona_enrichment", "plan_details", "dialogue_session", "dialogue_repair",
+HISTORY_TEMPLATES = ("system", "persona_enrichment", "plan_details", "dialogue_session", "dialogue_turn",
                      "realization_judge")
 # the templates each kind of row was made with, besides those that made the history
 TASK_TEMPLATES = {

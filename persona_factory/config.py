@@ -140,6 +140,9 @@ class DialogueSettings(Strict):
     session_gap_minutes: int = Field(60, ge=1)
     turns_per_session: TurnRange = TurnRange(min=4, max=10)
     realization_retries: int = Field(2, ge=0)
+    # what one first-draft request writes: a whole session (coherent, for capable teachers) or one turn (short
+    # outputs that small teachers finish reliably); either way session k of every persona goes out in one batch
+    draft_unit: Literal["session", "turn"] = "session"
     recent_window: int = Field(4, ge=0, le=32)  # earlier turns (text) a session prompt carries; never the history
     max_tokens_per_turn: int = Field(120, ge=32)
     max_user_chars: int = Field(300, ge=40)
@@ -226,7 +229,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "turns_32k": {"min": 24, "max": 28},
             "turns_128k": {"min": 28, "max": 32},
             "turns_per_session": {"min": 4, "max": 6},
-            "max_tokens_per_turn": 110, "max_user_chars": 160, "max_assistant_chars": 200,
+            "draft_unit": "turn", "max_tokens_per_turn": 110, "max_user_chars": 160, "max_assistant_chars": 200,
         },
         "plan": {"preferences": 2, "dislikes": 1, "people": 2, "person_events": 2, "goals": 1, "routines": 1,
                  "events": 1, "skills": 1, "styles": 1, "preference_shift_prob": 1.0, "goal_update_prob": 0.75},

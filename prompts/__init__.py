@@ -16,7 +16,7 @@ TEMPLATES = {
     "persona_enrichment": "persona_enrichment.v1.j2",
     "plan_details": "plan_details.v2.j2",
     "dialogue_session": "dialogue_session.v1.j2",
-    "dialogue_repair": "dialogue_repair.v1.j2",
+    "dialogue_turn": "dialogue_turn.v1.j2",
     "realization_judge": "realization_judge.v1.j2",
     "semantic_memory": "semantic_memory.v2.j2",
     "episodic_topic": "episodic_topic.v2.j2",

@@ -91,9 +91,11 @@ class SchemaTeacher:
     def __init__(self, override: Callable[[TeacherRequest], str | None] | None = None):
         self.override = override
         self.requests: list[TeacherRequest] = []
+        self.batches: list[list[str]] = []  # the tags of each generate call
 
     def generate(self, requests: Sequence[TeacherRequest], stats: TeacherStats | None = None) -> list[TeacherResult]:
         out = []
+        self.batches.append([r.tag for r in requests])
         for req in requests:
             self.requests.append(req)
             text = self.override(req) if self.override else None

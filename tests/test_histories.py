@@ -169,51 +169,80 @@ def test_realizing_turns_state_their_phrases(tiny):
             assert contains_phrase(t.user, phrase)
 
 
-def test_one_batched_call_per_session_index(tiny):
-    """The wavefront: session k of every persona goes out in one generate call."""
-    _, _, plans, _, _, teacher = tiny
-    calls = [r.tag for r in teacher.requests if r.tag.startswith("session:")]
-    assert len(calls) == sum(len(p.sessions) for p in plans)
-    assert max(len(p.sessions) for p in plans) < len(calls)
+UNITS = ["session", "turn"]
 
 
-def test_session_prompts_do_not_grow_with_the_history(images):
+def unit_config(unit: str, **overrides):
+    dialogue = {"draft_unit": unit, **overrides.pop("dialogue", {})}
+    return load_config("tiny", overrides={"dialogue": dialogue, **overrides})
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_one_batched_call_per_session_index(images, unit):
+    """The wavefront: session k of every persona goes out in one generate call, whatever the draft unit."""
+    cfg = unit_config(unit)
+    personas, plans = histories(cfg, images)
+    teacher = SchemaTeacher()
+    dialogues, _ = D.generate_dialogues(cfg, teacher, personas, plans, images, TeacherStats())
+    drafts = [b for b in teacher.batches if b and b[0].startswith(f"{unit}:")]
+    assert len(drafts) == max(len(p.sessions) for p in plans)
+    assert sum(len(b) for b in drafts) == (sum(len(p.sessions) for p in plans) if unit == "session"
+                                           else sum(s.n_turns for p in plans for s in p.sessions))
+    assert len({t.split(":")[1] for t in drafts[0]}) == len(plans)  # the first batch holds every persona
+    assert sum(len(d.turns) for d in dialogues) == sum(s.n_turns for p in plans for s in p.sessions)
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_prompts_do_not_grow_with_the_history(images, unit):
     """Prompt size per turn for a 20-turn vs a 300-turn history stays within 1.5x."""
     def per_turn(turns: int) -> float:
-        cfg = load_config("tiny", overrides={"personas": {"train": 1, "bench_32k": 0, "bench_128k": 0},
-                                             "dialogue": {"turns_train": {"min": turns, "max": turns}},
-                                             "plan": {"span_days_train": 31}})
+        cfg = unit_config(unit, personas={"train": 1, "bench_32k": 0, "bench_128k": 0},
+                          dialogue={"turns_train": {"min": turns, "max": turns}}, plan={"span_days_train": 31})
         personas, plans = histories(cfg, images)
         teacher = SchemaTeacher()
         D.generate_dialogues(cfg, teacher, personas, plans, images, TeacherStats())
-        sessions = [r for r in teacher.requests if r.tag.startswith("session:")]
-        chars = sum(len(m.content if isinstance(m.content, str) else m.content[-1]) for r in sessions
+        sent = [r for r in teacher.requests if r.tag.startswith(f"{unit}:")]
+        chars = sum(len(m.content if isinstance(m.content, str) else m.content[-1]) for r in sent
                     for m in r.messages)
         return chars / turns
 
     assert per_turn(300) / per_turn(20) <= 1.5
 
 
-def test_a_session_failing_its_schema_is_repaired_turn_by_turn(images):
-    """A first session whose turns lack their phrases fails validation as a whole; each of its turns is then
-    rewritten alone, and all of them make it into the dialogue."""
-    cfg = load_config("tiny")
-    personas, plans = histories(cfg, images)
-
-    def drop_phrases(req: TeacherRequest) -> str:
+def _edit_first_drafts(unit: str, edit, only=lambda tag: True):
+    """An override that passes first drafts (either unit) through `edit(user_text, persona_id)`."""
+    def override(req: TeacherRequest) -> str | None:
+        if not req.tag.startswith(f"{unit}:") or not only(req.tag):
+            return None
         data = json.loads(answer(req.json_schema(), req.sampling.seed))
-        for turn in data["turns"]:
-            turn["user"] = "Just chatting today."
+        for turn in data.get("turns", [data]):
+            turn["user"] = edit(turn["user"], req.tag.split(":")[1])
         return json.dumps(data)
+    return override
 
-    teacher = SchemaTeacher(lambda req: drop_phrases(req) if req.tag.startswith("session:")
-                            and req.tag.endswith(":0") else None)
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_failed_drafts_are_rewritten_turn_by_turn(images, unit):
+    """First drafts of the first session that lack their phrases fail validation; each failed turn is rewritten
+    alone, and all of them make it into the dialogue."""
+    cfg = unit_config(unit)
+    personas, plans = histories(cfg, images)
+    first = {p.persona_id: p.sessions[0].n_turns for p in plans}
+
+    def in_first_session(tag: str) -> bool:
+        _, pid, index = tag.split(":")
+        return index == "0" if unit == "session" else int(index) < first[pid]
+
+    teacher = SchemaTeacher(_edit_first_drafts(unit, lambda user, pid: "Just chatting today.", in_first_session))
     dialogues, quarantined = D.generate_dialogues(cfg, teacher, personas, plans, images, TeacherStats())
     repairs = [r for r in teacher.requests if r.tag.startswith("repair:")]
-    assert len(repairs) == sum(p.sessions[0].n_turns for p in plans)
+    if unit == "session":
+        assert len(repairs) == sum(first.values())  # the whole session failed its schema
+    else:
+        assert 0 < len(repairs) < sum(first.values())  # small-talk turns need no phrase and stand
     assert not [q for q in quarantined if q.table_name == "dialogue_turns"]
     assert sum(len(d.turns) for d in dialogues) == sum(s.n_turns for p in plans for s in p.sessions)
-    assert all("Just chatting today." not in t.user for d in dialogues for t in d.turns)
+    assert all("Just chatting today." not in t.user for d in dialogues for t in d.turns if t.realizes)
 
 
 def test_a_turn_that_stays_wrong_is_quarantined_and_its_item_unrealized(images):
@@ -234,24 +263,16 @@ def test_a_turn_that_stays_wrong_is_quarantined_and_its_item_unrealized(images):
     assert len([r for r in teacher.requests if r.tag.startswith("repair:")]) >= 1
 
 
-def test_a_new_interest_before_its_shift_is_rejected(images):
+@pytest.mark.parametrize("unit", UNITS)
+def test_a_new_interest_before_its_shift_is_rejected(images, unit):
     """The plan drives the dialogue: a planned preference shift appears only after its cause event."""
-    cfg = load_config("tiny")
+    cfg = unit_config(unit)
     personas, plans = histories(cfg, images)
     shifts = {p.persona_id: next(i for i in p.items if i.kind == "preference_shift") for p in plans
               if any(i.kind == "preference_shift" for i in p.items)}
     assert shifts
-
-    def leak_interest(req: TeacherRequest) -> str | None:
-        pid = req.tag.split(":")[1]
-        if not req.tag.startswith("session:") or pid not in shifts:
-            return None
-        data = json.loads(answer(req.json_schema(), req.sampling.seed))
-        for turn in data["turns"]:
-            turn["user"] += f" Also, {shifts[pid].value} looks fun."
-        return json.dumps(data)
-
-    teacher = SchemaTeacher(leak_interest)
+    teacher = SchemaTeacher(_edit_first_drafts(
+        unit, lambda user, pid: user + (f" Also, {shifts[pid].value} looks fun." if pid in shifts else "")))
     dialogues, quarantined = D.generate_dialogues(cfg, teacher, personas, plans, images, TeacherStats())
     assert any("premature_shift" in r.messages[1].content for r in teacher.requests if r.tag.startswith("repair:"))
     items = {i.item_id: i for p in plans for i in p.items}
@@ -269,25 +290,17 @@ def test_a_new_interest_before_its_shift_is_rejected(images):
         assert items[shift.cause_item_id].time < shift.time
 
 
-def test_a_negated_fact_goes_to_the_judge(images):
-    cfg = load_config("tiny")
+@pytest.mark.parametrize("unit", UNITS)
+def test_a_denied_fact_goes_to_the_judge(images, unit):
+    cfg = unit_config(unit)
     personas, plans = histories(cfg, images)
     replaced = {i.previous_value for p in plans for i in p.items if i.kind == "preference_shift"}
     pref = {p.persona_id: i for p in plans for i in p.items if i.kind == "preference" and i.value not in replaced}
     assert pref
-
-    def deny_preference(req: TeacherRequest) -> str | None:
-        if req.tag.startswith("judge:"):
-            return json.dumps({"consistent": False})
-        if not req.tag.startswith("session:"):
-            return None
-        pid = req.tag.split(":")[1]
-        data = json.loads(answer(req.json_schema(), req.sampling.seed))
-        if pid in pref:
-            data["turns"][-1]["user"] += f" I never liked {pref[pid].value} anyway."
-        return json.dumps(data)
-
-    teacher = SchemaTeacher(deny_preference)
+    deny = _edit_first_drafts(unit, lambda user, pid: user + (
+        f" I never liked {pref[pid].value} anyway." if pid in pref else ""))
+    teacher = SchemaTeacher(lambda req: json.dumps({"consistent": False}) if req.tag.startswith("judge:")
+                            else deny(req))
     dialogues, quarantined = D.generate_dialogues(cfg, teacher, personas, plans, images, TeacherStats())
     assert [r for r in teacher.requests if r.tag.startswith("judge:")]
     assert any("contradiction" in r.messages[1].content for r in teacher.requests if r.tag.startswith("repair:"))
@@ -296,14 +309,13 @@ def test_a_negated_fact_goes_to_the_judge(images):
             assert f"never liked {pref[d.persona_id].value}" not in t.user or pref[d.persona_id].time > t.time
 
 
-def test_the_session_prompt_carries_the_photo_for_image_teachers(images):
-    cfg = load_config("tiny", overrides={"teacher": {"supports_images": True}})
+@pytest.mark.parametrize("unit", UNITS)
+def test_image_teachers_see_every_shared_photo(images, unit):
+    cfg = unit_config(unit, teacher={"supports_images": True})
     personas, plans = histories(cfg, images)
     teacher = SchemaTeacher()
     D.generate_dialogues(cfg, teacher, personas, plans, images, TeacherStats())
-    with_photos = [r for r in teacher.requests if r.tag.startswith("session:") and not isinstance(
+    with_photos = [r for r in teacher.requests if r.tag.startswith(f"{unit}:") and not isinstance(
         r.messages[1].content, str)]
-    assert with_photos
     photos = sum(1 for p in plans for i in p.items if i.kind == "photo_share")
-    sent = sum(len(r.messages[1].content) - 1 for r in with_photos)
-    assert sent == photos
+    assert sum(len(r.messages[1].content) - 1 for r in with_photos) == photos > 0

@@ -204,16 +204,22 @@ def session_request(cfg: PipelineConfig, st: PersonaState, k: int) -> TeacherReq
                           session_model(cfg, slots), tag=f"session:{st.persona.persona_id}:{k}", retry_answers=False)
 
 
-def repair_request(cfg: PipelineConfig, st: PersonaState, slot: TurnSlot, attempt: int,
-                   reason: str) -> TeacherRequest:
-    """One turn rewritten alone, with the turn before it (if kept) as context."""
-    previous = [st.kept[s.key] for s in st.sessions[slot.session_index]
-                if s.slot_index < slot.slot_index and s.key in st.kept][-1:]
-    messages = chat("dialogue_repair", images=_photos(cfg, [slot]), **_header(st, slot.time),
-                    time=slot.time, previous=previous, instruction=slot.instruction(), phrases=slot.phrases,
-                    problem=reason)
-    return TeacherRequest(messages, sampling(cfg, "repair", slot.key, attempt, max_tokens=cfg.dialogue.max_tokens_per_turn),
-                          turn_model(cfg, slot.phrases), tag=f"repair:{slot.key}")
+def turn_request(cfg: PipelineConfig, st: PersonaState, slot: TurnSlot, attempt: int,
+                 problem: str | None = None) -> TeacherRequest:
+    """One turn written alone: a first draft (draft unit "turn") or the rewrite of a rejected one (`problem`).
+    It carries the last kept turns before it (at most `dialogue.recent_window`) and what the earlier rounds of its
+    session are about, so the prompt stays bounded whatever the history's length."""
+    session = st.sessions[slot.session_index]
+    earlier = [s for s in session if s.slot_index < slot.slot_index]
+    kept = [(s.time, *st.kept[s.key]) for s in earlier if s.key in st.kept]
+    previous = (st.recent + kept)[-cfg.dialogue.recent_window:] if cfg.dialogue.recent_window else []
+    known = [realization(i).statement for i in st.known_before(session[0].time)][-KNOWN_FACTS:]
+    messages = chat("dialogue_turn", images=_photos(cfg, [slot]), **_header(st, slot.time), known=known,
+                    previous=previous, topics=[s.instruction() for s in earlier if s.key not in st.kept],
+                    time=slot.time, instruction=slot.instruction(), phrases=slot.phrases, problem=problem)
+    kind = "turn" if problem is None else "repair"
+    return TeacherRequest(messages, sampling(cfg, kind, slot.key, attempt, max_tokens=cfg.dialogue.max_tokens_per_turn),
+                          turn_model(cfg, slot.phrases), tag=f"{kind}:{slot.key}")
 
 
 def judge_request(cfg: PipelineConfig, slot: TurnSlot, user: str, fact: PlanItem) -> TeacherRequest:
@@ -240,12 +246,14 @@ def _negated(text: str, phrase: str) -> bool:
     return False
 
 
-def true_facts(plan: TimelinePlan, told: list[PlanItem], time: str) -> list[PlanItem]:
-    """Facts told before `time` that no later planned change has replaced by then."""
+def standing_facts(plan: TimelinePlan, time: str) -> list[PlanItem]:
+    """Lasting facts no turn at `time` may deny: the plan's likes, skills, goals and routines, less those a planned
+    change has replaced by then and new interests that have not started yet."""
     replaced = {i.previous_value for i in plan.items if i.kind == "preference_shift" and i.time <= time}
     ended = {i.subject for i in plan.items if i.kind == "goal_update" and i.value == "gave up" and i.time <= time}
-    return [i for i in told if i.kind in ("preference", "preference_shift", "skill", "goal", "routine")
-            and not (i.kind == "preference" and i.value in replaced) and not (i.kind == "goal" and i.subject in ended)]
+    return [i for i in plan.items if i.kind in ("preference", "preference_shift", "skill", "goal", "routine")
+            and not (i.kind == "preference" and i.value in replaced) and not (i.kind == "goal" and i.subject in ended)
+            and not (i.kind == "preference_shift" and i.time > time)]
 
 
 def check_turn(st: PersonaState, slot: TurnSlot, user: str, assistant: str) -> Check:
@@ -257,10 +265,10 @@ def check_turn(st: PersonaState, slot: TurnSlot, user: str, assistant: str) -> C
     for shift in (i for i in st.plan.items if i.kind == "preference_shift" and i.time > slot.time):
         if contains_phrase(user, shift.value) and (slot.item is None or slot.item.item_id != shift.cause_item_id):
             return Check("premature_shift")
-    doubtful = [f for f in true_facts(st.plan, st.known_before(slot.time), slot.time)
-                if _negated(user, realization(f).phrases[0])]
-    if slot.item is not None and any(_negated(user, p) for p in slot.phrases):
-        doubtful.append(slot.item)
+    doubtful = [f for f in standing_facts(st.plan, slot.time)
+                if f != slot.item and _negated(user, realization(f).phrases[0])]
+    if slot.item is not None and slot.item.kind != "dislike" and any(_negated(user, p) for p in slot.phrases):
+        doubtful.append(slot.item)  # a dislike is told with a negative word by design
     return Check(None, doubtful)
 
 
@@ -279,64 +287,87 @@ def generate_dialogues(cfg: PipelineConfig, teacher: TeacherLike, personas: list
                                       value=f"{realization(i).statement} | more items than turns") for i in unplaced]
     for k in range(max((len(s.sessions) for s in states), default=0)):
         active = [st for st in states if k < len(st.sessions)]
-        results = teacher.generate([session_request(cfg, st, k) for st in active], stats)
-        pending: list[tuple[PersonaState, TurnSlot, str]] = []
-        drafted: list[tuple[PersonaState, TurnSlot, str, str]] = []
-        for st, res in zip(active, results):
-            if not res.ok:
-                pending += [(st, slot, res.failure or "teacher_failure") for slot in st.sessions[k]]
-                continue
-            drafted += [(st, slot, t.user.strip(), t.assistant.strip())
-                        for slot, t in zip(st.sessions[k], res.value.turns)]  # type: ignore[union-attr]
-        pending += _accept(cfg, teacher, drafted, stats)
+        rejected = _accept(cfg, teacher, _first_drafts(cfg, teacher, active, k, stats), stats)
         for attempt in range(1, cfg.dialogue.realization_retries + 1):
-            if not pending:
+            if not rejected:
                 break
-            results = teacher.generate([repair_request(cfg, st, slot, attempt, reason)
-                                        for st, slot, reason in pending], stats)
-            retry = [(st, slot, res.failure or "teacher_failure") for (st, slot, _), res in zip(pending, results)
-                     if not res.ok]
-            drafted = [(st, slot, res.value.user.strip(), res.value.assistant.strip())  # type: ignore[union-attr]
-                       for (st, slot, _), res in zip(pending, results) if res.ok]
-            pending = retry + _accept(cfg, teacher, drafted, stats)
-        for st, slot, reason in pending:
-            quarantined.append(QuarantineRow(table_name="dialogue_turns", row_key=slot.key,
-                                             rule=reason.split(":")[0], value=f"{slot.instruction()} | {reason}"))
+            results = teacher.generate([turn_request(cfg, d.st, d.slot, attempt, d.failure) for d in rejected], stats)
+            rejected = _accept(cfg, teacher, [Draft.of(d.st, d.slot, res) for d, res in zip(rejected, results)], stats)
+        for d in rejected:
+            quarantined.append(QuarantineRow(table_name="dialogue_turns", row_key=d.slot.key,
+                                             rule=d.failure.split(":")[0], value=f"{d.slot.instruction()} | {d.failure}"))
         for st in active:
             kept = [s for s in st.sessions[k] if s.key in st.kept]
             st.recent = (st.recent + [(s.time, *st.kept[s.key]) for s in kept])[-cfg.dialogue.recent_window:]
     dialogues = []
     for st in states:
         told = {s.item.item_id for ss in st.sessions for s in ss if s.item and s.key in st.kept}
-        quarantined += [QuarantineRow(table_name="timeline_plans", row_key=f"{i.persona_id}:{i.item_id}", rule="unrealized",
-                                      value=f"{realization(i).statement} | its turn was dropped")
+        quarantined += [QuarantineRow(table_name="timeline_plans", row_key=f"{i.persona_id}:{i.item_id}",
+                                      rule="unrealized", value=f"{realization(i).statement} | its turn was dropped")
                         for ss in st.sessions for s in ss if (i := s.item) is not None and i.item_id not in told]
         dialogues.append(assemble_dialogue(st))
     return dialogues, quarantined
 
 
-def _accept(cfg: PipelineConfig, teacher: TeacherLike, drafted: list[tuple[PersonaState, TurnSlot, str, str]],
-            stats: TeacherStats) -> list[tuple[PersonaState, TurnSlot, str]]:
-    """Keeps drafts that pass the checks (asking the judge where they cannot decide); returns the rejected."""
-    rejected, judged = [], []
-    for st, slot, user, assistant in drafted:
-        check = check_turn(st, slot, user, assistant)
-        if check.reason is not None:
-            rejected.append((st, slot, check.reason))
-        elif not check.ask_judge:
-            st.kept[slot.key] = (user, assistant)
-        elif not cfg.dialogue.judge_ambiguous:
-            rejected.append((st, slot, "contradiction"))
+@dataclass
+class Draft:
+    """A turn's text as the teacher wrote it, or why there is none (or why it was rejected)."""
+
+    st: PersonaState
+    slot: TurnSlot
+    user: str = ""
+    assistant: str = ""
+    failure: str | None = None
+
+    @classmethod
+    def of(cls, st: PersonaState, slot: TurnSlot, res: TeacherResult) -> "Draft":
+        if not res.ok:
+            return cls(st, slot, failure=res.failure or "teacher_failure")
+        return cls(st, slot, res.value.user.strip(), res.value.assistant.strip())  # type: ignore[union-attr]
+
+
+def _first_drafts(cfg: PipelineConfig, teacher: TeacherLike, active: list[PersonaState], k: int,
+                  stats: TeacherStats) -> list[Draft]:
+    """Session k of every active persona in one batch: one request per session, or one per turn."""
+    if cfg.dialogue.draft_unit == "turn":
+        slots = [(st, slot) for st in active for slot in st.sessions[k]]
+        results = teacher.generate([turn_request(cfg, st, slot, 0) for st, slot in slots], stats)
+        return [Draft.of(st, slot, res) for (st, slot), res in zip(slots, results)]
+    drafts: list[Draft] = []
+    for st, res in zip(active, teacher.generate([session_request(cfg, st, k) for st in active], stats)):
+        if not res.ok:
+            drafts += [Draft(st, slot, failure=res.failure or "teacher_failure") for slot in st.sessions[k]]
         else:
-            judged.append((st, slot, user, assistant, check.ask_judge))
-    requests = [judge_request(cfg, slot, user, fact) for st, slot, user, _, facts in judged for fact in facts]
+            drafts += [Draft(st, slot, t.user.strip(), t.assistant.strip())
+                       for slot, t in zip(st.sessions[k], res.value.turns)]  # type: ignore[union-attr]
+    return drafts
+
+
+def _accept(cfg: PipelineConfig, teacher: TeacherLike, drafts: list[Draft], stats: TeacherStats) -> list[Draft]:
+    """Keeps drafts that pass the checks (asking the judge where they cannot decide); returns the others, each
+    with the reason it failed."""
+    rejected, judged = [], []
+    for d in drafts:
+        if d.failure is None:
+            check = check_turn(d.st, d.slot, d.user, d.assistant)
+            d.failure = check.reason
+            if d.failure is None and check.ask_judge and not cfg.dialogue.judge_ambiguous:
+                d.failure = "contradiction"
+        if d.failure is not None:
+            rejected.append(d)
+        elif check.ask_judge:
+            judged.append((d, check.ask_judge))
+        else:
+            d.st.kept[d.slot.key] = (d.user, d.assistant)
+    requests = [judge_request(cfg, d.slot, d.user, fact) for d, facts in judged for fact in facts]
     verdicts = iter(teacher.generate(requests, stats) if requests else [])
-    for st, slot, user, assistant, facts in judged:
+    for d, facts in judged:
         answers = [next(verdicts) for _ in facts]
         if all(a.ok and a.value.consistent for a in answers):  # type: ignore[union-attr]
-            st.kept[slot.key] = (user, assistant)
+            d.st.kept[d.slot.key] = (d.user, d.assistant)
         else:
-            rejected.append((st, slot, "contradiction"))
+            d.failure = "contradiction"
+            rejected.append(d)
     return rejected
 
 
