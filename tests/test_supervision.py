@@ -69,9 +69,19 @@ def histories(cfg, images):
     return personas, plans, dialogues
 
 
-def supervise(cfg, images, personas, plans, dialogues, teacher=None) -> dict[str, Labelled]:
+def label_memory(cfg, by_image, persona, plan, dialogue, teacher) -> Labelled:
+    """What the memory and personality assets do for one persona, and the replay."""
+    semantic, n = M.semantic_targets(dialogue, plan, by_image, teacher.generate(M.semantic_requests(cfg, dialogue, plan)))
+    sessions, m = M.session_targets(cfg, persona, dialogue, plan, semantic,
+                                    teacher.generate(M.topic_requests(cfg, persona, dialogue, plan)))
+    steps, _ = PE.trajectory(cfg, persona, plan, dialogue, teacher.generate(PE.inference_requests(cfg, persona, dialogue)))
+    user_data = M.replay_user_data(persona, dialogue, semantic, sessions, steps)
+    return Labelled(persona, plan, dialogue, semantic, sessions, steps, user_data, fallbacks=n + m)
+
+
+def supervise(cfg, images, personas, plans, dialogues) -> dict[str, Labelled]:
     """What the supervision assets do, persona by persona."""
-    teacher = teacher or SchemaTeacher()
+    teacher = SchemaTeacher()
     by_image = {i.image_id: i for i in images}
     pools = R.distractor_pools(plans, images)
     prov = {task: provenance(cfg, teacher.model_id, *templates) for task, templates in TASK_TEMPLATES.items()}
@@ -80,12 +90,8 @@ def supervise(cfg, images, personas, plans, dialogues, teacher=None) -> dict[str
     for persona in personas:
         pid = persona.persona_id
         plan, dialogue = plan_of[pid], next(d for d in dialogues if d.persona_id == pid)
-        semantic, n = M.semantic_targets(dialogue, plan, by_image, teacher.generate(M.semantic_requests(cfg, dialogue, plan)))
-        sessions, m = M.session_targets(cfg, persona, dialogue, plan, semantic,
-                                        teacher.generate(M.topic_requests(cfg, persona, dialogue, plan)))
-        steps, _ = PE.trajectory(cfg, persona, plan, dialogue, teacher.generate(PE.inference_requests(cfg, persona, dialogue)))
-        user_data = M.replay_user_data(persona, dialogue, semantic, sessions, steps)
-        lab = Labelled(persona, plan, dialogue, semantic, sessions, steps, user_data, fallbacks=n + m)
+        lab = label_memory(cfg, by_image, persona, plan, dialogue, teacher)
+        semantic, sessions, steps, user_data = lab.semantic, lab.sessions, lab.steps, lab.user_data
         specs = A.pair_specs(cfg, persona, plan, dialogue)
         lab.pairs, _ = A.build_pairs(cfg, specs, teacher.generate(A.reply_requests(cfg, specs)))
         if persona.split == "train":
@@ -324,10 +330,11 @@ def test_core_profile_applies_shifts_dislikes_people_and_recent_matters(world):
 
 
 def test_replaying_one_history_twice_gives_byte_identical_user_data(world):
-    cfg, images, (personas, plans, dialogues), labs = world
-    again = supervise(cfg, images, personas, plans, dialogues, SchemaTeacher())
+    cfg, images, _, labs = world
+    by_image = {i.image_id: i for i in images}
     for pid, lab in labs.items():
-        assert dumps(again[pid].user_data) == dumps(lab.user_data)
+        again = label_memory(cfg, by_image, lab.persona, lab.plan, lab.dialogue, SchemaTeacher())
+        assert dumps(again.user_data) == dumps(lab.user_data)
         assert dumps(M.replay_user_data(lab.persona, lab.dialogue, lab.semantic, lab.sessions, lab.steps)) == \
             dumps(lab.user_data)
 
@@ -424,6 +431,8 @@ def test_every_trajectory_parses_and_retrieves_only_what_the_database_held_at_pr
 def test_probes_cover_many_kinds_both_modes_and_answers_state_the_plans_gold(world):
     verified = [(lab, t) for lab in training(world) for t in lab.trajectories if t.verdict == "verified"]
     assert len({t.question_kind for _, t in verified}) >= 6
+    assert {t.question_kind for _, t in verified} <= set(R.QUESTION_KINDS)
+    assert set(R.distractor_pools(world[2][1], world[1])) == set(R.QUESTION_KINDS)
     assert {t.mode for _, t in verified} == {"direct", "retrieve"}
     for lab, t in verified:
         turns = lab.dialogue.turns

@@ -17,6 +17,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import timedelta
 from typing import Annotated, Any, Callable
 
@@ -46,7 +47,9 @@ class AnswerDraft(BaseModel):
     answer: str
 
 
+@lru_cache(maxsize=4096)
 def answer_model(gold: str, constrain: bool) -> type[BaseModel]:
+    """The regenerated answer must state the gold (with `constrain`, its JSON schema makes the teacher write it)."""
     return create_model("AnswerDraft", __base__=AnswerDraft, answer=(phrase_text((gold,), constrain, SENTENCE_MAX), ...))
 
 
@@ -248,12 +251,13 @@ def retrieve(call: RetrieveCall, entries: list[MemoryEntry], seen: set[str]) -> 
                 continue
             score = sum(idf.get(w, 0.0) for w in words & index[e.key])
             if score > 0 or windowed:
-                scored.append((-score, _negated_time(e.time), e.key, e))
+                scored.append((-score, newest_first(e.time), e.key, e))
         found += [e for *_, e in sorted(scored)[:k]]
     return found
 
 
-def _negated_time(t: str) -> int:
+def newest_first(t: str) -> int:
+    """A sort key putting later times first."""
     return -int(t.replace("-", "").replace(" ", "").replace(":", ""))
 
 
