@@ -181,9 +181,26 @@ class SupervisionSettings(Strict):
         return self
 
 
+class JudgeSettings(Strict):
+    """An extra model the blind gate asks, served at OpenAI-compatible endpoints."""
+
+    model: str
+    base_urls: list[str] = Field(min_length=1)
+
+
 class BenchmarkSettings(Strict):
     items_per_persona: int = Field(10, ge=1)
     alignment_share: float = Field(0.2, ge=0, le=1)
+    image_item_share: float = Field(0.34, ge=0, le=1)  # items about a photo the user shared (Persona-MME: 34%)
+    # the probe follows the last turn after more than the session gap, so the last session is memory, not context
+    probe_gap_minutes: int = Field(90, ge=1)
+    max_option_length_ratio: float = Field(1.5, ge=1)  # longest / shortest option, in characters
+    near_duplicate_ratio: float = Field(0.9, gt=0, le=1)  # query similarity at which two same-gold items are one
+    # blind gate: the teacher plus these judges answer without the history; an item that more than this share of
+    # the blind runs gets right is dropped
+    blind_judges: list[JudgeSettings] = Field(default_factory=list)
+    blind_max_correct_share: float = Field(0.5, ge=0, le=1)
+    balance_alpha: float = Field(0.05, gt=0, lt=1)  # significance of "more often than chance" in the balance gate
 
 
 class PublishSettings(Strict):
@@ -234,7 +251,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "plan": {"preferences": 2, "dislikes": 1, "people": 2, "person_events": 2, "goals": 1, "routines": 1,
                  "events": 1, "skills": 1, "styles": 1, "preference_shift_prob": 1.0, "goal_update_prob": 0.75},
         "supervision": {"probes_per_persona": 8, "alignment_pairs_per_persona": 2},
-        "benchmark": {"items_per_persona": 10},
+        "benchmark": {"items_per_persona": 12},
         "teacher": {"max_tokens": 96},
     },
     # PersonaVLM's scale (paper App. C): 500 training + 200 benchmark personas

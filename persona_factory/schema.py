@@ -318,6 +318,43 @@ class BenchmarkItem(Record):
     alignment: dict[str, str] | None = None  # {"chosen", "rejected"}
 
 
+class OptionFact(Record):
+    """What an option claims when offered as the answer (e.g. likes_now [pottery]); re-evaluated against the
+    whole history it must hold for the gold option and fail for every distractor."""
+
+    fact: str
+    args: list[str]
+
+
+class BenchmarkCandidate(Record):
+    """A generated item plus what the gates re-check it with; only items that pass every gate are published."""
+
+    item: BenchmarkItem
+    answer_type: str  # what kind of answer every option is (name, tone, hobby, colour, ...)
+    time_phrase: str | None = None  # the relative time phrase in the query, said of evidence_turns[0]
+    option_facts: dict[str, OptionFact]  # option text -> its claim
+    rejected_by: str | None = None  # "<gate>: <reason>" once a gate rejects it
+
+
+class BenchmarkGateCount(Record):
+    """How many items of a task a gate looked at and how many it rejected."""
+
+    gate: str
+    question_type: str
+    checked: int
+    rejected: int
+
+
+class BlindAccuracy(Record):
+    """How often a judge answers a task's items right without the history (chance is 25%)."""
+
+    judge: str
+    context: Literal["query_only", "profile_only"]
+    question_type: str
+    answered: int
+    correct: int
+
+
 # ---------------------------------------------------------------------------------------------- exports
 
 

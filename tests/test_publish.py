@@ -250,9 +250,9 @@ def test_native_layout_matches_personavlm(bundle: PublishBundle, tmp_path: Path)
     items = json.loads((out / "data/Persona-MME/Persona-MME.json").read_text())
     base = ["data_path", "type", "question_type", "time", "query", "choices", "answer"]
     assert [list(i) for i in items] == [
-        [*base, "evidence_turns", "evidence_images"],
-        [*base, "alignment", "evidence_turns", "evidence_images"],
-        [*base, "evidence_turns", "evidence_images"],
+        [*base, "id", "evidence_turns", "evidence_images"],
+        [*base, "alignment", "id", "evidence_turns", "evidence_images"],
+        [*base, "id", "evidence_turns", "evidence_images"],
     ]
     assert items[0]["data_path"] == "./data/Persona-MME/samples/50/p32/user_data.json"
     assert items[2]["data_path"] == "./data/Persona-MME/samples/200/p128/user_data.json"

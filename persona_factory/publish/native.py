@@ -69,6 +69,7 @@ def _persona_mme(bundle: PublishBundle, root: Path) -> dict[str, Any]:
                 "choices": item.choices,
                 "answer": item.answer,
                 **({"alignment": item.alignment} if item.alignment is not None else {}),
+                "id": item.item_id,  # what prediction files name; the eval script ignores keys it does not use
                 "evidence_turns": item.evidence_turns,
                 "evidence_images": [files[item.persona_id][i] for i in item.evidence_images],  # files beside data_path
             }

@@ -1,39 +1,90 @@
-"""Persona-MME-style items: first-person questions at the persona's single probe time (after the last turn),
-four options, one gold letter. Gold and evidence come from the plan and the turns that realized it; relative
-time phrases are computed from probe time and event time; gold letters rotate per task by construction."""
+"""Persona-MME-style items (spec §2): first-person questions posed at the persona's single probe time (after the
+last turn), four short options, one gold letter, for the 13 primary tasks.
+
+Every gold answer is a plan fact the history realized (a turn's `realizes`), every distractor a value of the same
+answer type that is false for this persona: false by the history's own state (an outdated like, a goal given up,
+another person's relation, the other pole of a style) or never told at all (drawn from the vocabulary and the other
+plans). Each option carries the claim that makes it right or wrong (`OptionFact`), so the gates re-check every
+option against the whole history rather than trusting the generator. Relative time phrases are computed from the
+probe time and the evidence turn's time. The teacher only writes the tips of Tiered Explanation Delivery; which tip
+is gold is decided by the program from the tier it was asked for.
+"""
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Callable, Iterator
 
-from ..config import PipelineConfig
-from ..schema import AlignmentPair, BenchmarkItem, Dialogue, ImageRecord, Persona, PlanItem, TimelinePlan, Turn, fmt_time
-from .common import normalize, parse_time, rng_for, stable_id
+import yaml
+from pydantic import BaseModel, ConfigDict, StringConstraints, create_model
 
+from ..config import ConfigError, PipelineConfig
+from ..schema import (
+    GOAL_OUTCOMES, SKILL_LEVELS, AlignmentPair, BenchmarkCandidate, BenchmarkItem, Dialogue, ImageRecord, OptionFact,
+    Persona, PlanItem, Split, TimelinePlan, Turn, fmt_time,
+)
+from ..teacher.types import Sampling, TeacherRequest, TeacherResult
+from .common import chat, normalize, parse_time, request_seed, rng_for, stable_id
+from .dialogues import current_personality
+from .plans import relation_tone, vocabulary
+
+BENCH_VOCABULARY_FILE = Path(__file__).resolve().parent.parent / "data" / "benchmark_vocabulary.yaml"
 LETTERS = ("(a)", "(b)", "(c)", "(d)")
-TASKS = {  # question_type -> type (aspect), exact Persona-MME strings
-    "Semantic Information Recall": "Memory Recall",
+TASKS = {  # question_type -> type (aspect): Persona-MME's exact strings
     "Visual Detail Recall": "Memory Recall",
-    "Relationship Recognition": "Relationship Understanding",
+    "Semantic Information Recall": "Memory Recall",
+    "Explicit Intent Inference": "Intent Inference",
+    "Implicit Intent Recognition": "Intent Inference",
+    "Latest Preference Recognition": "Preference Recognition",
+    "Interest Evolution Analysis": "Preference Recognition",
+    "Implicit Preference Recommendation": "Preference Recognition",
     "Behavioral Pattern Recognition": "Behavioral Awareness",
     "Long-term Goal Tracking": "Behavioral Awareness",
-    "Latest Preference Recognition": "Preference Recognition",
+    "Relationship Recognition": "Relationship Understanding",
+    "Relationship Dynamics Comprehension": "Relationship Understanding",
+    "Tiered Explanation Delivery": "Personalized Growth Modeling",
+    "Generalizing to New Scenarios": "Personalized Growth Modeling",
 }
-GOAL_STATES = {"finished": "Yes, I finished it", "gave up": "No, I gave up on it",
-               "making progress": "Still in progress, last I told you", "unknown": "I never told you about that"}
-FALLBACK_DISTRACTORS = {
-    "event": ["went to a pottery fair", "visited an old friend", "ran a charity 5k", "repainted the kitchen"],
-    "name": ["Jordan", "Priya", "Marco", "Elena"],
-    "routine": ["swimming on Monday evenings", "piano practice after dinner", "a long walk every Saturday",
-                "reading before bed"],
-    "hobby": ["birdwatching", "salsa dancing", "woodworking", "chess"],
-    "label": ["bicycle", "umbrella", "giraffe", "pizza"],
-}
+VDR, SIR, EII, IIR, LPR, IEA, IPR, BPR, LGT, RR, RDC, TED, GNS = TASKS
+MIN_OPTION_CHARS = 8  # shorter options count as this long: "Tom" vs "Elena" says nothing about the gold
+UNKNOWN_STATE = "unknown"  # a goal whose outcome the user never reported
+# LGT gold states the balance gate evens out: finished = done, gave up / making progress = not done
+GOAL_STATE_GROUPS = {"finished": "done", "gave up": "not done", "making progress": "not done", UNKNOWN_STATE: "unknown"}
+
+
+@lru_cache(maxsize=1)
+def bench_vocabulary() -> dict:
+    """The benchmark vocabulary, checked against the plan vocabulary whose categories it phrases."""
+    bench, plan = yaml.safe_load(BENCH_VOCABULARY_FILE.read_text()), vocabulary()
+    problems = []
+    if missing := set(plan["photo_purposes"]) ^ set(bench["photo_purposes"]):
+        problems.append(f"photo_purposes differ from the plan vocabulary on {sorted(missing)}")
+    for dim, poles in plan["styles"].items():
+        if set(poles) != set(bench["style_poles"].get(dim, {})):
+            problems.append(f"style_poles.{dim} must phrase exactly the poles {poles}")
+    if set(bench["goal_states"]) != {*GOAL_OUTCOMES, UNKNOWN_STATE}:
+        problems.append(f"goal_states needs exactly the keys {[*GOAL_OUTCOMES, UNKNOWN_STATE]}")
+    if bench["tip_tiers"][:len(SKILL_LEVELS)] != list(SKILL_LEVELS) or len(bench["tip_tiers"]) != 4:
+        problems.append(f"tip_tiers must be the skill levels {SKILL_LEVELS} plus one tier above them")
+    if problems:
+        raise ConfigError(f"{BENCH_VOCABULARY_FILE.name}: " + "; ".join(problems))
+    return bench
+
+
+def visual_answer_type(answer: str) -> str | None:
+    """The answer type (colour, count, ...) an image detail's answer belongs to."""
+    return next((t for t, values in bench_vocabulary()["visual_answers"].items() if answer in values), None)
+
+
+# ---------------------------------------------------------------------------------------------- time
 
 
 def relative_phrase(probe: datetime, event: datetime) -> str:
-    """Computed, never written freely: 'earlier today', 'yesterday', 'last Monday', 'about 3 weeks ago' ..."""
+    """Computed, never written freely: 'earlier today', 'yesterday', 'on Monday', 'about 3 weeks ago' ..."""
     days = (probe.date() - event.date()).days
     if days <= 0:
         return "earlier today"
@@ -45,138 +96,509 @@ def relative_phrase(probe: datetime, event: datetime) -> str:
         return "about a week ago"
     if days < 31:
         return f"about {round(days / 7)} weeks ago"
-    return f"about {round(days / 30)} month{'s' if round(days / 30) > 1 else ''} ago"
+    months = round(days / 30)
+    return "about a month ago" if months == 1 else f"about {months} months ago"
 
 
-def bucket(persona: Persona, dialogue: Dialogue) -> str:
-    n = len(dialogue.turns)
-    if persona.split == "bench_32k":
-        return "50" if n <= 50 else "100"
-    return "200" if n <= 200 else "500"
+def probe_time(cfg: PipelineConfig, dialogue: Dialogue) -> datetime:
+    """The persona's one probe time: after the last turn, past the session gap."""
+    return parse_time(dialogue.turns[-1].time) + timedelta(minutes=cfg.benchmark.probe_gap_minutes)
+
+
+def bucket(split: Split, n_turns: int) -> str:
+    """Persona-MME's sample folders, named by their maximum turn count: 50 / 100 (32k), 200 / 500 (128k)."""
+    if split == "bench_32k":
+        return "50" if n_turns <= 50 else "100"
+    return "200" if n_turns <= 200 else "500"
+
+
+# ---------------------------------------------------------------------------------------------- pools
 
 
 def distractor_pools(plans: list[TimelinePlan], images: list[ImageRecord]) -> dict[str, list[str]]:
-    pools = {k: list(v) for k, v in FALLBACK_DISTRACTORS.items()}
+    """Answer pools per type: the plan vocabulary plus what every plan holds (a distractor is then taken only
+    where it is false for the persona asked)."""
+    vocab = vocabulary()
+    of = lambda *kinds: [i.value for p in plans for i in p.items if i.kind in kinds]  # noqa: E731
+    causes = {i.cause_item_id for p in plans for i in p.items if i.kind == "preference_shift"}
+    pools = {
+        "event": list(vocab["events"]) + [i.value for p in plans for i in p.items
+                                          if i.kind == "event" and i.item_id not in causes],
+        "routine": [r[1] for r in vocab["routines"]] + of("routine"),
+        "hobby": list(vocab["interests"]) + of("preference", "preference_shift"),
+        "name": list(vocab["names"]) + [i.subject for p in plans for i in p.items if i.kind == "relationship"],
+        "dislike": list(vocab["dislikes"]) + of("dislike"),
+        "goal": list(vocab["goals"]) + [i.subject for p in plans for i in p.items if i.kind == "goal"],
+        "label": [label for img in images for label in img.labels],
+    }
+    return {k: sorted({normalize(v): v for v in values if normalize(v)}.values()) for k, values in pools.items()}
+
+
+# ---------------------------------------------------------------------------------------------- tips (teacher)
+
+Tip = Annotated[str, StringConstraints(min_length=8, max_length=60)]
+
+
+@lru_cache(maxsize=1)
+def tips_model() -> type[BaseModel]:
+    """One tip per tier, as a structured output."""
+    return create_model("TierTips", __config__=ConfigDict(extra="forbid"),
+                        **{tier: (Tip, ...) for tier in bench_vocabulary()["tip_tiers"]})
+
+
+def tip_requests(cfg: PipelineConfig, skills: list[str]) -> list[TeacherRequest]:
+    """The teacher writes a tip per tier for each skill; the tier it was asked for labels each tip."""
+    tiers = bench_vocabulary()["tip_tiers"]
+    return [TeacherRequest(chat("benchmark_tips", skill=skill, tiers=tiers),
+                           Sampling(0.0, 1.0, 40 * len(tiers) + 32, request_seed(cfg.seed, "tips", skill)),
+                           tips_model(), tag=f"tips:{skill}") for skill in skills]
+
+
+def tips_by_skill(skills: list[str], results: list[TeacherResult]) -> dict[str, dict[str, str]]:
+    return {skill: res.value.model_dump() for skill, res in zip(skills, results) if res.ok}  # type: ignore[union-attr]
+
+
+def realized_turns(dialogue: Dialogue) -> dict[str, Turn]:
+    """Plan item id -> the first turn that told it."""
+    out: dict[str, Turn] = {}
+    for t in dialogue.turns:
+        for item_id in t.realizes:
+            out.setdefault(item_id, t)
+    return out
+
+
+def skills_to_explain(plans: list[TimelinePlan], dialogues: dict[str, Dialogue]) -> list[str]:
+    """Skills told in a benchmark history (each needs its tiered tips)."""
+    skills = set()
     for plan in plans:
-        for i in plan.items:
-            key = {"event": "event", "routine": "routine", "preference": "hobby", "preference_shift": "hobby",
-                   "relationship": "name"}.get(i.kind)
-            if key:
-                pools[key].append(i.subject if key == "name" else i.value)
-    pools["label"] += [label for img in images for label in img.labels]
-    return pools
+        if plan.persona_id in dialogues:
+            told = realized_turns(dialogues[plan.persona_id])
+            skills |= {i.subject for i in plan.items if i.kind == "skill" and i.item_id in told}
+    return sorted(skills)
 
 
-def _options(gold: str, pool: list[str], rng, exclude: set[str] = frozenset(), fixed: list[str] = ()) -> list[str] | None:
-    taken = {normalize(gold)} | {normalize(e) for e in exclude}
-    opts = list(fixed)
-    taken |= {normalize(o) for o in opts}
-    for cand in rng.sample(pool, k=len(pool)):
-        if len(opts) == 3:
-            break
-        if normalize(cand) and normalize(cand) not in taken:
-            opts.append(cand)
-            taken.add(normalize(cand))
-    return opts if len(opts) == 3 else None
+# ---------------------------------------------------------------------------------------------- candidates
 
 
-def candidates(persona: Persona, dialogue: Dialogue, plan: TimelinePlan, images: dict[str, ImageRecord],
-               pools: dict[str, list[str]], probe: datetime, rng) -> list[dict]:
-    """Every answerable (question_type, query, gold, distractors, evidence) the realized plan supports."""
-    realized: dict[str, Turn] = {i: t for t in dialogue.turns for i in t.realizes}
-    items = {i.item_id: i for i in plan.items}
+@dataclass
+class Draft:
+    """One question before its options are shuffled: options are (text, claim args), the gold first."""
+
+    task: str
+    query: str
+    fact: str
+    options: list[tuple[str, list[str]]]
+    answer_type: str
+    evidence: list[Turn]
+    sources: list[str]
+    images: list[str] = field(default_factory=list)
+    time_phrase: str | None = None
+
+
+def shown(text: str) -> str:
+    """One option style for every option: no trailing period, capital first letter."""
+    text = text.strip().rstrip(".").strip()
+    return text[:1].upper() + text[1:]
+
+
+def in_order(turns: list[Turn]) -> list[Turn]:
+    return sorted({t.turn_index: t for t in turns}.values(), key=lambda t: t.turn_index)
+
+
+def option_length(text: str) -> int:
+    return max(len(text), MIN_OPTION_CHARS)
+
+
+def length_ratio(texts: list[str]) -> float:
+    lengths = [option_length(t) for t in texts]
+    return max(lengths) / min(lengths)
+
+
+class PersonaQuestions:
+    """Every question the realized plan of one persona supports, with type-consistent distractors."""
+
+    def __init__(self, cfg: PipelineConfig, persona: Persona, dialogue: Dialogue, plan: TimelinePlan,
+                 images: dict[str, ImageRecord], pools: dict[str, list[str]], tips: dict[str, dict[str, str]]):
+        self.cfg, self.persona, self.dialogue, self.plan = cfg, persona, dialogue, plan
+        self.images, self.pools, self.tips = images, pools, tips
+        self.vocab = bench_vocabulary()
+        self.rng = rng_for(cfg.seed, "benchmark", persona.persona_id)
+        self.probe = probe_time(cfg, dialogue)
+        self.told = realized_turns(dialogue)
+        self.items = {i.item_id: i for i in plan.items}
+        self.user_text = " ".join(t.user for t in dialogue.turns)
+        # every value of this persona's plan, told or not: none of them may serve as a never-told distractor
+        self.own = {normalize(v) for i in plan.items for v in (i.value, i.subject, i.person or "", i.previous_value or "")}
+        self.own |= {normalize(label) for i in plan.items if i.image_id in images for label in images[i.image_id].labels}
+
+    # ------------------------------------------------------------------ helpers
+
+    def realized(self, *kinds: str) -> list[PlanItem]:
+        return sorted((i for i in self.plan.items if i.kind in kinds and i.item_id in self.told),
+                      key=lambda i: self.told[i.item_id].turn_index)
+
+    def turn(self, item: PlanItem) -> Turn:
+        return self.told[item.item_id]
+
+    def when(self, turn: Turn) -> str:
+        return relative_phrase(self.probe, parse_time(turn.time))
+
+    def never_told(self, pool: str) -> list[str]:
+        """Pool values that are no value of this persona's plan and that no user turn mentions."""
+        text = f" {normalize(self.user_text)} "
+        return [v for v in self.pools[pool] if normalize(v) not in self.own and f" {normalize(v)} " not in text]
+
+    def choose(self, gold: str, traps: list[str], pool: list[str], show: Callable[[str], str] = shown,
+               n: int = 3) -> list[str] | None:
+        """n wrong values: known-false ones (traps) first, then never-told ones, each keeping every option within
+        the length ratio and distinct from the others; None when too few fit."""
+        picked: list[str] = []
+        seen = {normalize(show(gold))}
+        shuffled_traps = self.rng.sample(traps, k=len(traps))
+        for value in shuffled_traps + self.rng.sample(pool, k=len(pool)):
+            key = normalize(show(value))
+            if len(picked) == n:
+                break
+            if key and key not in seen and length_ratio([show(v) for v in [gold, *picked, value]]) \
+                    <= self.cfg.benchmark.max_option_length_ratio:
+                picked.append(value)
+                seen.add(key)
+        return picked if len(picked) == n else None
+
+    def likes_now(self) -> tuple[list[PlanItem], list[str]]:
+        """Told likes still held at the probe (by the plan's shifts), and the likes shifts replaced."""
+        shifts = self.realized("preference_shift")
+        replaced = {s.previous_value for s in shifts}
+        liked = [i for i in self.realized("preference") if i.value not in replaced] + shifts
+        return liked, sorted(v for v in replaced if v)
+
+    def goal_state(self, goal: PlanItem) -> tuple[str, list[PlanItem]]:
+        updates = [u for u in self.realized("goal_update") if u.cause_item_id == goal.item_id]
+        return (updates[-1].value if updates else UNKNOWN_STATE), updates
+
+    def draft(self, task: str, query: str, fact: str, gold: str, wrong: list[str] | None,
+              args: Callable[[str], list[str]], answer_type: str, evidence: list[Turn], sources: list[PlanItem],
+              show: Callable[[str], str] = shown, **extra) -> Iterator[Draft]:
+        if wrong is not None:
+            yield Draft(task, query, fact, [(show(v), args(v)) for v in [gold, *wrong]], answer_type,
+                        in_order(evidence), [s.item_id for s in sources], **extra)
+
+    # ------------------------------------------------------------------ tasks
+
+    def memory_recall(self) -> Iterator[Draft]:
+        """SIR: what I did / who was there / what I dislike / what a photo showed; VDR: a detail of a photo."""
+        causes = {s.cause_item_id for s in self.plan.items if s.kind == "preference_shift"}
+        events = [e for e in self.realized("event") if e.item_id not in causes]
+        phrases = Counter(self.when(self.turn(e)) for e in events)
+        people = [p.subject for p in self.realized("relationship")]
+        for e in events:
+            t, when = self.turn(e), self.when(self.turn(e))
+            if phrases[when] == 1:
+                yield from self.draft(SIR, f"{shown(when)}, I told you about something I did. What was it?",
+                                      "event_told_on", e.value, self.choose(e.value, [], self.never_told("event")),
+                                      lambda v, d=t.time[:10]: [d, v], "event", [t], [e], time_phrase=when)
+            if e.person:
+                yield from self.draft(SIR, f"Who was with me when I {e.value}?", "event_with", e.person,
+                                      self.choose(e.person, [p for p in people if p != e.person],
+                                                  self.never_told("name")),
+                                      lambda v, ev=e.value: [ev, v], "name", [t], [e])
+        for d in self.realized("dislike"):
+            yield from self.draft(SIR, "What did I tell you I really dislike?", "dislikes", d.value,
+                                  self.choose(d.value, [], self.never_told("dislike")), lambda v: [v], "dislike",
+                                  [self.turn(d)], [d])
+        photos = self.realized("photo_share")
+        for p in photos:
+            t = self.turn(p)
+            when, day = self.when(t), t.time[:10]
+            if sum(self.when(self.turn(q)) == when for q in photos) > 1:
+                continue  # "the photo I sent yesterday" must name one photo
+            others = sorted({q.subject for q in photos if q.subject != p.subject and self.turn(q).time[:10] != day})
+            yield from self.draft(SIR, f"What did I send you a photo of {when}?", "photo_of_on", p.subject,
+                                  self.choose(p.subject, others, self.never_told("label")),
+                                  lambda v: [day, v], "label", [t], [p], images=[p.image_id], time_phrase=when)
+            yield from self.visual_details(p, t, when)
+
+    def visual_details(self, photo: PlanItem, t: Turn, when: str) -> Iterator[Draft]:
+        image = self.images.get(photo.image_id or "")
+        if image is None:
+            return
+        asked = f"In the photo of the {photo.subject} I sent you {when}"
+        for question, answer in sorted(image.details.items()):
+            kind = visual_answer_type(answer)
+            if kind is None:
+                continue  # the form gate cannot type it, so it is not asked
+            near = set(self.vocab["colour_neighbours"].get(answer, [])) if kind == "colour" else set()
+            pool = [v for v in self.vocab["visual_answers"][kind] if v != answer and v not in near]
+            yield from self.draft(VDR, f"{asked}, {question[0].lower()}{question[1:]}", "image_detail", answer,
+                                  self.choose(answer, [], pool), lambda v, q=question: [image.image_id, q, v],
+                                  f"visual {kind}", [t], [photo], images=[image.image_id], time_phrase=when)
+        if not image.details and len(image.labels) > 1:  # photos without details: what else the photo showed
+            also = self.rng.choice(image.labels[1:])
+            pool = [v for v in self.pools["label"] if normalize(v) not in {normalize(x) for x in image.labels}]
+            yield from self.draft(VDR, f"Besides the {image.labels[0]}, what else was in the photo I sent you {when}?",
+                                  "image_shows", also, self.choose(also, [], pool),
+                                  lambda v: [image.image_id, v], "label", [t], [photo], images=[image.image_id],
+                                  time_phrase=when)
+
+    def intent(self) -> Iterator[Draft]:
+        """EII: why I sent a photo; IIR: which photo a situation calls for, which goal I am making time for."""
+        purposes = self.vocab["photo_purposes"]
+        photos = self.realized("photo_share")
+        by_purpose = Counter(p.value for p in photos)
+        for p in photos:
+            t = self.turn(p)
+            when, day = self.when(t), t.time[:10]
+            if sum(q.subject == p.subject and self.when(self.turn(q)) == when for q in photos) == 1:
+                others = [v for v in purposes if v != p.value]
+                yield from self.draft(EII, f"Why did I send you that photo of the {p.subject} {when}?",
+                                      "photo_purpose_on", p.value, self.choose(p.value, others, [],
+                                                                                lambda v: purposes[v]["option"]),
+                                      lambda v: [day, p.subject, v], "purpose", [t], [p],
+                                      lambda v: purposes[v]["option"], images=[p.image_id], time_phrase=when)
+            if by_purpose[p.value] == 1:
+                others = sorted({q.subject for q in photos if q.value != p.value and q.subject != p.subject})
+                yield from self.draft(IIR, purposes[p.value]["situation"], "photo_for", p.subject,
+                                      self.choose(p.subject, others, self.never_told("label"), self.photo_option),
+                                      lambda v: [v, p.value], "photo", [t], [p], self.photo_option,
+                                      images=[p.image_id])
+        goals = {g.subject: (g, *self.goal_state(g)) for g in self.realized("goal")}
+        ended = [s for s, (_, state, _) in goals.items() if state in ("finished", "gave up")]
+        for subject, (goal, state, updates) in goals.items():
+            if state in (UNKNOWN_STATE, "making progress"):
+                yield from self.draft(IIR, "I've cleared some time this weekend for one of my long-term goals. "
+                                           "Which one am I most likely working on?", "goal_active", subject,
+                                      self.choose(subject, ended, self.never_told("goal")), lambda v: [v], "goal",
+                                      [self.turn(goal), *map(self.turn, updates)], [goal, *updates])
+
+    @staticmethod
+    def photo_option(label: str) -> str:
+        return f"The {label} photo"
+
+    def preference(self) -> Iterator[Draft]:
+        """LPR: the newer of two likes; IEA: what set a shift off; IPR: a suggestion among likes and non-likes."""
+        liked, replaced = self.likes_now()
+        dislikes = self.realized("dislike")
+        hobbies = self.never_told("hobby")
+        for s in self.realized("preference_shift"):
+            shift_turn = self.turn(s)
+            yield from self.draft(LPR, "Of these, which have I been most into lately?", "likes_now", s.value,
+                                  self.choose(s.value, [s.previous_value or ""], hobbies), lambda v: [v], "hobby",
+                                  [shift_turn], [s])
+            cause = self.items.get(s.cause_item_id or "")
+            if cause is not None and cause.item_id in self.told and s.previous_value:
+                first_go = lambda v: f"My first go at {v}"  # noqa: E731
+                yield from self.draft(IEA, f"I used to be really into {s.previous_value}, but something changed "
+                                           "that. What set it off?", "shift_cause", s.value,
+                                      self.choose(s.value, [], hobbies, first_go),
+                                      lambda v, old=s.previous_value: [old, v], "first try", [self.turn(cause),
+                                                                                              shift_turn],
+                                      [cause, s], first_go)
+        not_liked = dislikes + [p for p in self.realized("preference") if p.value in replaced]
+        for like in liked:
+            wrong = self.choose(like.value, [i.value for i in not_liked], hobbies)
+            trap_turns = [self.turn(i) for i in not_liked if wrong and i.value in wrong]
+            yield from self.draft(IPR, "I've got a free afternoon. Which of these would you suggest I spend it on?",
+                                  "likes_now", like.value, wrong, lambda v: [v], "activity",
+                                  [self.turn(like), *trap_turns], [like])
+
+    def behavior(self) -> Iterator[Draft]:
+        """BPR: what I usually do at a routine's time; LGT: a goal's outcome, or that it was never reported."""
+        for r in self.realized("routine"):
+            yield from self.draft(BPR, f"What do I usually do {r.subject}?", "routine", r.value,
+                                  self.choose(r.value, [], self.never_told("routine")), lambda v, w=r.subject: [w, v],
+                                  "routine", [self.turn(r)], [r])
+        states = self.vocab["goal_states"]
+        for goal in self.realized("goal"):
+            state, updates = self.goal_state(goal)
+            yield from self.draft(LGT, f"Did I ever finish my goal to {goal.subject}?", "goal_status", state,
+                                  [s for s in states if s != state], lambda v: [goal.subject, v], "goal state",
+                                  [self.turn(goal), *map(self.turn, updates)], [goal, *updates],
+                                  lambda v: states[v])
+
+    def relationships(self) -> Iterator[Draft]:
+        """RR: who is my <relation>, who I spend the most time with; RDC: the tone a message to someone takes."""
+        people = self.realized("relationship")
+        names = [p.subject for p in people]
+        with_person = [e for e in self.realized("event") if e.person in names]
+        seen = Counter(e.person for e in with_person)
+        top = seen.most_common(2)
+        tones = sorted(set(vocabulary()["relations"].values()))
+        for p in people:
+            others = [n for n in names if n != p.subject]
+            yield from self.draft(RR, f"Which of these people is my {p.value}?", "relation_of", p.subject,
+                                  self.choose(p.subject, others, self.never_told("name")), lambda v, r=p.value: [v, r],
+                                  "name", [self.turn(p)], [p])
+            tone = relation_tone(p.value)
+            yield from self.draft(RDC, f"I'm writing a message to {p.subject}. What tone should I go for?", "tone_for",
+                                  tone, self.choose(tone, [t for t in tones if t != tone], []),
+                                  lambda v, n=p.subject: [n, v], "tone", [self.turn(p)], [p])
+        if top and (len(top) == 1 or top[0][1] > top[1][1]):
+            name = top[0][0]
+            yield from self.draft(RR, "Going by what I've told you, who have I spent the most time with lately?",
+                                  "most_present", name,
+                                  self.choose(name, [n for n in names if n != name], self.never_told("name")),
+                                  lambda v: [v], "name", [self.turn(e) for e in with_person], with_person)
+
+    def growth(self) -> Iterator[Draft]:
+        """TED: the tip that fits my current level; GNS: a new activity that fits both my likes and my style."""
+        tiers = self.vocab["tip_tiers"]
+        for skill in self.realized("skill"):
+            tips = self.tips.get(skill.subject)
+            updates = [u for u in self.realized("skill_update") if u.cause_item_id == skill.item_id]
+            level = updates[-1].value if updates else skill.value
+            if tips is not None:
+                yield from self.draft(TED, f"I'd like one tip for {skill.subject} that fits where I am now. "
+                                           "Which suits me best?", "skill_tier", level,
+                                      [t for t in tiers if t != level], lambda v: [skill.subject, v], "tip",
+                                      [self.turn(skill), *map(self.turn, updates)], [skill, *updates],
+                                      lambda v: shown(tips[v]))
+        liked, replaced = self.likes_now()
+        if not liked:
+            return
+        for style in self.realized("style"):
+            poles = self.vocab["style_poles"][style.subject]
+            other = next(p for p in poles if p != style.value)
+            like = self.rng.choice(liked)
+            grid = lambda thing, pole: f"{shown(thing)}, {poles[pole]}"  # noqa: E731
+            # the other thing: a known non-like if one fits the length ratio, else a never-told hobby
+            unliked = [d.value for d in self.realized("dislike")] + replaced
+            fitting = [u for u in unliked + self.rng.sample(self.never_told("hobby"), k=len(self.never_told("hobby")))
+                       if length_ratio([grid(like.value, style.value), grid(u, other), grid(u, style.value),
+                                        grid(like.value, other)]) <= self.cfg.benchmark.max_option_length_ratio]
+            if not fitting:
+                continue
+            thing = fitting[0]
+            cells = [(like.value, style.value), (like.value, other), (thing, style.value), (thing, other)]
+            unliked_turns = [self.turn(i) for i in self.realized("dislike", "preference") if i.value == thing]
+            yield Draft(GNS, "I'd like to sign up for a weekend workshop. Which would suit me best?", "suits",
+                        [(grid(a, b), [a, style.subject, b]) for a, b in cells], "activity and style",
+                        in_order([self.turn(style), self.turn(like), *unliked_turns]),
+                        [style.item_id, like.item_id])
+
+    def drafts(self) -> list[Draft]:
+        return [*self.memory_recall(), *self.intent(), *self.preference(), *self.behavior(), *self.relationships(),
+                *self.growth()]
+
+    def candidate(self, d: Draft) -> BenchmarkCandidate:
+        """Options shuffled (letters are assigned for good once the gates have run)."""
+        order = self.rng.sample(range(4), k=4)
+        texts = [d.options[k][0] for k in order]
+        item = BenchmarkItem(
+            item_id=stable_id("q_", self.persona.persona_id, d.task, d.query, d.options[0][0]),
+            persona_id=self.persona.persona_id, bucket=bucket(self.persona.split, len(self.dialogue.turns)),
+            type=TASKS[d.task], question_type=d.task, time=fmt_time(self.probe), query=d.query,
+            choices=dict(zip(LETTERS, texts)), answer=LETTERS[order.index(0)],
+            evidence_turns=[t.turn_index for t in d.evidence], evidence_images=list(d.images), source_item_ids=d.sources)
+        return BenchmarkCandidate(item=item, answer_type=d.answer_type, time_phrase=d.time_phrase,
+                                  option_facts={text: OptionFact(fact=d.fact, args=args) for text, args in d.options})
+
+
+def persona_candidates(cfg: PipelineConfig, persona: Persona, dialogue: Dialogue, plan: TimelinePlan,
+                       images: dict[str, ImageRecord], pools: dict[str, list[str]],
+                       tips: dict[str, dict[str, str]]) -> list[BenchmarkCandidate]:
+    q = PersonaQuestions(cfg, persona, dialogue, plan, images, pools, tips)
+    unique: dict[str, BenchmarkCandidate] = {}
+    for d in q.drafts():
+        c = q.candidate(d)
+        unique.setdefault(c.item.item_id, c)
+    return list(unique.values())
+
+
+# ---------------------------------------------------------------------------------------------- selection
+
+
+def gold_text(c: BenchmarkCandidate) -> str:
+    return c.item.choices[c.item.answer]
+
+
+def goal_state_group(c: BenchmarkCandidate) -> str:
+    """done / not done / unknown, for Long-term Goal Tracking items."""
+    return GOAL_STATE_GROUPS[c.option_facts[gold_text(c)].args[1]]
+
+
+def select_items(cfg: PipelineConfig, candidates: list[BenchmarkCandidate]) -> list[BenchmarkCandidate]:
+    """Up to `items_per_persona` per persona: every task once before any twice, the task least asked so far
+    overall first, image items steered to `image_item_share`, LGT gold states evened out."""
+    n, share = cfg.benchmark.items_per_persona, cfg.benchmark.image_item_share
+    by_persona: dict[str, list[BenchmarkCandidate]] = defaultdict(list)
+    for c in sorted(candidates, key=lambda c: c.item.item_id):
+        by_persona[c.item.persona_id].append(c)
+    tasks, states = Counter(), Counter()
+    images = total = 0
+    chosen = []
+    for pid, cands in sorted(by_persona.items()):
+        rng = rng_for(cfg.seed, "benchmark-select", pid)
+        open_: dict[str, list[BenchmarkCandidate]] = defaultdict(list)
+        for c in rng.sample(cands, k=len(cands)):
+            open_[c.item.question_type].append(c)
+        tie = {t: rng.random() for t in open_}
+        mine: Counter[str] = Counter()
+        used: set[tuple[str, ...]] = set()
+        while sum(mine.values()) < n and any(open_.values()):
+            task = min((t for t in open_ if open_[t]), key=lambda t: (mine[t], tasks[t], tie[t]))
+            want_image = images < share * (total + 1)
+            pick = min(open_[task], key=lambda c: (
+                tuple(c.item.source_item_ids) in used,  # a second question on one fact only when nothing else is left
+                bool(c.item.evidence_images) != want_image,
+                states[goal_state_group(c)] if task == LGT else 0))
+            open_[task].remove(pick)
+            used.add(tuple(pick.item.source_item_ids))
+            chosen.append(pick)
+            mine[task] += 1
+            tasks[task] += 1
+            total += 1
+            images += bool(pick.item.evidence_images)
+            if task == LGT:
+                states[goal_state_group(pick)] += 1
+    return chosen
+
+
+def assign_letters(cfg: PipelineConfig, candidates: list[BenchmarkCandidate]) -> list[BenchmarkCandidate]:
+    """Gold letters balanced by construction: each item takes the letter its task has used least, then the one
+    used least overall (so an "always (a)" baseline scores at chance per task and overall); the distractors keep
+    their shuffled order around the gold."""
+    rng = rng_for(cfg.seed, "benchmark-letters")
+    per_task: Counter[tuple[str, str]] = Counter()
+    overall: Counter[str] = Counter()
     out = []
-
-    def add(task: str, query: str, gold: str, distractors: list[str] | None, turns: list[Turn], src: list[str],
-            evidence_images: list[str] = ()) -> None:
-        if distractors:
-            out.append({"task": task, "query": query, "gold": gold, "distractors": distractors,
-                        "evidence_turns": [t.turn_index for t in turns], "evidence_images": list(evidence_images),
-                        "sources": src})
-
-    for item_id, turn in realized.items():
-        item: PlanItem = items[item_id]
-        when = relative_phrase(probe, parse_time(turn.time))
-        if item.kind == "event":
-            add("Semantic Information Recall", f"What did I tell you I did {when}?", item.value,
-                _options(item.value, pools["event"], rng), [turn], [item_id])
-        elif item.kind == "relationship":
-            add("Relationship Recognition", f"Which person did I describe as my {item.value}?", item.subject,
-                _options(item.subject, pools["name"], rng), [turn], [item_id])
-        elif item.kind == "routine":
-            add("Behavioral Pattern Recognition", "Which of these is one of my regular routines?", item.value,
-                _options(item.value, pools["routine"], rng), [turn], [item_id])
-        elif item.kind == "preference_shift":
-            add("Latest Preference Recognition",
-                f"Between {item.previous_value} and {item.value}, which am I more into these days?", item.value,
-                _options(item.value, pools["hobby"], rng, fixed=[item.previous_value]), [turn], [item_id])
-        elif item.kind == "goal":
-            updates = [u for u in plan.items if u.kind == "goal_update" and u.cause_item_id == item_id
-                       and u.item_id in realized]
-            state = updates[-1].value if updates else "unknown"
-            gold = GOAL_STATES[state]
-            add("Long-term Goal Tracking", f"Did I ever finish my goal to {item.subject}?", gold,
-                [v for k, v in GOAL_STATES.items() if k != state], [turn] + [realized[u.item_id] for u in updates],
-                [item_id] + [u.item_id for u in updates])
-    for turn in dialogue.turns:
-        if turn.image_id:
-            img = images[turn.image_id]
-            when = relative_phrase(probe, parse_time(turn.time))
-            add("Visual Detail Recall", f"In the photo I shared {when}, what was the main thing in it?",
-                img.labels[0], _options(img.labels[0], pools["label"], rng, exclude=set(img.labels)), [turn], [],
-                [img.image_id])
+    for c in sorted(candidates, key=lambda c: (c.item.question_type, c.item.item_id)):
+        task = c.item.question_type
+        letter = min(LETTERS, key=lambda k: (per_task[task, k], overall[k], rng.random()))
+        per_task[task, letter] += 1
+        overall[letter] += 1
+        others = [v for k, v in c.item.choices.items() if k != c.item.answer]
+        others.insert(LETTERS.index(letter), gold_text(c))
+        item = c.item.model_copy(update={"choices": dict(zip(LETTERS, others)), "answer": letter})
+        out.append(c.model_copy(update={"item": item}))
     return out
 
 
-def build_items(cfg: PipelineConfig, personas: list[Persona], dialogues: dict[str, Dialogue],
-                plans: dict[str, TimelinePlan], images: list[ImageRecord],
-                pairs: dict[str, list[AlignmentPair]]) -> list[BenchmarkItem]:
-    pools = distractor_pools(list(plans.values()), images)
-    by_image = {i.image_id: i for i in images}
-    letter_counter: Counter[str] = Counter()
-    items: list[BenchmarkItem] = []
-    for persona in sorted(personas, key=lambda p: p.persona_id):
-        dialogue = dialogues.get(persona.persona_id)
-        if persona.split == "train" or dialogue is None or not dialogue.turns:
-            continue
-        rng = rng_for(cfg.seed, "benchmark", persona.persona_id)
-        probe = parse_time(dialogue.turns[-1].time) + timedelta(minutes=30)
-        cands = candidates(persona, dialogue, plans[persona.persona_id], by_image, pools, probe, rng)
-        chosen = _round_robin(cands, cfg.benchmark.items_per_persona, rng)
-        persona_pairs = list(pairs.get(persona.persona_id, []))
-        n_aligned = round(cfg.benchmark.alignment_share * len(chosen))
-        for k, c in enumerate(chosen):
-            slot = letter_counter[c["task"]] % 4  # rotating gold position: balanced letters per task
-            letter_counter[c["task"]] += 1
-            options = list(c["distractors"])
-            rng.shuffle(options)
-            options.insert(slot, c["gold"])
-            alignment = None
-            if k < n_aligned and persona_pairs:
-                p = persona_pairs.pop(0)
-                alignment = {"chosen": p.chosen, "rejected": p.rejected}
-            items.append(BenchmarkItem(
-                item_id=stable_id("q_", persona.persona_id, c["task"], c["query"]), persona_id=persona.persona_id,
-                bucket=bucket(persona, dialogue), type=TASKS[c["task"]], question_type=c["task"], time=fmt_time(probe),
-                query=c["query"], choices=dict(zip(LETTERS, options)), answer=LETTERS[slot],
-                evidence_turns=c["evidence_turns"], evidence_images=c["evidence_images"],
-                source_item_ids=c["sources"], alignment=alignment))
-    return items
+def usable_pairs(persona: Persona, plan: TimelinePlan, probe: str, pairs: list[AlignmentPair]) -> list[AlignmentPair]:
+    """Pairs still valid at the probe: distinct replies, and no planned personality drift between the pair's query
+    and the probe (the chosen reply fits the personality of its own moment)."""
+    now = current_personality(persona, plan, probe)
+    return [p for p in pairs if normalize(p.chosen) != normalize(p.rejected) and normalize(p.chosen)
+            and current_personality(persona, plan, p.query_time) == now]
 
 
-def _round_robin(cands: list[dict], n: int, rng) -> list[dict]:
-    """Spread a persona's items over tasks as evenly as the history allows."""
-    by_task: dict[str, list[dict]] = {}
-    for c in sorted(cands, key=lambda c: (c["task"], c["query"])):
-        by_task.setdefault(c["task"], []).append(c)
-    for lst in by_task.values():
-        rng.shuffle(lst)
-    out, seen_queries = [], set()
-    while len(out) < n and any(by_task.values()):
-        for task in sorted(by_task):
-            if by_task[task] and len(out) < n:
-                c = by_task[task].pop()
-                if normalize(c["query"]) not in seen_queries:
-                    seen_queries.add(normalize(c["query"]))
-                    out.append(c)
+def attach_alignment(cfg: PipelineConfig, items: list[BenchmarkCandidate],
+                     pairs: dict[str, list[AlignmentPair]]) -> list[BenchmarkCandidate]:
+    """Personality Alignment on about `alignment_share` of each persona's items, one pair per item, generic and
+    other-profile rejected replies alternating."""
+    by_persona: dict[str, list[int]] = defaultdict(list)
+    for k, c in enumerate(items):
+        by_persona[c.item.persona_id].append(k)
+    out = list(items)
+    for pid, indices in sorted(by_persona.items()):
+        rng = rng_for(cfg.seed, "benchmark-alignment", pid)
+        kinds: dict[str, list[AlignmentPair]] = defaultdict(list)
+        for p in sorted(pairs.get(pid, []), key=lambda p: p.pair_id):
+            kinds[p.rejected_kind].append(p)
+        alternating = [p for pair in zip(kinds["generic"], kinds["other_profile"]) for p in pair]
+        alternating += kinds["generic"][len(alternating) // 2:] + kinds["other_profile"][len(alternating) // 2:]
+        want = min(round(cfg.benchmark.alignment_share * len(indices)), len(alternating))
+        for k, pair in zip(rng.sample(indices, k=want), alternating):
+            item = out[k].item.model_copy(update={"alignment": {"chosen": pair.chosen, "rejected": pair.rejected}})
+            out[k] = out[k].model_copy(update={"item": item})
     return out
+

@@ -28,14 +28,17 @@ def phash_int64(img: Image.Image) -> int:
     return u - (1 << 64) if u >= 1 << 63 else u
 
 
-def _candidates(source: ImageSourceSettings) -> Iterator[tuple[str, Image.Image | Exception, str, list[str]]]:
+def _candidates(source: ImageSourceSettings) -> Iterator[tuple[str, Image.Image | Exception, str, list[str],
+                                                                dict[str, str]]]:
+    """(name, image or why it cannot be read, caption, labels, details) per photo."""
     if source.kind == "skimage":
         import skimage
 
         data_dir = Path(skimage.__file__).parent / "data"
         for name, meta in yaml.safe_load(SKIMAGE_CAPTIONS.read_text()).items():
             files = list(data_dir.glob(f"{name}.*"))
-            yield name, _open(files[0]) if files else FileNotFoundError(name), meta["caption"], list(meta["labels"])
+            yield (name, _open(files[0]) if files else FileNotFoundError(name), meta["caption"], list(meta["labels"]),
+                   dict(meta.get("details", {})))
     elif source.kind == "folder":
         folder = Path(source.path)
         if not folder.is_dir():
@@ -44,7 +47,7 @@ def _candidates(source: ImageSourceSettings) -> Iterator[tuple[str, Image.Image 
         for f in sorted(p for p in folder.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".webp"}):
             meta = captions.get(f.name, {})
             yield (f.stem, _open(f), meta.get("caption", f.stem.replace("_", " ").replace("-", " ")),
-                   list(meta.get("labels", [])))
+                   list(meta.get("labels", [])), dict(meta.get("details", {})))
     else:
         import datasets
 
@@ -55,7 +58,7 @@ def _candidates(source: ImageSourceSettings) -> Iterator[tuple[str, Image.Image 
         for i, row in enumerate(ds):
             caption = str(row.get(source.caption_column) or f"image {i}")
             labels = row.get("labels") or []
-            yield f"{Path(source.path).name}-{i}", row[source.image_column], caption, list(labels)
+            yield f"{Path(source.path).name}-{i}", row[source.image_column], caption, list(labels), {}
 
 
 def _open(path: Path) -> Image.Image | Exception:
@@ -68,7 +71,8 @@ def _open(path: Path) -> Image.Image | Exception:
 
 
 def _folder_captions(folder: Path) -> dict[str, dict]:
-    """Optional captions.jsonl beside the images: {"file": ..., "caption": ..., "labels": [...]} per line."""
+    """Optional captions.jsonl beside the images: {"file": ..., "caption": ..., "labels": [...],
+    "details": {question: short answer}} per line."""
     f = folder / "captions.jsonl"
     if not f.is_file():
         return {}
@@ -79,7 +83,7 @@ def load_image_pool(source: ImageSourceSettings, store: Path) -> tuple[list[Imag
     store.mkdir(parents=True, exist_ok=True)
     records: dict[str, ImageRecord] = {}
     quarantined = []
-    for name, img, caption, labels in _candidates(source):
+    for name, img, caption, labels, details in _candidates(source):
         if isinstance(img, Exception):
             quarantined.append(QuarantineRow(table_name="image_pool", row_key=name, rule="unreadable_image",
                                              value=f"{type(img).__name__}: {img}"))
@@ -99,7 +103,7 @@ def load_image_pool(source: ImageSourceSettings, store: Path) -> tuple[list[Imag
             path.write_bytes(png)
         records[image_id] = ImageRecord(
             image_id=image_id, source=source.kind if source.kind == "skimage" else f"{source.kind}:{source.path}",
-            name=name, caption=caption, labels=labels or [caption.split()[-1]], path=str(path),
+            name=name, caption=caption, labels=labels or [caption.split()[-1]], details=details, path=str(path),
             width=rgb.width, height=rgb.height, phash=phash_int64(rgb))
         if source.limit and len(records) >= source.limit:
             break

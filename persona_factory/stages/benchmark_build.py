@@ -1,0 +1,103 @@
+"""The benchmark build as one pure function over the histories: tiered tips from the teacher, candidates for
+every task, the per-item gates (form, time, consistency, near-duplicates, blind), selection, the balance gates,
+gold letters, Personality Alignment. The asset only loads its inputs and writes what this returns."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from ..config import PipelineConfig
+from ..schema import (
+    AlignmentPair, BenchmarkCandidate, BenchmarkGateCount, BenchmarkItem, BlindAccuracy, Dialogue, ImageRecord,
+    Persona, QuarantineRow, TimelinePlan, fmt_time,
+)
+from ..teacher.types import TeacherResult, TeacherStats
+from . import benchmark as stage
+from . import benchmark_gates as gates
+from .dialogues import TeacherLike
+
+
+@dataclass
+class BenchmarkBuild:
+    items: list[BenchmarkItem]  # what is published
+    candidates: list[BenchmarkCandidate]  # every candidate; rejected ones carry their gate and reason
+    gate_counts: list[BenchmarkGateCount]
+    blind_accuracy: list[BlindAccuracy]
+    quarantined: list[QuarantineRow]
+    results: list[TeacherResult]  # every teacher and judge answer, for failure accounting
+    users_per_bucket: dict[str, int]
+    pairs_offered: int
+    pairs_usable: int
+
+    def summary(self) -> dict:
+        items = self.items
+        per_persona = Counter(i.persona_id for i in items)
+        share = lambda n: round(n / max(1, len(items)), 3)  # noqa: E731
+        return {
+            "items": len(items), "candidates": len(self.candidates),
+            "per_task": dict(sorted(Counter(i.question_type for i in items).items())),
+            "tasks_present": len({i.question_type for i in items}),
+            "items_per_persona": {"min": min(per_persona.values(), default=0),
+                                  "max": max(per_persona.values(), default=0)},
+            "image_share": share(sum(bool(i.evidence_images) for i in items)),
+            "alignment_share": share(sum(i.alignment is not None for i in items)),
+            # pairs with distinct replies whose personality is still the persona's at the probe
+            "alignment_pairs_usable": f"{self.pairs_usable}/{self.pairs_offered}",
+            "users_per_bucket": self.users_per_bucket,
+            # PersonaVLM's eval.py reads the first 50 folders a bucket lists: more users there go unevaluated
+            "buckets_over_50_users": sorted(b for b, n in self.users_per_bucket.items() if n > 50),
+            "rejected_per_gate": {g: sum(r.rejected for r in self.gate_counts if r.gate == g) for g in gates.GATES},
+            "blind_accuracy": {f"{r.judge}/{r.context}/{r.question_type}": round(r.correct / r.answered, 3)
+                               for r in self.blind_accuracy if r.answered},
+        }
+
+
+def build_benchmark(cfg: PipelineConfig, teacher: TeacherLike, judges: dict[str, TeacherLike],
+                    personas: dict[str, Persona], plans: dict[str, TimelinePlan], dialogues: dict[str, Dialogue],
+                    images: list[ImageRecord], pairs: list[AlignmentPair], stats: TeacherStats) -> BenchmarkBuild:
+    """judges: name -> client answering the blind gate (the teacher among them)."""
+    bench = {pid: d for pid, d in sorted(dialogues.items()) if personas[pid].split != "train" and d.turns}
+    probes = {pid: fmt_time(stage.probe_time(cfg, d)) for pid, d in bench.items()}
+    by_image = {i.image_id: i for i in images}
+
+    skills = stage.skills_to_explain([plans[pid] for pid in bench], bench)
+    tip_results = teacher.generate(stage.tip_requests(cfg, skills), stats) if skills else []
+    tips = stage.tips_by_skill(skills, tip_results)
+    untaught = [QuarantineRow(table_name="benchmark_items", row_key=f"tips:{s}", rule="teacher_failure",
+                              value=f"no tiered tips for {s}: Tiered Explanation Delivery skips it")
+                for s in skills if s not in tips]
+    pools = stage.distractor_pools(list(plans.values()), images)
+    candidates = [c for pid, d in bench.items()
+                  for c in stage.persona_candidates(cfg, personas[pid], d, plans[pid], by_image, pools, tips)]
+
+    run, b = gates.GateRun(), cfg.benchmark
+    kept = run.apply_each("form", candidates, lambda c: gates.form_problem(c, b.max_option_length_ratio))
+    kept = run.apply_each("time", kept, lambda c: gates.time_problem(c, bench[c.item.persona_id]))
+    states = {pid: gates.HistoryState.replay(d, plans[pid], probes[pid]) for pid, d in bench.items()}
+    kept = run.apply_each("consistency", kept, lambda c: gates.consistency_problem(
+        c, bench[c.item.persona_id], plans[c.item.persona_id], states[c.item.persona_id], by_image))
+    kept = run.apply("near_duplicate", kept, gates.near_duplicates(kept, b.near_duplicate_ratio))
+    asks = gates.blind_asks(cfg, kept, personas)
+    answers = {name: judge.generate([a.request for a in asks], stats) if asks else [] for name, judge in judges.items()}
+    solved, accuracy = gates.blind_verdicts(asks, answers, b.blind_max_correct_share)
+    kept = run.apply("blind", kept, solved)
+
+    selected = stage.select_items(cfg, kept)
+    selected = run.apply("balance", selected, gates.balance_problems(selected, b.balance_alpha))
+    lettered = stage.assign_letters(cfg, selected)
+    lettered = run.apply("letters", lettered, gates.letter_problems(lettered))
+    offered = {pid: [p for p in pairs if p.persona_id == pid] for pid in bench}
+    usable = {pid: stage.usable_pairs(personas[pid], plans[pid], probes[pid], offered[pid]) for pid in bench}
+    final = stage.attach_alignment(cfg, lettered, usable)
+
+    done = {c.item.item_id for c in final} | {c.item.item_id for c in run.rejected}
+    asked = {c.item.persona_id for c in final}
+    return BenchmarkBuild(
+        items=[c.item for c in final],
+        candidates=[*run.rejected, *final, *(c for c in kept if c.item.item_id not in done)],
+        gate_counts=run.counts(), blind_accuracy=accuracy, quarantined=[*run.quarantine_rows(), *untaught],
+        results=[*tip_results, *(r for rs in answers.values() for r in rs)],
+        users_per_bucket=dict(sorted(Counter(stage.bucket(personas[pid].split, len(d.turns))
+                                             for pid, d in bench.items() if pid in asked).items())),
+        pairs_offered=sum(map(len, offered.values())), pairs_usable=sum(map(len, usable.values())))

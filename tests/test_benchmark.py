@@ -1,0 +1,458 @@
+"""The Persona-MME-style benchmark: the tiny preset end to end on a schema-following teacher (all 13 tasks, evidence
+that resolves, every gate counted, an export that loads back and scores at chance for "always (a)" and 100% for
+an oracle), and each gate on handmade good and bad items."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import timedelta
+from types import SimpleNamespace
+
+import pytest
+
+from persona_factory import scorer
+from persona_factory.config import load_config
+from persona_factory.publish import PublishBundle, export_native
+from persona_factory.schema import (
+    AlignmentPair, BenchmarkCandidate, BenchmarkItem, BigFive, Dialogue, ImageRecord, OptionFact, Persona,
+    PersonaSeed, PlanItem, Profile, Provenance, Session, TimelinePlan, Turn,
+)
+from persona_factory.stages import benchmark as B
+from persona_factory.stages import benchmark_gates as G
+from persona_factory.stages import dialogues as D
+from persona_factory.stages import plans as PL
+from persona_factory.stages.benchmark_build import build_benchmark
+from persona_factory.stages.common import parse_time
+from persona_factory.stages.images import load_image_pool
+from persona_factory.teacher.types import TeacherResult, TeacherStats
+
+try:
+    from tests.fake_teacher import SchemaTeacher
+    from tests.test_histories import histories
+except ImportError:
+    from fake_teacher import SchemaTeacher
+    from test_histories import histories
+
+
+# ---------------------------------------------------------------------------------------------- tiny preset
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Tiny-preset histories on the schema teacher, the benchmark built over them, and its native export."""
+    cfg = load_config("tiny")
+    images, _ = load_image_pool(cfg.image_source, tmp_path_factory.mktemp("images"))
+    teacher = SchemaTeacher()
+    personas, plans = histories(cfg, images, teacher)
+    dialogues, _ = D.generate_dialogues(cfg, teacher, personas, plans, images, TeacherStats())
+    by_id = {p.persona_id: p for p in personas}
+    plans_by_id = {p.persona_id: p for p in plans}
+    pairs = [AlignmentPair(pair_id=f"a{k}{kind}", persona_id=d.persona_id, after_turn_index=len(d.turns) - 1,
+                           query_time=d.turns[-1].time, query="How should I spend my evening?",
+                           chosen=f"A calm plan that suits you ({k})", rejected=f"Anything works ({k}, {kind})",
+                           rejected_kind=kind, chosen_profile=by_id[d.persona_id].big_five.model_dump(),
+                           rejected_profile=None if kind == "generic" else {"openness": 1.0})
+             for d in dialogues if by_id[d.persona_id].split != "train"
+             for k, kind in enumerate(("generic", "other_profile"))]
+    second_judge = SchemaTeacher()
+    dialogues_by_id = {d.persona_id: d for d in dialogues}
+    build = build_benchmark(cfg, teacher, {"teacher": teacher, "second": second_judge}, by_id, plans_by_id,
+                            dialogues_by_id, images, pairs, TeacherStats())
+    bundle = PublishBundle(
+        personas=personas, dialogues=dialogues, images={i.image_id: i for i in images}, memory_dbs={}, sft=[], rl=[],
+        benchmark=build.items, provenance=Provenance(teacher_model="schema-teacher", seed=0, code_version="test",
+                                                     preset="tiny", config_hash="x"))
+    out = tmp_path_factory.mktemp("release") / "native"
+    export_native(bundle, out)
+    return SimpleNamespace(cfg=cfg, personas=by_id, plans=plans_by_id, dialogues=dialogues_by_id, images=images,
+                           pairs=pairs, build=build, release=out, second_judge=second_judge)
+
+
+def test_tiny_covers_all_13_tasks_with_gold_letters(tiny):
+    items = tiny.build.items
+    assert {i.question_type for i in items} == set(B.TASKS)
+    for i in items:
+        assert i.type == B.TASKS[i.question_type]
+        assert list(i.choices) == list(B.LETTERS) and i.answer in B.LETTERS
+        assert len({v.lower() for v in i.choices.values()}) == 4
+        assert tiny.personas[i.persona_id].split != "train"
+    assert len({i.time for i in items if i.persona_id == items[0].persona_id}) == 1  # one probe time per persona
+    assert any(i.alignment for i in items)
+    assert 0.2 <= sum(bool(i.evidence_images) for i in items) / len(items) <= 0.5
+
+
+def test_tiny_evidence_ids_resolve(tiny):
+    for i in tiny.build.items:
+        turns = {t.turn_index: t for t in tiny.dialogues[i.persona_id].turns}
+        assert i.evidence_turns and all(k in turns and turns[k].time < i.time for k in i.evidence_turns)
+        told = {r for k in i.evidence_turns for r in turns[k].realizes}
+        assert set(i.source_item_ids) <= told
+        assert set(i.evidence_images) <= {turns[k].image_id for k in i.evidence_turns}
+        if i.question_type in (B.VDR, B.EII):
+            assert i.evidence_images
+
+
+def test_tiny_records_every_gate_per_task(tiny):
+    build = tiny.build
+    rows = {(r.gate, r.question_type): r for r in build.gate_counts}
+    assert set(rows) == {(g, t) for g in G.GATES for t in B.TASKS}
+    for gate in ("form", "time", "consistency", "near_duplicate", "blind"):
+        assert all(rows[gate, t].checked > 0 for t in B.TASKS), gate
+    assert all(0 <= r.rejected <= r.checked for r in rows.values())
+    judges = {(a.judge, a.context) for a in build.blind_accuracy if a.answered}
+    assert judges == {(j, c) for j in ("teacher", "second") for c in G.BLIND_CONTEXTS}
+    assert tiny.second_judge.requests  # the extra judge was asked
+    rejected = [c for c in build.candidates if c.rejected_by]
+    assert {q.row_key.split(":")[1] for q in build.quarantined if q.rule != "teacher_failure"} \
+        == {c.item.item_id for c in rejected}
+
+
+def test_tiny_letters_balanced_per_task_and_overall(tiny):
+    build = tiny.build
+    overall = Counter(i.answer for i in build.items)
+    assert max(overall.values()) - min(overall[k] for k in B.LETTERS) <= 1
+    for task in B.TASKS:
+        letters = Counter(i.answer for i in build.items if i.question_type == task)
+        assert max(letters.values()) - min(letters[k] for k in B.LETTERS) <= 1
+
+
+def test_export_loads_back_and_scores(tiny):
+    build = tiny.build
+    records = scorer.load_release(tiny.release)
+    assert len(records) == len(build.items)
+    assert {r["id"] for r in records} == {i.item_id for i in build.items}
+    always_a = scorer.score(records, scorer.baseline_predictions(records, "always-a"))
+    n = always_a.multiple_choice.total
+    assert abs(always_a.multiple_choice.accuracy - 0.25) <= 1 / n
+    assert always_a.alignment.total == 2 * sum("alignment" in r for r in records) > 0
+    assert always_a.alignment.accuracy == 0.5
+    oracle = scorer.score(records, scorer.baseline_predictions(records, "oracle"))
+    assert oracle.overall.accuracy == 1.0 and oracle.overall.total == n + always_a.alignment.total
+    assert set(oracle.per_task) == set(B.TASKS) | {scorer.ALIGNMENT}
+    assert set(oracle.per_config) == {"32k", "128k"}
+
+
+def test_rebuild_is_identical(tiny):
+    teacher = SchemaTeacher()
+    again = build_benchmark(tiny.cfg, teacher, {"teacher": teacher, "second": SchemaTeacher()}, tiny.personas,
+                            tiny.plans, tiny.dialogues, tiny.images, tiny.pairs, TeacherStats())
+    assert again.items == tiny.build.items
+    assert again.gate_counts == tiny.build.gate_counts
+
+
+# ---------------------------------------------------------------------------------------------- a handmade history
+
+PID = "p1"
+PROBE = "2024-05-12 10:34"
+
+
+def _plan_item(item_id: str, kind: str, time: str, subject: str, value: str, **kw) -> PlanItem:
+    return PlanItem(item_id=item_id, persona_id=PID, kind=kind, time=time, subject=subject, value=value, **kw)
+
+
+ITEMS = [
+    _plan_item("pot", "preference", "2024-05-01 08:00", "hobby", "pottery"),
+    _plan_item("chess", "preference", "2024-05-01 08:00", "hobby", "chess"),
+    _plan_item("maya", "relationship", "2024-05-01 08:00", "Maya", "sister"),
+    _plan_item("try", "event", "2024-05-05 08:00", "event", "tried bouldering for the first time"),
+    _plan_item("photo", "photo_share", "2024-05-05 09:00", "coffee", "to show my sister later", image_id="img1"),
+    _plan_item("shift", "preference_shift", "2024-05-10 08:00", "hobby", "bouldering", previous_value="pottery",
+               cause_item_id="try"),
+]
+USER_TURNS = [  # (time, user text, realizes, image)
+    ("2024-05-01 10:00", "I really enjoy pottery.", ["pot"], None),
+    ("2024-05-01 10:04", "I also enjoy chess on weekends.", ["chess"], None),
+    ("2024-05-01 10:08", "Maya is my sister, we talk daily.", ["maya"], None),
+    ("2024-05-06 18:00", "I tried bouldering for the first time!", ["try"], None),
+    ("2024-05-06 18:05", "<img>The coffee here, sending it to show my sister later.", ["photo"], "img1"),
+    ("2024-05-12 09:00", "These days I am more into bouldering than pottery.", ["shift"], None),
+    ("2024-05-12 09:04", "Lovely weather today.", [], None),
+]
+
+
+def history(user_turns=USER_TURNS) -> tuple[Dialogue, TimelinePlan, dict[str, ImageRecord]]:
+    turns = [Turn(persona_id=PID, session_index=0, turn_index=k, time=t, user=u, assistant="Noted.", realizes=r,
+                  image_id=img) for k, (t, u, r, img) in enumerate(user_turns)]
+    dialogue = Dialogue(persona_id=PID, split="bench_32k", sessions=[Session(persona_id=PID, session_index=0,
+                                                                             turns=turns)])
+    plan = TimelinePlan(persona_id=PID, span_days=30, sessions=[], items=ITEMS)
+    image = ImageRecord(image_id="img1", source="test", name="coffee", caption="a cup of coffee on a red saucer",
+                        labels=["coffee", "cup", "saucer"], details={"What colour is the saucer?": "red"},
+                        path="/dev/null", width=1, height=1, phash=0)
+    return dialogue, plan, {"img1": image}
+
+
+def candidate(task: str, query: str, options: list[tuple[str, str, list[str]]], evidence: list[int],
+              sources: list[str], answer_type: str, gold: int = 0, images: tuple[str, ...] = (),
+              time_phrase: str | None = None, item_id: str | None = None, persona_id: str = PID) -> BenchmarkCandidate:
+    """options: (text, claim, claim args); the option at `gold` is the answer."""
+    item = BenchmarkItem(item_id=item_id or f"q_{abs(hash((task, query, options[gold][0])))}", persona_id=persona_id,
+                         bucket="50", type=B.TASKS[task], question_type=task, time=PROBE, query=query,
+                         choices={B.LETTERS[k]: o[0] for k, o in enumerate(options)}, answer=B.LETTERS[gold],
+                         evidence_turns=evidence, evidence_images=list(images), source_item_ids=sources)
+    return BenchmarkCandidate(item=item, answer_type=answer_type, time_phrase=time_phrase,
+                              option_facts={text: OptionFact(fact=f, args=a) for text, f, a in options})
+
+
+def suggest(*texts: str, evidence=(1,), sources=("chess",), **kw) -> BenchmarkCandidate:
+    return candidate(B.IPR, "I've got a free afternoon. Which of these would you suggest I spend it on?",
+                     [(t, "likes_now", [t.lower()]) for t in texts], list(evidence), list(sources), "activity", **kw)
+
+
+GOOD = suggest("Chess", "Pottery", "Knitting", "Archery")
+
+
+def consistency(c: BenchmarkCandidate, user_turns=USER_TURNS) -> str | None:
+    dialogue, plan, images = history(user_turns)
+    return G.consistency_problem(c, dialogue, plan, G.HistoryState.replay(dialogue, plan, PROBE), images)
+
+
+def test_a_good_item_passes_every_item_gate():
+    dialogue, _, _ = history()
+    assert G.form_problem(GOOD, 1.5) is None
+    assert G.time_problem(GOOD, dialogue) is None
+    assert consistency(GOOD) is None
+
+
+# ---------------------------------------------------------------------------------------------- form
+
+
+def test_form_gate_catches_a_length_leaking_item():
+    leaking = suggest("Chess with my club every Thursday night", "Pottery", "Knitting", "Archery")
+    assert G.form_problem(leaking, 1.5).startswith("option_length_ratio")
+
+
+def test_form_gate_catches_duplicate_and_nested_options():
+    assert G.form_problem(suggest("Chess", "Pottery", "chess.", "Archery"), 1.5) == "duplicate_options"
+    assert G.form_problem(suggest("Chess", "Pottery", "Pottery class", "Archery"), 1.5).startswith("nested_options")
+
+
+def test_form_gate_catches_mixed_types_casing_and_gold_only_names():
+    assert G.form_problem(suggest("Chess", "Pottery", "Maya", "Archery"), 1.5).startswith("mixed_answer_types")
+    assert G.form_problem(suggest("Chess", "pottery", "Knitting", "Archery"), 1.5) == "inconsistent_casing"
+    assert G.form_problem(suggest("Chess", "Pottery.", "Knitting", "Archery"), 1.5) == "inconsistent_punctuation"
+    assert G.form_problem(suggest("Chess at Ravi's", "Pottery at home", "Knitting at home", "Archery at home"),
+                          1.5).startswith("gold_only_specifics")
+
+
+def test_form_gate_checks_closed_answer_types():
+    tones = [("Warm and teasing", "tone_for", ["Maya", "warm and teasing"]),
+             ("Polite and brief", "tone_for", ["Maya", "polite and brief"]),
+             ("Casual and playful", "tone_for", ["Maya", "casual and playful"]),
+             ("Formal and respectful", "tone_for", ["Maya", "formal and respectful"])]
+    good = candidate(B.RDC, "I'm writing a message to Maya. What tone should I go for?", tones, [2], ["maya"], "tone")
+    assert G.form_problem(good, 1.5) is None
+    off = candidate(B.RDC, good.item.query, tones[:3] + [("Quick and to the point", "tone_for", ["Maya", "quick"])],
+                    [2], ["maya"], "tone")
+    assert G.form_problem(off, 1.5).startswith("mixed_answer_types")
+
+
+# ---------------------------------------------------------------------------------------------- time
+
+
+def photo_question(when: str, phrase: str | None) -> BenchmarkCandidate:
+    return candidate(B.SIR, f"What did I send you a photo of {when}?",
+                     [(t, "photo_of_on", ["2024-05-06", t.lower()]) for t in ("Coffee", "Horse", "Rocket", "Bicycle")],
+                     [4], ["photo"], "label", images=("img1",), time_phrase=phrase)
+
+
+def test_time_gate_accepts_the_computed_relative_date():
+    dialogue, _, _ = history()
+    assert B.relative_phrase(parse_time(PROBE), parse_time("2024-05-06 18:05")) == "on Monday"
+    assert G.time_problem(photo_question("on Monday", "on Monday"), dialogue) is None
+
+
+def test_time_gate_catches_a_wrong_relative_date():
+    dialogue, _, _ = history()
+    assert G.time_problem(photo_question("yesterday", "yesterday"), dialogue).startswith("wrong_relative_time")
+    assert G.time_problem(photo_question("last week", None), dialogue).startswith("unverified_time_reference")
+    early = photo_question("on Monday", "on Monday")
+    early = early.model_copy(update={"item": early.item.model_copy(update={"time": "2024-05-12 09:00"})})
+    assert G.time_problem(early, dialogue) == "probe_not_after_last_turn"
+
+
+@pytest.mark.parametrize("event, phrase", [
+    ("2024-05-12 08:00", "earlier today"), ("2024-05-11 20:00", "yesterday"), ("2024-05-08 09:00", "on Wednesday"),
+    ("2024-05-03 09:00", "about a week ago"), ("2024-04-20 09:00", "about 3 weeks ago"),
+    ("2024-04-05 09:00", "about a month ago"), ("2024-02-20 09:00", "about 3 months ago"),
+])
+def test_relative_phrases_are_computed(event, phrase):
+    assert B.relative_phrase(parse_time(PROBE), parse_time(event)) == phrase
+
+
+# ---------------------------------------------------------------------------------------------- consistency
+
+
+def test_consistency_gate_catches_an_answer_a_later_turn_contradicts():
+    # pottery was liked when turn 0 said so, but turn 5 replaced it with bouldering
+    stale = suggest("Pottery", "Archery", "Knitting", "Sailing", evidence=(0,), sources=("pot",))
+    assert consistency(stale).startswith("gold_not_true_in_history")
+    negated = USER_TURNS + [("2024-05-12 09:08", "Honestly I don't play chess anymore.", [], None)]
+    assert consistency(GOOD, negated).startswith("gold_negated_later")
+
+
+def test_consistency_gate_checks_evidence():
+    def with_evidence(*turns: int) -> BenchmarkCandidate:
+        return suggest("Chess", "Pottery", "Knitting", "Archery", evidence=turns)
+    assert consistency(with_evidence(42)) == "evidence_turn_missing: 42"
+    assert consistency(with_evidence(6)) == "evidence_not_user_stated: 6"
+    assert consistency(with_evidence(0)).startswith("source_not_in_evidence")
+    unsaid = [(t, "Noted." if k == 1 else u, r, i) for k, (t, u, r, i) in enumerate(USER_TURNS)]
+    assert consistency(GOOD, unsaid) == "evidence_not_user_stated: 1"  # only the assistant side would say it
+    late = USER_TURNS[:1] + [("2024-05-12 11:00", "I also enjoy chess on weekends.", ["chess"], None)]
+    assert consistency(GOOD, late) == "evidence_after_probe: 1"
+
+
+def test_consistency_gate_catches_a_distractor_the_user_mentioned():
+    mentioned = USER_TURNS + [("2024-05-12 09:08", "Archery looked fun on TV.", [], None)]
+    assert consistency(GOOD, mentioned) == "distractor_mentioned_in_history: 'archery'"
+
+
+def test_consistency_gate_verifies_image_details_and_causes():
+    detail = candidate(B.VDR, "In the photo of the coffee I sent you on Monday, what colour is the saucer?",
+                       [(t, "image_detail", ["img1", "What colour is the saucer?", t.lower()])
+                        for t in ("Red", "Blue", "Green", "White")], [4], ["photo"], "visual colour",
+                       images=("img1",), time_phrase="on Monday")
+    assert consistency(detail) is None
+    wrong = detail.model_copy(update={"item": detail.item.model_copy(update={"answer": "(b)"})})
+    assert consistency(wrong) == "distractor_true_in_history: 'Red'"  # the real colour offered as wrong
+    cause = candidate(B.IEA, "I used to be really into pottery, but something changed that. What set it off?",
+                      [(f"My first go at {h}", "shift_cause", ["pottery", h])
+                       for h in ("bouldering", "archery", "sailing", "knitting")], [3, 5], ["try", "shift"],
+                      "first try")
+    assert consistency(cause) is None and G.form_problem(cause, 1.5) is None
+    untold_cause = [row for row in USER_TURNS if row[2] != ["try"]]  # the shift turn is now turn 4
+    moved = cause.item.model_copy(update={"evidence_turns": [4], "source_item_ids": ["shift"]})
+    assert consistency(cause.model_copy(update={"item": moved}), untold_cause).startswith("gold_not_true_in_history")
+
+
+# ---------------------------------------------------------------------------------------------- duplicates, blind
+
+
+def test_near_duplicates_are_removed_per_persona():
+    again = suggest("Chess", "Pottery", "Knitting", "Sailing", item_id="q_z")
+    other = suggest("Chess", "Pottery", "Knitting", "Archery", item_id="q_y", persona_id="p2")
+    first = GOOD.model_copy(update={"item": GOOD.item.model_copy(update={"item_id": "q_a"})})
+    assert G.near_duplicates([first, again, other], 0.9) == {"q_z": "near_duplicate_of q_a (1.00)"}
+
+
+def _blind(answer: str) -> TeacherResult:
+    return TeacherResult(key="k", tag="blind", value=G.BlindAnswer(answer=answer))
+
+
+def test_blind_gate_drops_items_most_blind_runs_solve():
+    cfg = load_config("tiny")
+    dialogue, _, _ = history()
+    persona = _persona()
+    solvable = suggest("Chess", "Pottery", "Knitting", "Archery", item_id="q_1")  # gold (a)
+    fine = suggest("Chess", "Pottery", "Knitting", "Sailing", item_id="q_2")
+    asks = G.blind_asks(cfg, [solvable, fine], {PID: persona})
+    assert [(a.item_id, a.context) for a in asks] == [(i, c) for i in ("q_1", "q_2") for c in G.BLIND_CONTEXTS]
+    assert "birds" in asks[1].request.messages[-1].content and "birds" not in asks[0].request.messages[-1].content
+    answers = {"judge1": [_blind("(a)"), _blind("(a)"), _blind("(a)"), _blind("(c)")],
+               "judge2": [_blind("(a)"), TeacherResult(key="k", tag="blind", failure="schema"), _blind("(b)"),
+                          _blind("(d)")]}
+    problems, accuracy = G.blind_verdicts(asks, answers, 0.5)
+    assert problems == {"q_1": "solved_blind: 3/3 runs"}  # q_2: 1 of 4 runs right, not most
+    rows = {(a.judge, a.context, a.question_type): (a.answered, a.correct) for a in accuracy}
+    assert rows["judge1", "query_only", B.IPR] == (2, 2) and rows["judge2", "profile_only", B.IPR] == (1, 0)
+
+
+# ---------------------------------------------------------------------------------------------- balance, letters
+
+
+def lgt(k: int, state: str, gold: int = 0) -> BenchmarkCandidate:
+    states = B.bench_vocabulary()["goal_states"]
+    order = [state] + [s for s in states if s != state]
+    options = [(states[s], "goal_status", ["goal", s]) for s in order]
+    return candidate(B.LGT, f"Did I ever finish my goal number {k}?", options, [0], ["pot"], "goal state",
+                     gold=0, item_id=f"q_{k:02d}")
+
+
+def test_balance_gate_evens_out_goal_states_and_unknown_answers():
+    skewed = [lgt(k, "unknown") for k in range(7)] + [lgt(7, "finished"), lgt(8, "gave up")]
+    problems = G.balance_problems(skewed, 0.05)
+    assert problems and all(v.startswith(("goal_state_skewed: unknown", "unknown_answer_gold")) for v in problems.values())
+    kept = [c for c in skewed if c.item.item_id not in problems]
+    assert G.binomial_tail(sum(B.goal_state_group(c) == "unknown" for c in kept), len(kept), 1 / 3) >= 0.05
+    unknown_gold = sum(G.is_unknown_answer(B.gold_text(c)) for c in kept)
+    assert unknown_gold <= len(kept) - unknown_gold  # "You didn't tell me" is a distractor at least as often
+    balanced = [lgt(k, s) for k, s in enumerate(["finished", "gave up", "unknown", "making progress", "unknown",
+                                                 "finished"])]
+    assert G.balance_problems(balanced, 0.05) == {}
+
+
+def test_balance_gate_catches_gold_that_is_longest_too_often():
+    leak = [suggest("Woodworking", "Chess", "Golf", "Yoga", item_id=f"q_{k:02d}") for k in range(10)]
+    problems = G.balance_problems(leak, 0.05)
+    assert problems and set(problems.values()) == {"gold_uniquely_longest_too_often"}
+    assert G.balance_problems(leak[:2], 0.05) == {}  # two in a row happen by chance
+
+
+def test_letters_are_balanced_by_construction_and_verified():
+    cfg = load_config("tiny")
+    items = [suggest("Chess", "Pottery", "Knitting", "Archery", item_id=f"q_{k:02d}") for k in range(9)]
+    assert set(G.letter_problems(items).values()) == {"gold_letter_imbalance: (a)"}  # all gold (a)
+    lettered = B.assign_letters(cfg, items)
+    assert G.letter_problems(lettered) == {}
+    assert all(c.item.choices[c.item.answer] == "Chess" for c in lettered)
+    assert sorted(Counter(c.item.answer for c in lettered).values()) == [2, 2, 2, 3]
+
+
+# ---------------------------------------------------------------------------------------------- alignment
+
+
+def _persona() -> Persona:
+    return Persona(
+        persona_id=PID, seed=PersonaSeed(seed_id="s", text="A birdwatcher.", source="test"), split="bench_32k",
+        shard="shard-000", role_description="Watches birds.",
+        profile=Profile.model_validate({"name": "Ana", "gender": "female", "age": 30, "preferences": ["birds"],
+                                        "recent matters": [], "requirements or expectations": "brief",
+                                        "update time": "2024-05-01 09:00"}),
+        big_five=BigFive(openness=4, conscientiousness=3, extraversion=2, agreeableness=3, neuroticism=2),
+        start_time="2024-05-01 09:00")
+
+
+def _pair(k: int, kind: str, time: str = "2024-05-12 09:04") -> AlignmentPair:
+    return AlignmentPair(pair_id=f"a{k}", persona_id=PID, after_turn_index=6, query_time=time, query="Plans?",
+                         chosen=f"Let's map it out step by step ({k}).", rejected=f"Whatever you like ({k}).",
+                         rejected_kind=kind, chosen_profile=_persona().big_five.model_dump())
+
+
+def test_alignment_pairs_go_stale_after_a_drift_and_attach_alternating():
+    persona, (_, plan, _) = _persona(), history()
+    drift = _plan_item("drift", "personality_drift", "2024-05-08 08:00", "openness", "openness", trait="openness",
+                       delta=-1.0, cause_item_id="try")
+    drifted = plan.model_copy(update={"items": [*plan.items, drift]})
+    early, late = _pair(0, "generic", "2024-05-06 18:05"), _pair(1, "generic")
+    assert B.usable_pairs(persona, drifted, PROBE, [early, late]) == [late]
+    assert B.usable_pairs(persona, plan, PROBE, [early, late]) == [early, late]
+    cfg = load_config("tiny", overrides={"benchmark": {"alignment_share": 0.4}})
+    items = [suggest("Chess", "Pottery", "Knitting", "Archery", item_id=f"q_{k}") for k in range(10)]
+    pairs = [_pair(k, kind) for k, kind in enumerate(["generic"] * 3 + ["other_profile"] * 3)]
+    attached = [c.item.alignment for c in B.attach_alignment(cfg, items, {PID: pairs}) if c.item.alignment]
+    assert len(attached) == 4
+    kind_of = {p.chosen: p.rejected_kind for p in pairs}
+    assert Counter(kind_of[a["chosen"]] for a in attached) == {"generic": 2, "other_profile": 2}
+
+
+def test_vocabulary_matches_the_plan_vocabulary():
+    bench = B.bench_vocabulary()
+    assert set(bench["photo_purposes"]) == set(PL.vocabulary()["photo_purposes"])
+    for question, answer in ((q, a) for img in _skimage_details() for q, a in img.items()):
+        assert B.visual_answer_type(answer), (question, answer)
+
+
+def _skimage_details() -> list[dict[str, str]]:
+    import yaml
+
+    from persona_factory.stages.images import SKIMAGE_CAPTIONS
+
+    return [meta.get("details", {}) for meta in yaml.safe_load(SKIMAGE_CAPTIONS.read_text()).values()]
+
+
+def test_probe_follows_the_last_turn_past_the_session_gap():
+    cfg = load_config("tiny")
+    dialogue, _, _ = history()
+    gap = B.probe_time(cfg, dialogue) - parse_time(dialogue.turns[-1].time)
+    assert gap > timedelta(minutes=cfg.dialogue.session_gap_minutes)
