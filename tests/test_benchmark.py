@@ -349,13 +349,16 @@ def test_blind_gate_drops_items_most_blind_runs_solve():
     asks = G.blind_asks(cfg, [solvable, fine], {PID: persona})
     assert [(a.item_id, a.context) for a in asks] == [(i, c) for i in ("q_1", "q_2") for c in G.BLIND_CONTEXTS]
     assert "birds" in asks[1].request.messages[-1].content and "birds" not in asks[0].request.messages[-1].content
-    answers = {"judge1": [_blind("(a)"), _blind("(a)"), _blind("(a)"), _blind("(c)")],
+    assert [a.gold for a in asks] == ["(a)", "(d)", "(a)", "(d)"]  # reversed options in the second context
+    answers = {"judge1": [_blind("(a)"), _blind("(d)"), _blind("(a)"), _blind("(c)")],
                "judge2": [_blind("(a)"), TeacherResult(key="k", tag="blind", failure="schema"), _blind("(b)"),
-                          _blind("(d)")]}
+                          _blind("(a)")]}
     problems, accuracy = G.blind_verdicts(asks, answers, 0.5)
     assert problems == {"q_1": "solved_blind: 3/3 runs"}  # q_2: 1 of 4 runs right, not most
     rows = {(a.judge, a.context, a.question_type): (a.answered, a.correct) for a in accuracy}
     assert rows["judge1", "query_only", B.IPR] == (2, 2) and rows["judge2", "profile_only", B.IPR] == (1, 0)
+    always_a = {"judge": [_blind("(a)")] * len(asks)}  # a judge stuck on one letter solves no item on both runs
+    assert G.blind_verdicts(asks, always_a, 0.5)[0] == {}
 
 
 # ---------------------------------------------------------------------------------------------- balance, letters

@@ -402,14 +402,19 @@ class BlindAsk:
 
 
 def blind_asks(cfg: PipelineConfig, cands: list[BenchmarkCandidate], personas: dict[str, Persona]) -> list[BlindAsk]:
-    """Each item twice: with the query and options only, and with the persona's profile as well."""
+    """Each item twice: with the query and options only, and with the persona's profile as well. The second time
+    the options come in reverse order, so the gold has another letter and a judge that favours one letter cannot
+    solve an item on both runs."""
     out = []
     for c in cands:
         profile = personas[c.item.persona_id].profile.to_spec()
-        for context in BLIND_CONTEXTS:
-            messages = chat("benchmark_blind", query=c.item.query, choices=c.item.choices,
+        for k, context in enumerate(BLIND_CONTEXTS):
+            texts = list(c.item.choices.values())[::-1 if k % 2 else 1]
+            choices = dict(zip(LETTERS, texts))
+            messages = chat("benchmark_blind", query=c.item.query, choices=choices,
                             profile=profile if context == "profile_only" else None)
-            out.append(BlindAsk(c.item.item_id, c.item.question_type, c.item.answer, context, TeacherRequest(
+            gold = LETTERS[texts.index(gold_text(c))]
+            out.append(BlindAsk(c.item.item_id, c.item.question_type, gold, context, TeacherRequest(
                 messages, Sampling(0.0, 1.0, 24, request_seed(cfg.seed, "blind", c.item.item_id, context)),
                 BlindAnswer, tag=f"blind:{c.item.persona_id}:{context}")))
     return out
