@@ -204,7 +204,8 @@ GOOD = suggest("Chess", "Pottery", "Knitting", "Archery")
 
 def consistency(c: BenchmarkCandidate, user_turns=USER_TURNS) -> str | None:
     dialogue, plan, images = history(user_turns)
-    return G.consistency_problem(c, dialogue, plan, G.HistoryState.replay(dialogue, plan, PROBE), images)
+    return G.consistency_problem(c, dialogue, plan, G.HistoryState.replay(dialogue, plan, PROBE, ["birdwatching"]),
+                                 images)
 
 
 def test_a_good_item_passes_every_item_gate():
@@ -303,9 +304,11 @@ def test_consistency_gate_checks_evidence():
     assert consistency(GOOD, late) == "evidence_after_probe: 1"
 
 
-def test_consistency_gate_catches_a_distractor_the_user_mentioned():
+def test_consistency_gate_catches_a_distractor_the_user_mentioned_or_the_profile_likes():
     mentioned = USER_TURNS + [("2024-05-12 09:08", "Archery looked fun on TV.", [], None)]
     assert consistency(GOOD, mentioned) == "distractor_mentioned_in_history: 'archery'"
+    assert consistency(suggest("Chess", "Pottery", "Knitting", "Birdwatching")) \
+        == "distractor_true_in_history: 'Birdwatching'"  # the profile the model sees lists it
 
 
 def test_consistency_gate_verifies_image_details_and_causes():

@@ -227,8 +227,9 @@ class PersonaQuestions:
         self.told = realized_turns(dialogue)
         self.items = {i.item_id: i for i in plan.items}
         self.user_text = " ".join(t.user for t in dialogue.turns)
-        # every value of this persona's plan, told or not: none of them may serve as a never-told distractor
+        # every value of this persona's plan and profile, told or not: none may serve as a never-told distractor
         self.own = {normalize(v) for i in plan.items for v in (i.value, i.subject, i.person or "", i.previous_value or "")}
+        self.own |= {normalize(v) for v in persona.profile.preferences}
         self.own |= {normalize(label) for i in plan.items if i.image_id in images for label in images[i.image_id].labels}
 
     # ------------------------------------------------------------------ helpers

@@ -74,7 +74,8 @@ def build_benchmark(cfg: PipelineConfig, teacher: TeacherLike, judges: dict[str,
     run, b = gates.GateRun(), cfg.benchmark
     kept = run.apply_each("form", candidates, lambda c: gates.form_problem(c, b.max_option_length_ratio))
     kept = run.apply_each("time", kept, lambda c: gates.time_problem(c, bench[c.item.persona_id]))
-    states = {pid: gates.HistoryState.replay(d, plans[pid], probes[pid]) for pid, d in bench.items()}
+    states = {pid: gates.HistoryState.replay(d, plans[pid], probes[pid], personas[pid].profile.preferences)
+              for pid, d in bench.items()}
     kept = run.apply_each("consistency", kept, lambda c: gates.consistency_problem(
         c, bench[c.item.persona_id], plans[c.item.persona_id], states[c.item.persona_id], by_image))
     kept = run.apply("near_duplicate", kept, gates.near_duplicates(kept, b.near_duplicate_ratio))

@@ -205,8 +205,8 @@ def time_problem(c: BenchmarkCandidate, dialogue: Dialogue) -> str | None:
 
 @dataclass
 class HistoryState:
-    """What the whole history says by the probe: the plan facts its turns state, replayed in turn order (a
-    later turn overrides an earlier one)."""
+    """What the whole history says by the probe: the profile's likes (the core memory it starts from), then the
+    plan facts its turns state, replayed in turn order (a later turn overrides an earlier one)."""
 
     likes: set[str] = field(default_factory=set)
     replaced: set[str] = field(default_factory=set)
@@ -223,8 +223,10 @@ class HistoryState:
     told: set[str] = field(default_factory=set)  # normalized values of every fact told
 
     @classmethod
-    def replay(cls, dialogue: Dialogue, plan: TimelinePlan, probe: str) -> "HistoryState":
+    def replay(cls, dialogue: Dialogue, plan: TimelinePlan, probe: str, profile_likes: list[str]) -> "HistoryState":
         s, items, seen = cls(), {i.item_id: i for i in plan.items}, set()
+        s.likes |= set(profile_likes)
+        s.told |= {normalize(v) for v in profile_likes}
         for turn in dialogue.turns:
             if turn.time >= probe:
                 break
