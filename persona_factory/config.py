@@ -203,11 +203,45 @@ class BenchmarkSettings(Strict):
     balance_alpha: float = Field(0.05, gt=0, lt=1)  # significance of "more often than chance" in the balance gate
 
 
+class QualitySettings(Strict):
+    """Dedup thresholds (quality/dedup.py). MinHash compares word n-gram shingles; LSH makes texts that agree on
+    all rows of one band candidates, then keeps those whose estimated Jaccard reaches the threshold."""
+
+    shingle_words: int = Field(3, ge=1)
+    min_shingles: int = Field(5, ge=1)  # shorter texts are compared exactly only
+    minhash_permutations: int = Field(128, ge=8, le=1024)
+    minhash_bands: int = Field(32, ge=1)  # 32 bands of 4 rows find pairs at 0.7 with probability > 0.999
+    near_duplicate_similarity: float = Field(0.7, gt=0, le=1)  # estimated Jaccard of turns and sessions
+    question_similarity: float = Field(0.8, gt=0, le=1)  # content-word Jaccard of two questions of one persona
+    question_similarity_same_answer: float = Field(0.5, gt=0, le=1)  # the same, when their gold answers are equal
+    # phash bits; resized and re-encoded copies stay within 4, unrelated photos are >= 10 apart
+    image_max_hamming: int = Field(8, ge=0, le=31)
+
+    @model_validator(mode="after")
+    def _bands_divide(self) -> "QualitySettings":
+        if self.minhash_permutations % self.minhash_bands:
+            raise ValueError(f"minhash_bands ({self.minhash_bands}) must divide minhash_permutations "
+                             f"({self.minhash_permutations})")
+        return self
+
+
 class PublishSettings(Strict):
     hub_repo: str | None = None  # e.g. my-org/persona-factory-data; pushing needs the token env var set
-    token_env: str = "HF_TOKEN"
+    token_env: str = "HF_TOKEN"  # name of the env var holding the token, never the token itself
+    endpoint: str | None = None  # Hub URL; None is huggingface.co (or HF_ENDPOINT)
+    private: bool = False  # visibility when the dataset repo is created
     pretty_name: str = "Persona Factory: long-term personalization data"
     license: str = "cc-by-4.0"
+
+
+class RegenerationSettings(Strict):
+    """Periodic rebuild of the whole dataset; the republish sensor publishes a rebuild once its checks pass."""
+
+    enabled: bool = False  # starts the schedule and the republish sensor when the code location loads
+    cron: str = "0 3 * * 1"
+    # per_run: each scheduled run draws a new seed (new personas and histories); fixed: the config's seed, so only
+    # a changed persona or image source brings new personas
+    seed: Literal["per_run", "fixed"] = "per_run"
 
 
 class PipelineConfig(Strict):
@@ -222,7 +256,9 @@ class PipelineConfig(Strict):
     supervision: SupervisionSettings = SupervisionSettings()
     benchmark: BenchmarkSettings = BenchmarkSettings()
     teacher: TeacherSettings = TeacherSettings()
+    quality: QualitySettings = QualitySettings()
     publish: PublishSettings = PublishSettings()
+    regeneration: RegenerationSettings = RegenerationSettings()
 
     @property
     def output_path(self) -> Path:

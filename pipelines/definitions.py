@@ -14,7 +14,8 @@ from .checks import release_checks
 from .jobs import factory_job
 from .partitions import persona_shards
 from .resources import FactoryConfig, TeacherResource, default_settings, duckdb_path
-from .schedules import weekly_regeneration
+from .schedules import regeneration_job, regeneration_schedule
+from .sensors import publish_job, republish_sensor
 from .supervision_checks import supervision_checks
 
 ASSET_MODULES = [images, memory, reasoning, alignment, benchmark, training, quality, publish]
@@ -28,8 +29,9 @@ def build_definitions(settings: FactoryConfig | None = None) -> dg.Definitions:
         assets=[personas_asset(shards), timeline_plans_asset(shards), dialogues_asset(shards),
                 *dg.load_assets_from_modules(ASSET_MODULES)],
         asset_checks=[*release_checks, *supervision_checks],
-        jobs=[factory_job],
-        schedules=[weekly_regeneration],
+        jobs=[factory_job, regeneration_job, publish_job],
+        schedules=[regeneration_schedule(settings)],
+        sensors=[republish_sensor(settings)],
         executor=dg.in_process_executor,
         resources={"settings": settings, "teacher": TeacherResource(settings=settings),
                    "duckdb": DuckDBResource(database=str(duckdb_path(settings)))},

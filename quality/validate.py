@@ -1,25 +1,63 @@
-"""Validation: structural rules over dialogues (pure Python) and great-expectations suites kept as JSON files
-under quality/suites/, run on pandas frames pulled from DuckDB (GX has no DuckDB or polars datasource)."""
+"""Validation: structural rules over dialogues, schema checks of every stored record against its pydantic model,
+and great-expectations suites kept as JSON files under quality/suites/, run on pandas frames pulled from DuckDB
+(GX has no DuckDB or polars datasource). Every failing row becomes a quarantine row naming the rule and the value."""
 
 from __future__ import annotations
 
+import importlib
 import json
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import TypeVar
 
+import duckdb
+import numpy as np
 import pandas as pd
+from pydantic import BaseModel, ValidationError
 
-from persona_factory.schema import Dialogue, QuarantineRow
+from persona_factory.schema import (
+    AlignmentPair, BenchmarkItem, Dialogue, ImageRecord, Persona, PersonalityStep, QuarantineRow, ReasoningTrajectory,
+    RLRecord, SemanticMemoryTarget, SessionMemoryTarget, SFTRecord, TimelinePlan, Turn,
+)
 from persona_factory.stages.common import parse_time
+from persona_factory.store import table_exists
 
 SUITES_DIR = Path(__file__).parent / "suites"
-SUITES = ("release_turns", "release_benchmark", "release_sft", "release_rl")
+SUITES = ("release_personas", "release_turns", "release_benchmark", "release_sft", "release_rl")
+M = TypeVar("M", bound=BaseModel)
+
+# every table that stores records in its `record` JSON column: the model each row must parse under, and the
+# record fields that name a row in quarantine
+RECORD_TABLES: dict[str, tuple[type[BaseModel], tuple[str, ...]]] = {
+    "personas": (Persona, ("persona_id",)),
+    "timeline_plans": (TimelinePlan, ("persona_id",)),
+    "dialogues": (Dialogue, ("persona_id",)),
+    "dialogue_turns": (Turn, ("persona_id", "turn_index")),
+    "image_pool": (ImageRecord, ("image_id",)),
+    "semantic_memory_targets": (SemanticMemoryTarget, ("persona_id", "turn_index")),
+    "session_memory_targets": (SessionMemoryTarget, ("persona_id", "session_index")),
+    "personality_steps": (PersonalityStep, ("persona_id", "turn_index")),
+    "reasoning_trajectories": (ReasoningTrajectory, ("probe_id",)),
+    "alignment_pairs": (AlignmentPair, ("pair_id",)),
+    "benchmark_items": (BenchmarkItem, ("item_id",)),
+    "sft_records": (SFTRecord, ("record_id",)),
+    "rl_records": (RLRecord, ("record_id",)),
+    "release_personas": (Persona, ("persona_id",)),
+    "release_dialogues": (Dialogue, ("persona_id",)),
+    "release_turns": (Turn, ("persona_id", "turn_index")),
+    "release_benchmark": (BenchmarkItem, ("item_id",)),
+    "release_sft": (SFTRecord, ("record_id",)),
+    "release_rl": (RLRecord, ("record_id",)),
+}
+
+
+# ---------------------------------------------------------------------------------------------- structure
 
 
 def structural_violations(dialogue: Dialogue, plan_item_ids: set[str], gap_minutes: int) -> list[QuarantineRow]:
-    """Alternation (every turn has a user and an assistant side), monotonic time, the session-gap rule,
-    exactly one <img> per image turn and none elsewhere, and evidence links that exist in the plan."""
+    """Alternation (every turn has a user and an assistant side), readable and monotonic time, the session-gap
+    rule, exactly one <img> per image turn and none elsewhere, and evidence links that exist in the plan."""
     out = []
     gap = timedelta(minutes=gap_minutes)
 
@@ -27,7 +65,7 @@ def structural_violations(dialogue: Dialogue, plan_item_ids: set[str], gap_minut
         out.append(QuarantineRow(table_name="dialogue_turns", row_key=f"{turn.persona_id}:{turn.turn_index}",
                                  rule=rule, value=value))
 
-    previous = None
+    previous = None  # (turn, its time) of the last turn with a readable time
     for session in dialogue.sessions:
         for k, turn in enumerate(session.turns):
             if not turn.user.strip() or not turn.assistant.strip():
@@ -37,16 +75,75 @@ def structural_violations(dialogue: Dialogue, plan_item_ids: set[str], gap_minut
                 bad(turn, "image_placeholder", f"{n_img} <img> for image_id={turn.image_id}")
             if unknown := set(turn.realizes) - plan_item_ids:
                 bad(turn, "unknown_plan_item", ",".join(sorted(unknown)))
+            try:
+                time = parse_time(turn.time)
+            except ValueError:
+                bad(turn, "time_format", turn.time)
+                continue
             if previous is not None:
-                dt = parse_time(turn.time) - parse_time(previous.time)
+                dt = time - previous[1]
                 if dt < timedelta(0):
-                    bad(turn, "time_not_monotonic", f"{previous.time} -> {turn.time}")
+                    bad(turn, "time_not_monotonic", f"{previous[0].time} -> {turn.time}")
                 elif k == 0 and dt <= gap:
                     bad(turn, "session_gap", f"new session only {dt} after the previous turn")
                 elif k > 0 and dt > gap:
                     bad(turn, "session_gap", f"{dt} inside one session")
-            previous = turn
+            previous = (turn, time)
     return out
+
+
+# ---------------------------------------------------------------------------------------------- schemas
+
+
+def parse_records(con: duckdb.DuckDBPyConnection, table: str, where: str = "",
+                  params: list | tuple = ()) -> tuple[list[BaseModel], list[QuarantineRow]]:
+    """The rows of a record table that parse under its model, in stored order, and one quarantine row per row
+    that does not (rule `schema:<Model>`, value: pydantic's first errors)."""
+    model, key_fields = RECORD_TABLES[table]
+    rows = con.execute(f"SELECT rowid, record FROM {table} {where} ORDER BY rowid", list(params)).fetchall()
+    valid, invalid = [], []
+    for rowid, raw in rows:
+        try:
+            valid.append(model.model_validate_json(raw))
+        except ValidationError as e:
+            invalid.append(QuarantineRow(table_name=table, row_key=_row_key(raw, key_fields, rowid),
+                                         rule=f"schema:{model.__name__}", value=_describe(e)))
+    return valid, invalid
+
+
+def schema_violations(con: duckdb.DuckDBPyConnection) -> tuple[list[QuarantineRow], dict[str, int], list[str]]:
+    """Every registered record table that exists, validated row by row: (violations, rows checked per table,
+    tables holding records that no model is registered for)."""
+    violations, checked = [], {}
+    for table in RECORD_TABLES:
+        if table_exists(con, table):
+            valid, invalid = parse_records(con, table)
+            violations += invalid
+            checked[table] = len(valid) + len(invalid)
+    with_records = {r[0] for r in con.execute(
+        "SELECT table_name FROM information_schema.columns WHERE column_name = 'record' AND table_schema = 'main'"
+    ).fetchall()}
+    return violations, checked, sorted(with_records - set(RECORD_TABLES))
+
+
+def _row_key(raw: str, key_fields: tuple[str, ...], rowid: int) -> str:
+    try:
+        obj = json.loads(raw)
+    except (TypeError, ValueError):
+        return f"rowid {rowid}"
+    if not isinstance(obj, dict) or any(f not in obj for f in key_fields):
+        return f"rowid {rowid}"
+    return ":".join(str(obj[f]) for f in key_fields)
+
+
+def _describe(err: ValidationError, most: int = 3) -> str:
+    parts = [f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']} (got {e.get('input')!r:.60})"
+             for e in err.errors()[:most]]
+    more = err.error_count() - most
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+# ---------------------------------------------------------------------------------------------- suites
 
 
 @dataclass
@@ -59,10 +156,24 @@ class SuiteResult:
 
 
 def load_suite(name: str) -> dict:
-    return json.loads((SUITES_DIR / f"{name}.json").read_text())
+    """A suite file; a kwarg written "@module:ATTR" takes the value the code defines (a dict becomes its
+    [key, value] pairs), so task lists and letters have one source of truth."""
+    spec = json.loads((SUITES_DIR / f"{name}.json").read_text())
+    for e in spec["expectations"]:
+        e["kwargs"] = {k: _resolve(v) for k, v in e["kwargs"].items()}
+    return spec
+
+
+def _resolve(value: object) -> object:
+    if not (isinstance(value, str) and value.startswith("@")):
+        return value
+    module, attr = value[1:].split(":")
+    found = getattr(importlib.import_module(module), attr)
+    return [list(kv) for kv in found.items()] if isinstance(found, dict) else list(found)
 
 
 def run_suite(name: str, frame: pd.DataFrame) -> SuiteResult:
+    """Validate `frame` with suite `name`; each row an expectation rejects is quarantined with the values it saw."""
     import great_expectations as gx
     import great_expectations.expectations as gxe
     from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -72,8 +183,7 @@ def run_suite(name: str, frame: pd.DataFrame) -> SuiteResult:
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     suite = gx.ExpectationSuite(name=spec["name"])
     for e in spec["expectations"]:
-        cls = getattr(gxe, "".join(w.capitalize() for w in e["type"].split("_")))
-        suite.add_expectation(cls(**e["kwargs"]))
+        suite.add_expectation(getattr(gxe, "".join(w.capitalize() for w in e["type"].split("_")))(**e["kwargs"]))
     suite = context.suites.add(suite)
     batch = (context.data_sources.add_pandas(f"{name}_src").add_dataframe_asset(name)
              .add_batch_definition_whole_dataframe("all").get_batch(batch_parameters={"dataframe": frame}))
@@ -83,10 +193,18 @@ def run_suite(name: str, frame: pd.DataFrame) -> SuiteResult:
     for r in result.results:
         if r.success:
             continue
-        label = f"{r.expectation_config.type}({','.join(str(v) for v in r.expectation_config.kwargs.values() if isinstance(v, str))})"
+        kwargs = r.expectation_config.kwargs
+        columns = [v for k, v in kwargs.items() if k.startswith("column") and isinstance(v, str)]
+        label = f"{r.expectation_config.type}({','.join(columns)})"
         out.failed_expectations[label] = int(r.result.get("unexpected_count") or 0)
         for idx in r.result.get("unexpected_index_list") or []:
-            row = frame.loc[idx] if not isinstance(idx, dict) else frame.loc[idx.get("index", 0)]
-            out.quarantined.append(QuarantineRow(table_name=name, row_key=str(row[key]), rule=label,
-                                                 value=str({c: row[c] for c in frame.columns if c != key})[:300]))
+            row = frame.loc[idx["index"] if isinstance(idx, dict) else idx]
+            out.quarantined.append(QuarantineRow(
+                table_name=name, row_key=str(row[key]), rule=label,
+                value="; ".join(f"{c}={_plain(row[c])!r}" for c in columns)[:300]))
     return out
+
+
+def _plain(value: object) -> object:
+    """A numpy scalar as the Python value it holds, so quarantine values read `n_images=0`."""
+    return value.item() if isinstance(value, np.generic) else value

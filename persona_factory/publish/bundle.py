@@ -16,6 +16,7 @@ from persona_factory.schema import (
     Dialogue,
     ImageRecord,
     Persona,
+    PersonalityStep,
     Provenance,
     RLRecord,
     SFTRecord,
@@ -35,6 +36,7 @@ class PublishBundle:
     rl: list[RLRecord]
     benchmark: list[BenchmarkItem]
     provenance: Provenance
+    personality_steps: list[PersonalityStep] = field(default_factory=list)  # released personas' trajectories
     card_sections: dict[str, str] = field(default_factory=dict)  # extra card sections: title -> markdown
 
     def persona(self, persona_id: str) -> Persona:

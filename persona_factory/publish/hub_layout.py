@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 from datasets import Dataset, DatasetInfo, Features, Image, List, Value
@@ -19,6 +20,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 
 from persona_factory.config import canonical_json
 from persona_factory.publish.bundle import PublishBundle, atomic_dir, history_images
+from persona_factory.publish.charts import write_charts
 from persona_factory.schema import BIG_FIVE_TRAITS, BenchmarkItem, Dialogue, RLRecord, SFTRecord, Split
 
 DEFAULT_CONFIG = "sft"
@@ -134,7 +136,8 @@ def export_hub_layout(bundle: PublishBundle, out_dir: Path, *, pretty_name: str,
             meta[cfg] = {"data_files": data_files, **({"default": True} if cfg == DEFAULT_CONFIG else {})}
         DatasetInfosDict(infos).to_dataset_card_data(card_data)
         MetadataConfigs(meta).to_dataset_card_data(card_data)
-        body = _card_body(bundle, pretty_name, manifest)
+        figures = write_charts(bundle, tmp)
+        body = _card_body(bundle, pretty_name, manifest, figures)
         DatasetCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}").save(tmp / "README.md")
     return manifest
 
@@ -274,7 +277,8 @@ def _embed(bundle: PublishBundle, image_ids: list[str]) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------- card
 
 
-def _card_body(bundle: PublishBundle, pretty_name: str, manifest: dict[str, dict[str, dict[str, Any]]]) -> str:
+def _card_body(bundle: PublishBundle, pretty_name: str, manifest: dict[str, dict[str, dict[str, Any]]],
+               figures: dict[str, str]) -> str:
     """Markdown with no timestamps, so an unchanged bundle gives a byte-identical card."""
     prov = bundle.provenance
     lines = [
@@ -315,6 +319,14 @@ def _card_body(bundle: PublishBundle, pretty_name: str, manifest: dict[str, dict
         "### SFT records per task",
         "",
         *_count_table("task", Counter(r.task for r in bundle.sft)),
+        "",
+        "### RL records per kind",
+        "",
+        *_count_table("kind", Counter(r.kind for r in bundle.rl)),
+        "",
+        "### History lengths (turns)",
+        "",
+        markdown_table(("split", "histories", "min", "median", "max"), _length_rows(bundle)),
     ]
     for split in HISTORY_SPLITS[1:]:
         items = [i for i in bundle.benchmark if bundle.benchmark_split(i) == split]
@@ -325,8 +337,29 @@ def _card_body(bundle: PublishBundle, pretty_name: str, manifest: dict[str, dict
             lines += ["", f"Items with a personality-alignment pair: {sum(i.alignment is not None for i in items)}"]
     for title, text in bundle.card_sections.items():
         lines += ["", f"## {title}", "", text.strip()]
+    lines += ["", "## Charts"]
+    for title, path in figures.items():
+        lines += ["", f"### {title}", "", f"![{title}]({path})"]
     return "\n".join(lines) + "\n"
 
 
+def markdown_table(header: tuple[str, ...] | list[str], rows) -> str:
+    """A markdown table, or "None." when there are no rows (a section never disappears from the card)."""
+    rows = list(rows)
+    if not rows:
+        return "None."
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(v) for v in r) + " |" for r in rows])
+
+
 def _count_table(header: str, counts: Counter[str]) -> list[str]:
-    return [f"| {header} | rows |", "|---|---|", *(f"| {k} | {n} |" for k, n in sorted(counts.items()))]
+    return markdown_table((header, "rows"), sorted(counts.items())).splitlines()
+
+
+def _length_rows(bundle: PublishBundle) -> list[tuple[str, int, int, float, int]]:
+    rows = []
+    for split in HISTORY_SPLITS:
+        lengths = sorted(len(d.turns) for d in bundle.dialogues if d.split == split)
+        if lengths:
+            rows.append((split, len(lengths), lengths[0], median(lengths), lengths[-1]))
+    return rows

@@ -1,0 +1,217 @@
+"""The release: which personas, histories, items and training records get published, written as `release_*` tables
+that the blocking checks validate and the exporters read. Everything left out is recorded with its reason."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+
+import duckdb
+
+from persona_factory.config import PipelineConfig
+from persona_factory.publish import PublishBundle
+from persona_factory.publish.hub_layout import markdown_table
+from persona_factory.schema import (
+    BenchmarkItem, Dialogue, ImageRecord, Persona, PersonalityStep, Provenance, QuarantineRow,
+    RLRecord, SFTRecord, TimelinePlan,
+)
+from persona_factory.store import read_records, table_exists, write_records
+from quality import dedup, validate
+from quality.dedup import Exclusion
+
+EXCLUSIONS = "release_exclusions"
+# written by the benchmark asset's gates; the card shows them when present
+GATE_TABLE = "benchmark_gate_counts"
+BLIND_TABLE = "benchmark_blind_accuracy"
+
+
+@dataclass
+class ReleaseSummary:
+    personas: dict[str, int]  # split -> released personas
+    turns: int
+    benchmark_items: int
+    sft_records: int
+    rl_records: int
+    excluded_personas: dict[str, int] = field(default_factory=dict)  # reason -> personas
+    dropped_items: dict[str, int] = field(default_factory=dict)  # reason -> items
+    unparsed_records: int = 0  # rows failing their schema; the record_schemas check reports them
+
+    def as_metadata(self) -> dict:
+        return {"personas": self.personas, "turns": self.turns, "benchmark_items": self.benchmark_items,
+                "sft_records": self.sft_records, "rl_records": self.rl_records,
+                "excluded_personas": self.excluded_personas, "dropped_items": self.dropped_items,
+                "unparsed_records": self.unparsed_records}
+
+
+def build_release(con: duckdb.DuckDBPyConnection, cfg: PipelineConfig) -> tuple[ReleaseSummary, list[QuarantineRow]]:
+    """Write the release tables; return the summary and the structural quarantine rows.
+
+    A persona is left out when it has no valid history, when its history breaks a structural rule, or when a
+    dedup rule says so (dedup.release_exclusions); items and records go with their persona. Rows that fail
+    their schema are not released, and the record_schemas check blocks publishing until they are fixed.
+    """
+    parsed, unparsed = {}, 0
+    for table in ("personas", "timeline_plans", "dialogues", "benchmark_items", "sft_records", "rl_records"):
+        parsed[table], invalid = validate.parse_records(con, table)
+        unparsed += len(invalid)
+    personas: dict[str, Persona] = {p.persona_id: p for p in parsed["personas"]}
+    plans: dict[str, TimelinePlan] = {p.persona_id: p for p in parsed["timeline_plans"]}
+    dialogues: dict[str, Dialogue] = {d.persona_id: d for d in parsed["dialogues"]}
+    items: list[BenchmarkItem] = parsed["benchmark_items"]
+
+    quarantined: list[QuarantineRow] = []
+    excluded: dict[str, Exclusion] = {}
+    for pid in sorted(personas):
+        if pid not in dialogues:
+            excluded[pid] = Exclusion("persona", pid, pid, "no_history", "no valid dialogue record")
+            continue
+        violations = validate.structural_violations(dialogues[pid], {i.item_id for i in plans[pid].items}
+                                                    if pid in plans else set(), cfg.dialogue.session_gap_minutes)
+        quarantined += violations
+        if violations:
+            first = violations[0]
+            excluded[pid] = Exclusion("persona", pid, pid, f"structural:{first.rule}", f"{first.row_key}: {first.value}")
+    evidence = {i.item_id: (i.persona_id, list(i.evidence_images)) for i in items}
+    exclusions = [*excluded.values(), *dedup.release_exclusions(dedup.read_pairs(con), evidence, excluded)]
+    gone = {e.key for e in exclusions if e.unit == "persona"}
+    dropped = {e.key for e in exclusions if e.unit == "item"}
+    released = sorted(pid for pid in personas if pid not in gone)
+    split_of = {pid: personas[pid].split for pid in released}
+
+    for i in items:
+        if split_of.get(i.persona_id) == "train" and i.item_id not in dropped:
+            exclusions.append(Exclusion("item", i.item_id, i.persona_id, "posed_on_training_persona",
+                                        "benchmark items are asked on benchmark histories only"))
+            dropped.add(i.item_id)
+    kept_items = [i for i in items if i.persona_id in split_of and i.item_id not in dropped]
+    trainable = lambda r: split_of.get(r.persona_id) == "train"  # noqa: E731
+    sft = [r for r in parsed["sft_records"] if trainable(r)]
+    rl = [r for r in parsed["rl_records"] if trainable(r)]
+    histories = [dialogues[pid] for pid in released]
+    turns = [t for d in histories for t in d.turns]
+
+    _write_release(con, [personas[p] for p in released], histories, kept_items, sft, rl, exclusions)
+    summary = ReleaseSummary(
+        personas=dict(Counter(split_of.values())), turns=len(turns), benchmark_items=len(kept_items),
+        sft_records=len(sft), rl_records=len(rl),
+        excluded_personas=dict(Counter(e.reason for e in exclusions if e.unit == "persona")),
+        dropped_items=dict(Counter(e.reason for e in exclusions if e.unit == "item")), unparsed_records=unparsed)
+    return summary, quarantined
+
+
+def _write_release(con: duckdb.DuckDBPyConnection, personas: list[Persona], histories: list[Dialogue],
+                   items: list[BenchmarkItem], sft: list[SFTRecord], rl: list[RLRecord],
+                   exclusions: list[Exclusion]) -> None:
+    """The release tables: the record JSON plus the flat columns the suites under quality/suites/ read."""
+    history = {d.persona_id: d for d in histories}
+    write_records(con, "release_personas", personas, {
+        "persona_id": ("VARCHAR", lambda p: p.persona_id), "split": ("VARCHAR", lambda p: p.split),
+        "n_turns": ("INTEGER", lambda p: len(history[p.persona_id].turns)),
+        "n_sessions": ("INTEGER", lambda p: len(history[p.persona_id].sessions))})
+    write_records(con, "release_dialogues", histories, {
+        "persona_id": ("VARCHAR", lambda d: d.persona_id), "split": ("VARCHAR", lambda d: d.split)})
+    write_records(con, "release_turns", [t for d in histories for t in d.turns], {
+        "turn_key": ("VARCHAR", lambda t: f"{t.persona_id}:{t.turn_index}"),
+        "persona_id": ("VARCHAR", lambda t: t.persona_id), "time": ("VARCHAR", lambda t: t.time),
+        "user_text": ("VARCHAR", lambda t: t.user), "assistant_text": ("VARCHAR", lambda t: t.assistant),
+        "img_placeholders": ("INTEGER", lambda t: t.user.count("<img>") + t.assistant.count("<img>")),
+        "has_image": ("INTEGER", lambda t: int(t.image_id is not None))})
+    write_records(con, "release_benchmark", items, {
+        "item_id": ("VARCHAR", lambda i: i.item_id), "persona_id": ("VARCHAR", lambda i: i.persona_id),
+        "bucket": ("VARCHAR", lambda i: i.bucket), "type": ("VARCHAR", lambda i: i.type),
+        "question_type": ("VARCHAR", lambda i: i.question_type), "query": ("VARCHAR", lambda i: i.query),
+        "answer": ("VARCHAR", lambda i: i.answer), "n_choices": ("INTEGER", lambda i: len(i.choices)),
+        "n_distinct_choices": ("INTEGER", lambda i: len({v.strip().lower() for v in i.choices.values()})),
+        "answer_in_choices": ("INTEGER", lambda i: int(i.answer in i.choices)),
+        "n_evidence_turns": ("INTEGER", lambda i: len(i.evidence_turns))})
+    write_records(con, "release_sft", sft, {
+        "record_id": ("VARCHAR", lambda r: r.record_id), "persona_id": ("VARCHAR", lambda r: r.persona_id),
+        "task": ("VARCHAR", lambda r: r.task), "n_images": ("INTEGER", lambda r: len(r.image)),
+        "n_turns": ("INTEGER", lambda r: len(r.conversations)),
+        "n_image_tokens": ("INTEGER", lambda r: sum(c["value"].count("<image>") for c in r.conversations))})
+    write_records(con, "release_rl", rl, {
+        "record_id": ("VARCHAR", lambda r: r.record_id), "persona_id": ("VARCHAR", lambda r: r.persona_id),
+        "kind": ("VARCHAR", lambda r: r.kind), "solution": ("VARCHAR", lambda r: r.solution),
+        "n_images": ("INTEGER", lambda r: len(r.images)),
+        "n_image_tokens": ("INTEGER", lambda r: sum(m["content"].count("<image>") for m in r.messages))})
+    con.execute(f"CREATE OR REPLACE TABLE {EXCLUSIONS} (unit VARCHAR, key VARCHAR, persona_id VARCHAR, "
+                "reason VARCHAR, cause VARCHAR)")
+    if exclusions:
+        con.executemany(f"INSERT INTO {EXCLUSIONS} VALUES (?, ?, ?, ?, ?)",
+                        [(e.unit, e.key, e.persona_id, e.reason, e.cause) for e in exclusions])
+
+
+# ---------------------------------------------------------------------------------------------- reading back
+
+
+def release_bundle(con: duckdb.DuckDBPyConnection, provenance: Provenance) -> PublishBundle:
+    """The released rows only, plus the curation figures the card reports."""
+    personas = read_records(con, "release_personas", Persona)
+    released = [p.persona_id for p in personas]
+    train = [p.persona_id for p in personas if p.split == "train"]
+    memory = {pid: json.loads(u) for pid, u in con.execute(
+        "SELECT persona_id, user_data FROM memory_db WHERE persona_id IN (SELECT unnest(?::VARCHAR[])) "
+        "ORDER BY persona_id", [train]).fetchall()}
+    steps = read_records(con, "personality_steps", PersonalityStep,
+                         "WHERE record->>'$.persona_id' IN (SELECT unnest(?::VARCHAR[]))", [released])
+    return PublishBundle(
+        personas=personas, dialogues=read_records(con, "release_dialogues", Dialogue),
+        images={i.image_id: i for i in read_records(con, "image_pool", ImageRecord)}, memory_dbs=memory,
+        sft=read_records(con, "release_sft", SFTRecord), rl=read_records(con, "release_rl", RLRecord),
+        benchmark=read_records(con, "release_benchmark", BenchmarkItem), provenance=provenance,
+        personality_steps=steps, card_sections=curation_sections(con))
+
+
+REASONS = {  # what each dedup reason means, for the card
+    "exact_turn": "a user utterance repeated word for word (after normalisation)",
+    "near_duplicate_turn": "a user utterance with a MinHash-estimated Jaccard at the threshold",
+    "exact_session": "a session repeated word for word",
+    "near_duplicate_session": "a session with a MinHash-estimated Jaccard at the threshold",
+    "leakage_session": "a training session equal or near-equal to a benchmark session",
+    "exact_question": "a benchmark question asked twice of one persona",
+    "near_duplicate_question": "a paraphrased benchmark question of one persona",
+    "near_duplicate_image": "two pool images within the perceptual-hash distance",
+    "leakage_image": "an image (or near duplicate) shown in training data and in a benchmark history",
+    "leakage_persona": "a persona seed or role used in training and in the benchmark",
+}
+
+
+def curation_sections(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    """Card sections: dedup pairs and what the release left out, quarantine, teacher failures, benchmark gates."""
+    pairs = [(r, REASONS.get(r, ""), n) for r, n in dedup.summary(con).items()]
+    left_out = con.execute(f"SELECT unit, reason, count(*) FROM {EXCLUSIONS} GROUP BY ALL ORDER BY ALL").fetchall()
+    quarantine = con.execute("SELECT asset, rule, count(*) FROM quarantine GROUP BY ALL ORDER BY ALL").fetchall() \
+        if table_exists(con, "quarantine") else []
+    failures = con.execute("SELECT asset, split_part(reason, ':', 1), count(*) FROM teacher_failures "
+                           "GROUP BY ALL ORDER BY ALL").fetchall() if table_exists(con, "teacher_failures") else []
+    return {
+        "Deduplication and leakage": "\n\n".join([
+            "Pairs found (each pair is recorded with both keys in the `dedup_decisions` table):",
+            markdown_table(("reason", "meaning", "pairs"), pairs),
+            "Left out of this release because of them, or of a structural rule:",
+            markdown_table(("unit", "reason", "count"), left_out)]),
+        "Quarantine": markdown_table(("asset", "rule", "rows"), quarantine),
+        "Teacher failures (after retries)": markdown_table(("asset", "kind", "requests"), failures),
+        "Benchmark gates": gate_results(con),
+    }
+
+
+def gate_results(con: duckdb.DuckDBPyConnection) -> str:
+    """The benchmark gates' own tables, when the benchmark asset wrote them: rejections per gate and task, and
+    blind accuracy per judge and task (answered without the history; chance is 25%)."""
+    parts = []
+    if table_exists(con, GATE_TABLE):
+        totals = con.execute(f"SELECT gate, sum(checked), sum(rejected) FROM {GATE_TABLE} "
+                             "GROUP BY gate ORDER BY min(rowid)").fetchall()
+        per_task = con.execute(f"SELECT gate, question_type, checked, rejected FROM {GATE_TABLE} "
+                               "WHERE rejected > 0 ORDER BY rowid").fetchall()
+        parts += ["Items checked and rejected per gate:", markdown_table(("gate", "checked", "rejected"), totals),
+                  "Rejections per task:", markdown_table(("gate", "question_type", "checked", "rejected"), per_task)]
+    if table_exists(con, BLIND_TABLE):
+        blind = con.execute(f"SELECT judge, context, question_type, answered, correct, "
+                            f"round(correct / answered, 3) FROM {BLIND_TABLE} WHERE answered > 0 "
+                            "ORDER BY ALL").fetchall()
+        parts += ["Blind accuracy:", markdown_table(("judge", "context", "question_type", "answered", "correct",
+                                                     "accuracy"), blind)]
+    return "\n\n".join(parts) or "None."
