@@ -7,7 +7,7 @@ as busy as raw vLLM?
    embedded teacher; teacher prompt tokens per kept turn are read from the response cache for each persona and
    their ratio printed (target <= 1.5: session prompts carry a bounded state, never the transcript). Both use the
    same per-turn budgets, kept small so the long history finishes in minutes on a CPU.
-2. A sample of the session requests the stage sent is replayed through raw vLLM (concurrent HTTP posts written
+2. A sample of the first-draft requests the stage sent is replayed through raw vLLM (concurrent HTTP posts written
    here) and through the pipeline's Teacher on the same server; generated tokens/s and the ratio are printed.
 """
 
@@ -38,14 +38,14 @@ from persona_factory.teacher.types import TeacherRequest, TeacherStats  # noqa: 
 
 
 class Recording:
-    """Passes requests to the teacher and keeps the session requests for the replay."""
+    """Passes requests to the teacher and keeps the first drafts (sessions or turns) for the replay."""
 
     def __init__(self, teacher: Teacher):
         self.teacher = teacher
-        self.sessions: list[TeacherRequest] = []
+        self.drafts: list[TeacherRequest] = []
 
     def generate(self, requests, stats=None):
-        self.sessions += [r for r in requests if r.tag.startswith("session:")]
+        self.drafts += [r for r in requests if r.tag.startswith(("session:", "turn:"))]
         return self.teacher.generate(requests, stats)
 
 
@@ -62,7 +62,7 @@ def main() -> int:
         "dialogue": {"turns_train": {"min": args.short, "max": args.short},
                      "turns_128k": {"min": args.long, "max": args.long},
                      "turns_per_session": {"min": 5, "max": 8},
-                     "max_tokens_per_turn": 64, "max_user_chars": 100, "max_assistant_chars": 120},
+                     "max_user_chars": 100, "max_assistant_chars": 120},
         "plan": {"preferences": 3, "people": 3, "person_events": 6, "goals": 2, "routines": 2, "events": 8,
                  "skills": 2, "styles": 2}})
     images, _ = load_image_pool(cfg.image_source, work / "images")
@@ -85,8 +85,8 @@ def main() -> int:
             for d in dialogues:
                 prompt, completion, n = con.execute(
                     "SELECT sum(prompt_tokens), sum(completion_tokens), count(*) FROM responses "
-                    "WHERE tag LIKE 'session:' || ? || ':%' OR tag LIKE 'repair:' || ? || ':%' "
-                    "OR tag LIKE 'judge:' || ? || ':%'", [d.persona_id] * 3).fetchone()
+                    "WHERE substr(tag, 1, instr(tag, ':') - 1) IN ('session', 'turn', 'repair', 'judge') "
+                    "AND tag LIKE '%:' || ? || ':%'", [d.persona_id]).fetchone()
                 rows[len(d.turns)] = {"turns": len(d.turns), "sessions": len(d.sessions), "requests": n,
                                       "prompt_tokens": prompt, "completion_tokens": completion,
                                       "prompt_tokens_per_turn": round(prompt / len(d.turns), 1)}
@@ -98,7 +98,7 @@ def main() -> int:
         print(f"prompt tokens per turn, long / short: {ratio:.3f}  (dialogue stage wall time {seconds:.0f} s, "
               f"{len(quarantined)} quarantine rows)", flush=True)
 
-        sample = random.Random(0).sample(recording.sessions, k=min(args.sample, len(recording.sessions)))
+        sample = random.Random(0).sample(recording.drafts, k=min(args.sample, len(recording.drafts)))
         replay = compare("server", lambda: raw_server(server.base_url, server.served_name, sample),
                          lambda: via_teacher(backend, sample), rounds=2)
     print(json.dumps({"short": short, "long": long, "prompt_per_turn_ratio": round(ratio, 3),

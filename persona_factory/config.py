@@ -144,9 +144,14 @@ class DialogueSettings(Strict):
     # outputs that small teachers finish reliably); either way session k of every persona goes out in one batch
     draft_unit: Literal["session", "turn"] = "session"
     recent_window: int = Field(4, ge=0, le=32)  # earlier turns (text) a session prompt carries; never the history
-    max_tokens_per_turn: int = Field(120, ge=32)
     max_user_chars: int = Field(300, ge=40)
     max_assistant_chars: int = Field(360, ge=40)
+
+    @property
+    def turn_token_budget(self) -> int:
+        """max_tokens for one turn: room for both texts at their limits down to 2 characters a token, so only a
+        degenerate answer is ever cut short (the schema, not the budget, bounds a sound one)."""
+        return (self.max_user_chars + self.max_assistant_chars) // 2 + 32
     # JSON-schema patterns make the teacher write each turn's required phrases; checks still verify them
     constrain_phrases: bool = True
     judge_ambiguous: bool = True  # ask the teacher when a lexical check cannot decide (e.g. a negation nearby)
@@ -282,7 +287,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "turns_32k": {"min": 24, "max": 28},
             "turns_128k": {"min": 28, "max": 32},
             "turns_per_session": {"min": 4, "max": 6},
-            "draft_unit": "turn", "max_tokens_per_turn": 110, "max_user_chars": 160, "max_assistant_chars": 200,
+            "draft_unit": "turn", "max_user_chars": 160, "max_assistant_chars": 200,
         },
         "plan": {"preferences": 2, "dislikes": 1, "people": 2, "person_events": 2, "goals": 1, "routines": 1,
                  "events": 1, "skills": 1, "styles": 1, "preference_shift_prob": 1.0, "goal_update_prob": 0.75},

@@ -198,7 +198,7 @@ def session_request(cfg: PipelineConfig, st: PersonaState, k: int) -> TeacherReq
     messages = chat("dialogue_session", images=_photos(cfg, slots), **_header(st, slots[0].time), known=known,
                     recent=st.recent, start=f"{fmt_time(start)} ({start.strftime('%A')})",
                     rounds=[{"instruction": s.instruction(), "phrases": s.phrases} for s in slots])
-    budget = cfg.dialogue.max_tokens_per_turn * len(slots) + 32
+    budget = cfg.dialogue.turn_token_budget * len(slots) + 32
     # a failed session is not asked again whole: its turns are rewritten one by one, which is cheaper
     return TeacherRequest(messages, sampling(cfg, "session", st.persona.persona_id, k, max_tokens=budget),
                           session_model(cfg, slots), tag=f"session:{st.persona.persona_id}:{k}", retry_answers=False)
@@ -218,7 +218,7 @@ def turn_request(cfg: PipelineConfig, st: PersonaState, slot: TurnSlot, attempt:
                     previous=previous, topics=[s.instruction() for s in earlier if s.key not in st.kept],
                     time=slot.time, instruction=slot.instruction(), phrases=slot.phrases, problem=problem)
     kind = "turn" if problem is None else "repair"
-    return TeacherRequest(messages, sampling(cfg, kind, slot.key, attempt, max_tokens=cfg.dialogue.max_tokens_per_turn),
+    return TeacherRequest(messages, sampling(cfg, kind, slot.key, attempt, max_tokens=cfg.dialogue.turn_token_budget),
                           turn_model(cfg, slot.phrases), tag=f"{kind}:{slot.key}")
 
 
