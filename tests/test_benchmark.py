@@ -462,3 +462,61 @@ def test_probe_follows_the_last_turn_past_the_session_gap():
     dialogue, _, _ = history()
     gap = B.probe_time(cfg, dialogue) - parse_time(dialogue.turns[-1].time)
     assert gap > timedelta(minutes=cfg.dialogue.session_gap_minutes)
+
+
+# ---------------------------------------------------------------------------------------------- generation
+
+
+TIPS = {"guitar": {"beginner": "Learn three open chords", "intermediate": "Practise barre chord changes",
+                   "advanced": "Improvise over jazz standards", "expert": "Refine your vibrato control"}}
+
+
+def questions(extra_items: list[PlanItem], extra_turns: list) -> B.PersonaQuestions:
+    dialogue, plan, images = history(USER_TURNS + extra_turns)
+    plan = plan.model_copy(update={"items": [*plan.items, *extra_items]})
+    return B.PersonaQuestions(load_config("tiny"), _persona(), dialogue, plan, images,
+                              B.distractor_pools([plan], list(images.values())), TIPS)
+
+
+def test_goals_and_skills_told_only_by_a_later_report_are_still_asked():
+    q = questions([
+        _plan_item("goal", "goal", "2024-05-01 08:00", "run a marathon", "started"),
+        _plan_item("gave", "goal_update", "2024-05-11 08:00", "run a marathon", "gave up", previous_value="started",
+                   cause_item_id="goal"),
+        _plan_item("skill", "skill", "2024-05-01 08:00", "guitar", "beginner"),
+        _plan_item("level", "skill_update", "2024-05-11 08:00", "guitar", "intermediate", previous_value="beginner",
+                   cause_item_id="skill"),
+    ], [("2024-05-12 09:06", "About my goal to run a marathon: I gave up on it.", ["gave"], None),
+        ("2024-05-12 09:08", "I have now reached intermediate level at guitar.", ["level"], None)])
+    drafts = {d.task: d for d in q.drafts()}
+    assert drafts[B.LGT].options[0] == ("No, you gave it up", ["run a marathon", "gave up"])
+    assert [t.turn_index for t in drafts[B.LGT].evidence] == [7]
+    assert drafts[B.TED].options[0] == ("Practise barre chord changes", ["guitar", "intermediate"])
+    state = G.HistoryState.replay(q.dialogue, q.plan, PROBE, [])
+    for c in (q.candidate(drafts[B.LGT]), q.candidate(drafts[B.TED])):
+        assert G.form_problem(c, 1.5) is None and G.time_problem(c, q.dialogue) is None
+        assert G.consistency_problem(c, q.dialogue, q.plan, state, q.images) is None
+
+
+def test_the_most_present_person_counts_events_without_a_relationship_turn():
+    q = questions([
+        _plan_item("omar1", "event", "2024-05-11 08:00", "event", "went to a jazz concert", person="Omar"),
+        _plan_item("omar2", "event", "2024-05-11 09:00", "event", "helped a friend move flats", person="Omar"),
+        _plan_item("maya1", "event", "2024-05-11 10:00", "event", "baked bread for the first time", person="Maya"),
+    ], [("2024-05-12 09:06", "I went to a jazz concert with Omar.", ["omar1"], None),
+        ("2024-05-12 09:08", "I helped a friend move flats with Omar.", ["omar2"], None),
+        ("2024-05-12 09:10", "I baked bread for the first time with Maya.", ["maya1"], None)])
+    most = next(d for d in q.drafts() if d.fact == "most_present")
+    assert most.options[0] == ("Omar", ["Omar"]) and "Maya" in [o[0] for o in most.options]
+    state = G.HistoryState.replay(q.dialogue, q.plan, PROBE, [])
+    assert G.consistency_problem(q.candidate(most), q.dialogue, q.plan, state, q.images) is None
+
+
+def test_distractors_are_never_nested_in_each_other():
+    q = questions([], [])
+    pool = ["the science museum", "visited the science museum", "saw a play", "saw a play at the theatre",
+            "went to a wedding", "went ice skating", "went to a flea market"]
+    for _ in range(20):
+        picked = q.choose("went to a jazz concert", [], pool)
+        keys = [f" {v} " for v in ["went to a jazz concert", *picked]]
+        assert not any(a != b and a in b for a in keys for b in keys)

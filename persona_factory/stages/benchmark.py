@@ -116,9 +116,9 @@ def bucket(split: Split, n_turns: int) -> str:
 
 
 def distractor_pools(plans: list[TimelinePlan], images: list[ImageRecord]) -> dict[str, list[str]]:
-    """Answer pools per type: the plan vocabulary plus what every plan holds (a distractor is then taken only
-    where it is false for the persona asked)."""
-    vocab = vocabulary()
+    """Answer pools per type: the benchmark's own distractors, the plan vocabulary and what every plan holds (a
+    distractor is then taken only where it is false for the persona asked)."""
+    vocab, extra = vocabulary(), bench_vocabulary()["distractors"]
     of = lambda *kinds: [i.value for p in plans for i in p.items if i.kind in kinds]  # noqa: E731
     causes = {i.cause_item_id for p in plans for i in p.items if i.kind == "preference_shift"}
     pools = {
@@ -131,7 +131,8 @@ def distractor_pools(plans: list[TimelinePlan], images: list[ImageRecord]) -> di
         "goal": list(vocab["goals"]) + [i.subject for p in plans for i in p.items if i.kind == "goal"],
         "label": [label for img in images for label in img.labels],
     }
-    return {k: sorted({normalize(v): v for v in values if normalize(v)}.values()) for k, values in pools.items()}
+    return {k: sorted({normalize(v): v for v in [*extra.get(k, []), *values] if normalize(v)}.values())
+            for k, values in pools.items()}
 
 
 # ---------------------------------------------------------------------------------------------- tips (teacher)
@@ -168,12 +169,12 @@ def realized_turns(dialogue: Dialogue) -> dict[str, Turn]:
 
 
 def skills_to_explain(plans: list[TimelinePlan], dialogues: dict[str, Dialogue]) -> list[str]:
-    """Skills told in a benchmark history (each needs its tiered tips)."""
+    """Skills a benchmark history tells of, by their own turn or a progress report (each needs tiered tips)."""
     skills = set()
     for plan in plans:
         if plan.persona_id in dialogues:
             told = realized_turns(dialogues[plan.persona_id])
-            skills |= {i.subject for i in plan.items if i.kind == "skill" and i.item_id in told}
+            skills |= {i.subject for i in plan.items if i.kind in ("skill", "skill_update") and i.item_id in told}
     return sorted(skills)
 
 
@@ -203,6 +204,10 @@ def shown(text: str) -> str:
 
 def in_order(turns: list[Turn]) -> list[Turn]:
     return sorted({t.turn_index: t for t in turns}.values(), key=lambda t: t.turn_index)
+
+
+def has_digit(text: str) -> bool:
+    return any(ch.isdigit() for ch in text)
 
 
 def option_length(text: str) -> int:
@@ -252,18 +257,19 @@ class PersonaQuestions:
     def choose(self, gold: str, traps: list[str], pool: list[str], show: Callable[[str], str] = shown,
                n: int = 3) -> list[str] | None:
         """n wrong values: known-false ones (traps) first, then never-told ones, each keeping every option within
-        the length ratio and distinct from the others; None when too few fit."""
+        the length ratio, apart from the others (neither equal nor inside one) and with digits only if the gold has
+        them; None when too few fit."""
         picked: list[str] = []
-        seen = {normalize(show(gold))}
+        seen = [f" {normalize(show(gold))} "]
         shuffled_traps = self.rng.sample(traps, k=len(traps))
         for value in shuffled_traps + self.rng.sample(pool, k=len(pool)):
-            key = normalize(show(value))
+            key = f" {normalize(show(value))} "
             if len(picked) == n:
                 break
-            if key and key not in seen and length_ratio([show(v) for v in [gold, *picked, value]]) \
-                    <= self.cfg.benchmark.max_option_length_ratio:
+            if key.strip() and not any(key in k or k in key for k in seen) and has_digit(value) == has_digit(gold) \
+                    and length_ratio([show(v) for v in [gold, *picked, value]]) <= self.cfg.benchmark.max_option_length_ratio:
                 picked.append(value)
-                seen.add(key)
+                seen.append(key)
         return picked if len(picked) == n else None
 
     def likes_now(self) -> tuple[list[PlanItem], list[str]]:
@@ -273,9 +279,14 @@ class PersonaQuestions:
         liked = [i for i in self.realized("preference") if i.value not in replaced] + shifts
         return liked, sorted(v for v in replaced if v)
 
-    def goal_state(self, goal: PlanItem) -> tuple[str, list[PlanItem]]:
-        updates = [u for u in self.realized("goal_update") if u.cause_item_id == goal.item_id]
-        return (updates[-1].value if updates else UNKNOWN_STATE), updates
+    def progress(self, kind: str, update_kind: str) -> Iterator[tuple[PlanItem, list[PlanItem], list[PlanItem]]]:
+        """Goals or skills the history tells of, by their own turn or a later report: (item, its told reports,
+        the told items among both)."""
+        for item in (i for i in self.plan.items if i.kind == kind):
+            updates = [u for u in self.realized(update_kind) if u.cause_item_id == item.item_id]
+            told = [item] * (item.item_id in self.told) + updates
+            if told:
+                yield item, updates, told
 
     def draft(self, task: str, query: str, fact: str, gold: str, wrong: list[str] | None,
               args: Callable[[str], list[str]], answer_type: str, evidence: list[Turn], sources: list[PlanItem],
@@ -362,14 +373,15 @@ class PersonaQuestions:
                                       self.choose(p.subject, others, self.never_told("label"), self.photo_option),
                                       lambda v: [v, p.value], "photo", [t], [p], self.photo_option,
                                       images=[p.image_id])
-        goals = {g.subject: (g, *self.goal_state(g)) for g in self.realized("goal")}
-        ended = [s for s, (_, state, _) in goals.items() if state in ("finished", "gave up")]
-        for subject, (goal, state, updates) in goals.items():
+        goals = [(goal, updates[-1].value if updates else UNKNOWN_STATE, told)
+                 for goal, updates, told in self.progress("goal", "goal_update")]
+        ended = [goal.subject for goal, state, _ in goals if state in ("finished", "gave up")]
+        for goal, state, told in goals:
             if state in (UNKNOWN_STATE, "making progress"):
                 yield from self.draft(IIR, "I've cleared some time this weekend for one of my long-term goals. "
-                                           "Which one am I most likely working on?", "goal_active", subject,
-                                      self.choose(subject, ended, self.never_told("goal")), lambda v: [v], "goal",
-                                      [self.turn(goal), *map(self.turn, updates)], [goal, *updates])
+                                           "Which one am I most likely working on?", "goal_active", goal.subject,
+                                      self.choose(goal.subject, ended, self.never_told("goal")), lambda v: [v],
+                                      "goal", [self.turn(i) for i in told], told)
 
     @staticmethod
     def photo_option(label: str) -> str:
@@ -409,19 +421,18 @@ class PersonaQuestions:
                                   self.choose(r.value, [], self.never_told("routine")), lambda v, w=r.subject: [w, v],
                                   "routine", [self.turn(r)], [r])
         states = self.vocab["goal_states"]
-        for goal in self.realized("goal"):
-            state, updates = self.goal_state(goal)
+        for goal, updates, told in self.progress("goal", "goal_update"):
+            state = updates[-1].value if updates else UNKNOWN_STATE
             yield from self.draft(LGT, f"Did I ever finish my goal to {goal.subject}?", "goal_status", state,
                                   [s for s in states if s != state], lambda v: [goal.subject, v], "goal state",
-                                  [self.turn(goal), *map(self.turn, updates)], [goal, *updates],
-                                  lambda v: states[v])
+                                  [self.turn(i) for i in told], told, lambda v: states[v])
 
     def relationships(self) -> Iterator[Draft]:
         """RR: who is my <relation>, who I spend the most time with; RDC: the tone a message to someone takes."""
         people = self.realized("relationship")
-        names = [p.subject for p in people]
-        with_person = [e for e in self.realized("event") if e.person in names]
+        with_person = [e for e in self.realized("event") if e.person]
         seen = Counter(e.person for e in with_person)
+        names = sorted({p.subject for p in people} | set(seen))
         top = seen.most_common(2)
         tones = sorted(set(vocabulary()["relations"].values()))
         for p in people:
@@ -443,16 +454,14 @@ class PersonaQuestions:
     def growth(self) -> Iterator[Draft]:
         """TED: the tip that fits my current level; GNS: a new activity that fits both my likes and my style."""
         tiers = self.vocab["tip_tiers"]
-        for skill in self.realized("skill"):
+        for skill, updates, told in self.progress("skill", "skill_update"):
             tips = self.tips.get(skill.subject)
-            updates = [u for u in self.realized("skill_update") if u.cause_item_id == skill.item_id]
             level = updates[-1].value if updates else skill.value
             if tips is not None:
                 yield from self.draft(TED, f"I'd like one tip for {skill.subject} that fits where I am now. "
                                            "Which suits me best?", "skill_tier", level,
                                       [t for t in tiers if t != level], lambda v: [skill.subject, v], "tip",
-                                      [self.turn(skill), *map(self.turn, updates)], [skill, *updates],
-                                      lambda v: shown(tips[v]))
+                                      [self.turn(i) for i in told], told, lambda v: shown(tips[v]))
         liked, replaced = self.likes_now()
         if not liked:
             return
@@ -461,9 +470,11 @@ class PersonaQuestions:
             other = next(p for p in poles if p != style.value)
             like = self.rng.choice(liked)
             grid = lambda thing, pole: f"{shown(thing)}, {poles[pole]}"  # noqa: E731
-            # the other thing: a known non-like if one fits the length ratio, else a never-told hobby
-            unliked = [d.value for d in self.realized("dislike")] + replaced
-            fitting = [u for u in unliked + self.rng.sample(self.never_told("hobby"), k=len(self.never_told("hobby")))
+            # the other thing: a like the user moved on from if one fits the length ratio, else a never-told hobby,
+            # else a dislike (a workshop in something disliked reads oddly)
+            hobbies = self.never_told("hobby")
+            unliked = replaced + self.rng.sample(hobbies, k=len(hobbies)) + [d.value for d in self.realized("dislike")]
+            fitting = [u for u in unliked
                        if length_ratio([grid(like.value, style.value), grid(u, other), grid(u, style.value),
                                         grid(like.value, other)]) <= self.cfg.benchmark.max_option_length_ratio]
             if not fitting:
@@ -536,8 +547,9 @@ def select_items(cfg: PipelineConfig, candidates: list[BenchmarkCandidate]) -> l
         mine: Counter[str] = Counter()
         used: set[tuple[str, ...]] = set()
         while sum(mine.values()) < n and any(open_.values()):
-            task = min((t for t in open_ if open_[t]), key=lambda t: (mine[t], tasks[t], tie[t]))
             want_image = images < share * (total + 1)
+            task = min((t for t in open_ if open_[t]), key=lambda t: (
+                mine[t], tasks[t], want_image and not any(c.item.evidence_images for c in open_[t]), tie[t]))
             pick = min(open_[task], key=lambda c: (
                 tuple(c.item.source_item_ids) in used,  # a second question on one fact only when nothing else is left
                 bool(c.item.evidence_images) != want_image,
