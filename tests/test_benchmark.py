@@ -27,10 +27,12 @@ from persona_factory.stages.images import load_image_pool
 from persona_factory.teacher.types import TeacherResult, TeacherStats
 
 try:
-    from tests.fake_teacher import SchemaTeacher
+    from tests.fake_openai import FakeOpenAI
+    from tests.fake_teacher import SchemaTeacher, openai_responder
     from tests.test_histories import histories
 except ImportError:
-    from fake_teacher import SchemaTeacher
+    from fake_openai import FakeOpenAI
+    from fake_teacher import SchemaTeacher, openai_responder
     from test_histories import histories
 
 
@@ -362,6 +364,21 @@ def test_blind_gate_drops_items_most_blind_runs_solve():
     assert rows["judge1", "query_only", B.IPR] == (2, 2) and rows["judge2", "profile_only", B.IPR] == (1, 0)
     always_a = {"judge": [_blind("(a)")] * len(asks)}  # a judge stuck on one letter solves no item on both runs
     assert G.blind_verdicts(asks, always_a, 0.5)[0] == {}
+
+
+def test_extra_judges_are_asked_over_http(tmp_path):
+    from assets.benchmark import extra_judges
+
+    with FakeOpenAI("judge-model", responder=openai_responder()) as fake:
+        cfg = load_config("tiny", overrides={"output_dir": str(tmp_path), "benchmark": {
+            "blind_judges": [{"model": "judge-model", "base_urls": [fake.base_url]}]}})
+        judge = extra_judges(cfg)["judge-model"]
+        try:
+            results = judge.generate([a.request for a in G.blind_asks(cfg, [GOOD], {PID: _persona()})])
+        finally:
+            judge.close()
+        assert [r.value.answer in B.LETTERS for r in results] == [True, True]
+        assert [body["model"] for body in fake.requests] == ["judge-model"] * 2
 
 
 # ---------------------------------------------------------------------------------------------- balance, letters
