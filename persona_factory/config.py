@@ -289,7 +289,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "turns_per_session": {"min": 4, "max": 6},
             "draft_unit": "turn", "max_user_chars": 160, "max_assistant_chars": 200,
         },
-        "plan": {"preferences": 2, "dislikes": 1, "people": 2, "person_events": 2, "goals": 1, "routines": 1,
+        "plan": {"preferences": 2, "dislikes": 1, "people": 2, "person_events": 3, "goals": 1, "routines": 1,
                  "events": 1, "skills": 1, "styles": 1, "preference_shift_prob": 1.0, "goal_update_prob": 0.75},
         "supervision": {"probes_per_persona": 8, "alignment_pairs_per_persona": 2},
         "benchmark": {"items_per_persona": 12},

@@ -11,13 +11,16 @@ from dataclasses import dataclass
 
 from .config import PipelineConfig, TurnRange
 
-# measured prompt / completion tokens: per request of each stage, and per turn for session requests
+# measured prompt / completion tokens: per request of each stage, per turn for first drafts written a session at a
+# time, and per request for first drafts written a turn at a time
 SESSION_PROMPT_BASE, SESSION_PROMPT_PER_TURN, SESSION_COMPLETION_PER_TURN = 420, 45, 60
+TURN_PROMPT, TURN_COMPLETION = 700, 90
 PER_REQUEST = {  # stage -> (prompt tokens, completion tokens)
     "persona": (200, 145), "plan": (490, 460), "repair": (330, 60), "semantic": (190, 60), "topic": (380, 45),
-    "personality": (150, 45), "answer": (250, 50), "alignment": (150, 70), "blind": (200, 10),
+    "personality": (150, 45), "answer": (250, 50), "alignment": (150, 70), "tips": (150, 120), "blind": (200, 10),
 }
-REPAIR_SHARE = 0.15  # turns rewritten alone after their session draft failed a check
+REPAIR_SHARE = 0.15  # turns rewritten alone after their first draft failed a check
+CANDIDATES_PER_ITEM = 2.7  # benchmark candidates built per kept item (tiny preset), each asked blind
 
 
 def _mean(r: TurnRange) -> float:
@@ -51,15 +54,22 @@ def estimate(cfg: PipelineConfig) -> CostEstimate:
     per_session = _mean(d.turns_per_session)
     sessions = turns / per_session
     told = turns * (1 - cfg.plan.small_talk_share)
-    bench_items = (n.bench_32k + n.bench_128k) * cfg.benchmark.items_per_persona
+    bench_personas = n.bench_32k + n.bench_128k
+    blind_runs = 2 * (1 + len(cfg.benchmark.blind_judges))  # query only and with the profile, per judge
+    by_session = d.draft_unit == "session"
     requests = {
-        "persona": n.total, "plan": n.total, "session": round(sessions), "repair": round(REPAIR_SHARE * turns),
+        "persona": n.total, "plan": n.total, d.draft_unit: round(sessions if by_session else turns),
+        "repair": round(REPAIR_SHARE * turns),
         "semantic": round(told), "topic": round(sessions), "personality": round(turns),
         "answer": n.train * s.probes_per_persona, "alignment": 2 * n.total * s.alignment_pairs_per_persona,
-        "blind": 2 * bench_items,
+        "tips": bench_personas * cfg.plan.skills,
+        "blind": round(blind_runs * CANDIDATES_PER_ITEM * bench_personas * cfg.benchmark.items_per_persona),
     }
-    prompt = SESSION_PROMPT_BASE * sessions + SESSION_PROMPT_PER_TURN * turns
-    completion = SESSION_COMPLETION_PER_TURN * turns
+    if by_session:
+        prompt = SESSION_PROMPT_BASE * sessions + SESSION_PROMPT_PER_TURN * turns
+        completion = SESSION_COMPLETION_PER_TURN * turns
+    else:
+        prompt, completion = TURN_PROMPT * turns, TURN_COMPLETION * turns
     for stage, count in requests.items():
         if stage in PER_REQUEST:
             prompt += PER_REQUEST[stage][0] * count

@@ -29,7 +29,7 @@ except ImportError:
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 TEACHER_ASSETS = ("personas", "timeline_plans", "dialogues", "memory_targets", "personality_trajectories",
-                  "reasoning_trajectories", "alignment_pairs")
+                  "reasoning_trajectories", "alignment_pairs", "benchmark_items")
 
 
 @pytest.fixture(scope="module")

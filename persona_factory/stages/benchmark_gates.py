@@ -39,8 +39,7 @@ from .benchmark import (
     LETTERS, LGT, TASKS, UNKNOWN_STATE, bench_vocabulary, gold_text, goal_state_group, length_ratio, option_length,
     relative_phrase,
 )
-from .common import chat, contains_phrase, normalize, parse_time, request_seed
-from .dialogues import _negated as negated
+from .common import chat, contains_phrase, negates, normalize, parse_time, request_seed
 from .plans import realization, relation_tone, vocabulary
 
 GATES = ("form", "time", "consistency", "near_duplicate", "blind", "balance", "letters")
@@ -362,7 +361,7 @@ def consistency_problem(c: BenchmarkCandidate, dialogue: Dialogue, plan: Timelin
         if text == gold and fact.fact in NEGATABLE:
             last = max(c.item.evidence_turns)
             for t in dialogue.turns:
-                if t.turn_index > last and t.time < c.item.time and negated(t.user, entity):
+                if t.turn_index > last and t.time < c.item.time and negates(t.user, entity):
                     return f"gold_negated_later: turn {t.turn_index}"
     return None
 

@@ -49,6 +49,19 @@ def contains_phrase(text: str, phrase: str) -> bool:
     return f" {normalize(phrase)} " in f" {normalize(text)} "
 
 
+# words that, just before a fact's phrase, may deny it ("t" is what normalization leaves of "don't", "can't" ...)
+NEGATIONS = {"not", "no", "never", "t", "cannot", "hate", "hates", "stopped", "quit", "longer", "dislike"}
+
+
+def negates(text: str, phrase: str) -> bool:
+    """Whether a negation word stands within the three words before the phrase (a lexical cue, not a verdict)."""
+    words, target = normalize(text).split(), normalize(phrase).split()
+    for i in range(len(words) - len(target) + 1):
+        if words[i:i + len(target)] == target and NEGATIONS & set(words[max(0, i - 3):i]):
+            return True
+    return False
+
+
 def personality_text(big_five: BigFive | dict[str, float]) -> str:
     values = big_five.model_dump() if isinstance(big_five, BigFive) else big_five
     return ", ".join(f"{t} {values[t]:.1f}" for t in BIG_FIVE_TRAITS)

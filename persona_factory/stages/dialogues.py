@@ -26,15 +26,13 @@ from ..schema import (
     Dialogue, ImageRecord, Persona, PlanItem, QuarantineRow, Session, TimelinePlan, Turn, fmt_time,
 )
 from ..teacher.types import TeacherRequest, TeacherResult, TeacherStats
-from .common import chat, contains_phrase, normalize, parse_time, personality_text, rng_for, sampling
+from .common import chat, contains_phrase, negates, parse_time, personality_text, rng_for, sampling
 from .plans import MINUTES_PER_TURN, Realization, realizable, realization, told_in
 
 IMG = "<img>"
 KNOWN_FACTS = 8  # statements of what the user told before that a session prompt carries
 SMALL_TALK = ["the weather", "weekend plans", "a recipe idea", "a book recommendation", "a work deadline",
               "a short trip", "sleep habits", "a gift idea", "a movie night", "a shopping list"]
-# words that, just before a fact's phrase, may deny it ("t" is what normalization leaves of "don't", "can't" ...)
-NEGATIONS = {"not", "no", "never", "t", "cannot", "hate", "hates", "stopped", "quit", "longer", "dislike"}
 
 
 class TeacherLike(Protocol):
@@ -237,15 +235,6 @@ class Check:
     ask_judge: list[PlanItem] = field(default_factory=list)  # facts a lexical check could not decide on
 
 
-def _negated(text: str, phrase: str) -> bool:
-    """A negation word within the three words before the phrase."""
-    words, target = normalize(text).split(), normalize(phrase).split()
-    for i in range(len(words) - len(target) + 1):
-        if words[i:i + len(target)] == target and NEGATIONS & set(words[max(0, i - 3):i]):
-            return True
-    return False
-
-
 def standing_facts(plan: TimelinePlan, time: str) -> list[PlanItem]:
     """Lasting facts no turn at `time` may deny: the plan's likes, skills, goals and routines, less those a planned
     change has replaced by then and new interests that have not started yet."""
@@ -266,8 +255,8 @@ def check_turn(st: PersonaState, slot: TurnSlot, user: str, assistant: str) -> C
         if contains_phrase(user, shift.value) and (slot.item is None or slot.item.item_id != shift.cause_item_id):
             return Check("premature_shift")
     doubtful = [f for f in standing_facts(st.plan, slot.time)
-                if f != slot.item and _negated(user, realization(f).phrases[0])]
-    if slot.item is not None and slot.item.kind != "dislike" and any(_negated(user, p) for p in slot.phrases):
+                if f != slot.item and negates(user, realization(f).phrases[0])]
+    if slot.item is not None and slot.item.kind != "dislike" and any(negates(user, p) for p in slot.phrases):
         doubtful.append(slot.item)  # a dislike is told with a negative word by design
     return Check(None, doubtful)
 
