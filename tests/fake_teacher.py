@@ -23,11 +23,11 @@ NAMES = ("Maya", "Tom", "Priya", "Lucas", "Elena", "Omar")
 
 def phrases_of(pattern: str) -> list[str]:
     """The literal phrases a realization pattern demands, in its first order (see stages.dialogues._pattern)."""
-    core = re.sub(r"^\^\.\{0,\d+\}", "", pattern)
-    core = re.sub(r"\.\{0,\d+\}\$$", "", core)
+    core = re.sub(r"^\^(\.\{0,\d+\})+", "", pattern)
+    core = re.sub(r"(\.\{0,\d+\})+\$$", "", core)
     if core.startswith("(?:"):
         core = core[3:].split("|")[0]
-    parts = re.split(r"\.\{0,\d+\}", core)
+    parts = re.split(r"(?:\.\{0,\d+\})+", core)
     return [re.sub(r"\\(.)", r"\1", re.sub(r"\[(\w)\w\]", r"\1", p)) for p in parts]
 
 

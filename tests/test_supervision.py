@@ -673,3 +673,34 @@ def test_the_supervision_checks_pass_on_good_targets_and_fail_on_broken_ones(dat
     assert not C.memory_targets_follow_the_plan(duckdb=database).passed
     assert not C.memory_db_replays_identically(duckdb=database).passed
     assert not C.training_records_are_well_formed(duckdb=database).passed
+
+
+# ---------------------------------------------------------------------------------------------- grammar backend
+
+
+@pytest.fixture(scope="module")
+def grammar_compiler():
+    """xgrammar as vLLM runs it: the embedded teacher's tokenizer, compile cache on (its failures depend on both)."""
+    xgr = pytest.importorskip("xgrammar")
+    from transformers import AutoTokenizer
+
+    from persona_factory.teacher.embedded import EMBEDDED_SERVED_NAME, cache_dir
+
+    folder = cache_dir() / "models" / EMBEDDED_SERVED_NAME
+    if not (folder / "tokenizer.json").exists():
+        pytest.skip("the embedded teacher is not prepared (it is on first engine use)")
+    return xgr.GrammarCompiler(xgr.TokenizerInfo.from_huggingface(AutoTokenizer.from_pretrained(folder)))
+
+
+def test_phrase_constrained_schemas_compile_in_the_grammar_backend(grammar_compiler):
+    """A memory sentence's room exceeds one run of any character the backend compiles; the pattern splits it.
+    (One compile costs seconds, so one schema stands for all: they share stages.dialogues._pattern.)"""
+    from persona_factory.teacher.types import grammar_schema
+
+    schema = grammar_schema(M.draft_model("semantic", ("pottery",), True))
+    assert ".{0,128}" in schema["properties"]["content"]["pattern"]
+    grammar_compiler.compile_json_schema(json.dumps(schema))
+    with pytest.raises(RuntimeError):  # the same room as one run
+        grammar_compiler.compile_json_schema(json.dumps(
+            {"type": "object", "properties": {"c": {"type": "string", "pattern": "^.{0,10}[Pp]ottery.{0,130}$"}},
+             "required": ["c"]}))

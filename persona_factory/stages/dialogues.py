@@ -137,10 +137,19 @@ def _pattern(phrases: tuple[str, ...], max_chars: int) -> str | None:
         return (f"[{first.upper()}{first.lower()}]" if first.isalpha() else first) + body[1:]
 
     room = max(20, max_chars - sum(len(p) for p in phrases))
-    lead, gap = room // 3, f".{{0,{room // 3}}}"
+    lead, gap = room // 3, _any(room // 3)
     a = [lit(p) for p in phrases]
     core = f"(?:{a[0]}{gap}{a[1]}|{a[1]}{gap}{a[0]})" if len(a) == 2 else gap.join(a)
-    return f"^.{{0,{lead}}}{core}.{{0,{room - lead}}}$"
+    return f"^{_any(lead)}{core}{_any(room - lead)}$"
+
+
+ANY_RUN_MAX = 128  # the grammar backend (xgrammar) fails to compile `.{0,n}` for n above this
+
+
+def _any(n: int) -> str:
+    """Up to n characters, written as runs the grammar backend compiles."""
+    runs = [ANY_RUN_MAX] * (n // ANY_RUN_MAX) + ([n % ANY_RUN_MAX] if n % ANY_RUN_MAX or not n else [])
+    return "".join(f".{{0,{r}}}" for r in runs)
 
 
 def turn_model(cfg: PipelineConfig, phrases: tuple[str, ...]) -> type[BaseModel]:
