@@ -19,6 +19,7 @@ from persona_factory.config import QualitySettings
 
 SQL_DIR = Path(__file__).parent / "sql"
 DECISIONS = "dedup_decisions"
+BANDS_PER_PASS = 8  # LSH bands joined at once: bounds the memory of the candidate join
 # words that carry no content in a question; two paraphrases differ mostly in these
 STOP_WORDS = (
     "a an the i me my mine myself you your we our it its is am are was were be been being do did does done have has "
@@ -50,8 +51,7 @@ def install_macros(con: duckdb.DuckDBPyConnection) -> None:
 def find_duplicates(con: duckdb.DuckDBPyConnection, settings: QualitySettings) -> int:
     """Replace `dedup_decisions` with every pair found; return how many."""
     install_macros(con)
-    con.execute(f"CREATE OR REPLACE TABLE {DECISIONS} (kind VARCHAR, reason VARCHAR, key_a VARCHAR, key_b VARCHAR,"
-                " persona_a VARCHAR, persona_b VARCHAR, similarity DOUBLE, hamming INTEGER)")
+    create_decisions(con)
     run_script(con, "dedup_units")
     text_duplicates(con, "dedup_turns", "turn", settings, leaks_across_sides=False)
     text_duplicates(con, "dedup_sessions", "session", settings, leaks_across_sides=True)
@@ -63,6 +63,12 @@ def find_duplicates(con: duckdb.DuckDBPyConnection, settings: QualitySettings) -
     run_script(con, "leakage")
     con.execute(f"INSERT INTO {DECISIONS} SELECT * FROM leakage_pairs")
     return con.execute(f"SELECT count(*) FROM {DECISIONS}").fetchone()[0]
+
+
+def create_decisions(con: duckdb.DuckDBPyConnection) -> None:
+    """An empty `dedup_decisions`: one row per pair; key_a is the first occurrence (the training side for leakage)."""
+    con.execute(f"CREATE OR REPLACE TABLE {DECISIONS} (kind VARCHAR, reason VARCHAR, key_a VARCHAR, key_b VARCHAR,"
+                " persona_a VARCHAR, persona_b VARCHAR, similarity DOUBLE, hamming INTEGER)")
 
 
 def text_duplicates(con: duckdb.DuckDBPyConnection, units: str, kind: str, settings: QualitySettings, *,
@@ -89,10 +95,17 @@ def minhash_pairs(con: duckdb.DuckDBPyConnection, settings: QualitySettings) -> 
     """MinHash LSH over the view `lsh_docs(doc_id, text)`; creates `lsh_pairs(a, b, similarity)` with a < b."""
     seeds = [r[0] for r in con.execute("SELECT hash(i) FROM range(?) t(i) ORDER BY i",
                                        [settings.minhash_permutations]).fetchall()]
-    run_script(con, "minhash_pairs", {
-        "shingle_words": settings.shingle_words, "min_shingles": settings.min_shingles, "seeds": seeds,
-        "bands": settings.minhash_bands, "rows": settings.minhash_permutations // settings.minhash_bands,
-        "threshold": settings.near_duplicate_similarity})
+    run_script(con, "minhash_signatures", {"shingle_words": settings.shingle_words,
+                                           "min_shingles": settings.min_shingles},
+               shingle_hash=f"hash({', '.join(f'w[i + {j}]' for j in range(1, settings.shingle_words + 1))})",
+               min_hashes=", ".join(f"min(hash(xor(h, {s}::UBIGINT)) >> 32)::UINTEGER" for s in seeds))
+    con.execute("CREATE OR REPLACE TEMP TABLE lsh_candidates (a BIGINT, b BIGINT)")
+    rows = settings.minhash_permutations // settings.minhash_bands
+    for band_from in range(0, settings.minhash_bands, BANDS_PER_PASS):
+        run_script(con, "minhash_candidates", {"rows": rows, "band_from": band_from,
+                                               "band_to": min(band_from + BANDS_PER_PASS, settings.minhash_bands)})
+    run_script(con, "minhash_verify", {"threshold": settings.near_duplicate_similarity})
+    con.execute("DROP TABLE lsh_candidates")
 
 
 def question_duplicates(con: duckdb.DuckDBPyConnection, settings: QualitySettings) -> None:

@@ -204,8 +204,7 @@ def test_image_banding_is_exact_up_to_the_distance():
         flipped = (hashes[d] & (2**64 - 1)) ^ sum(1 << int(b) for b in bits)
         hashes.append(flipped - (1 << 64) if flipped >= 1 << 63 else flipped)
     con = duckdb.connect()
-    con.execute(f"CREATE TABLE {dedup.DECISIONS} (kind VARCHAR, reason VARCHAR, key_a VARCHAR, key_b VARCHAR, "
-                "persona_a VARCHAR, persona_b VARCHAR, similarity DOUBLE, hamming INTEGER)")
+    dedup.create_decisions(con)
     con.execute("CREATE TEMP TABLE image_hashes AS SELECT lpad(i::VARCHAR, 5, '0') AS image_id, h AS phash "
                 "FROM (SELECT unnest(range(?)) AS i, unnest(?::BIGINT[]) AS h)", [len(hashes), hashes])
     dedup.image_near_duplicates(con, 8)

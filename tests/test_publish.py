@@ -3,6 +3,7 @@ both are deterministic and atomic."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -22,11 +23,13 @@ from PIL import Image  # noqa: E402
 from persona_factory.publish import PublishBundle, export_hub_layout, export_native  # noqa: E402
 from persona_factory.publish import hub_layout, native  # noqa: E402
 from persona_factory.schema import (  # noqa: E402
+    BIG_FIVE_TRAITS,
     BenchmarkItem,
     BigFive,
     Dialogue,
     ImageRecord,
     Persona,
+    PersonalityStep,
     PersonaSeed,
     Profile,
     Provenance,
@@ -100,6 +103,12 @@ def _item(item_id: str, pid: str, bucket: str, **kw: object) -> BenchmarkItem:
     return BenchmarkItem(item_id=item_id, persona_id=pid, bucket=bucket, **{**fields, **kw})
 
 
+def _step(pid: str, turn: int, lift: float = 0.0) -> PersonalityStep:
+    ema = {t: min(5.0, 2.0 + 0.3 * turn + 0.1 * i + lift) for i, t in enumerate(BIG_FIVE_TRAITS)}
+    return PersonalityStep(persona_id=pid, turn_index=turn, inferred={t: 3 for t in BIG_FIVE_TRAITS},
+                           inferred_by="teacher", ema=ema, skipped=[], planned=ema)
+
+
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> PublishBundle:
     folder = tmp_path_factory.mktemp("images")
@@ -143,6 +152,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> PublishBundle:
             _item("q3", "p128", "200", question_type="Long-term Goal Tracking", choices={"(a)": "Yes", "(b)": "No"}),
         ],
         provenance=prov,
+        personality_steps=[_step(pid, k) for pid in ("ptrain", "p32", "p128") for k in range(4)],
         card_sections={"Deduplication": "1 near-duplicate image removed."},
     )
 
@@ -200,6 +210,27 @@ def test_hub_layout_loads_back_offline(bundle: PublishBundle, tmp_path: Path) ->
     assert {c["config_name"] for c in meta["dataset_info"]} == CONFIGS
     assert next(c for c in meta["configs"] if c["config_name"] == "sft")["default"] is True
     assert "abc123" in readme and "## Deduplication" in readme and "| reasoning | 1 |" in readme
+
+
+def test_the_card_shows_charts_drawn_from_the_bundle(bundle: PublishBundle, tmp_path: Path) -> None:
+    export_hub_layout(bundle, tmp_path / "a", pretty_name="T", license="mit")
+    readme = (tmp_path / "a" / "README.md").read_text()
+    links = [line[line.index("](") + 2:-1] for line in readme.splitlines() if line.startswith("![")]
+    assert links == ["figures/task_distribution.png", "figures/history_lengths.png",
+                     "figures/big_five_trajectories.png"]
+    for link in links:
+        with Image.open(tmp_path / "a" / link) as img:
+            assert img.format == "PNG" and img.width >= 600
+    assert "| bench_128k | 1 | 4 | 4 | 4 |" in readme  # history lengths: split, histories, min, median, max
+    assert "| open_qa | 1 |" in readme  # RL records per kind
+
+    # the trajectories chart follows the personality steps, and only it does
+    moved = [_step(s.persona_id, s.turn_index, lift=1.5 if s.persona_id == "p32" else 0.0)
+             for s in bundle.personality_steps]
+    export_hub_layout(dataclasses.replace(bundle, personality_steps=moved), tmp_path / "b", pretty_name="T",
+                      license="mit")
+    changed = {link for link in links if (tmp_path / "a" / link).read_bytes() != (tmp_path / "b" / link).read_bytes()}
+    assert changed == {"figures/big_five_trajectories.png"}
 
 
 def test_hub_layout_shards_large_splits(bundle: PublishBundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,3 +1,3 @@
--- Text normalisation shared by every dedup rule: lower case, punctuation and symbols to spaces, one space.
-CREATE OR REPLACE TEMP MACRO normalized_text(s) AS
-    trim(regexp_replace(regexp_replace(lower(s), '[^\pL\pN\s]+', ' ', 'g'), '\s+', ' ', 'g'));
+-- Text normalisation shared by every dedup rule: lower case, each run of characters that are not letters or
+-- digits (punctuation, symbols, spacing) becomes one space.
+CREATE OR REPLACE TEMP MACRO normalized_text(s) AS trim(regexp_replace(lower(s), '[^\pL\pN]+', ' ', 'g'));
