@@ -51,7 +51,7 @@ class TeacherSettings(Strict):
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     max_num_seqs: int = Field(32, ge=1)  # sequences per engine step
     kv_cache_gib: int = Field(2, ge=1)  # CPU builds only (VLLM_CPU_KVCACHE_SPACE)
-    embedded_port: int = Field(8765, ge=1024, le=65535)
+    embedded_port: int = Field(8765, ge=1024, le=65535)  # the shared server (`make serve-teacher`) runs look for
     startup_timeout_s: float = Field(300.0, gt=0)
 
 

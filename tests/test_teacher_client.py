@@ -578,3 +578,17 @@ def test_the_first_failure_reason_is_kept_for_the_report(fake, make_teacher):
     stats = TeacherStats()
     make_teacher(fake.base_url).generate([req("q1"), req("q2")], stats)
     assert stats.failures == 2 and stats.first_failure.startswith("transport: HTTP 400")
+
+
+# -- the shared embedded server ---------------------------------------------------------------------------------
+
+
+def test_runs_find_a_shared_server_only_when_it_serves_their_model():
+    from persona_factory.config import TeacherSettings
+    from persona_factory.teacher.embedded import running_server
+
+    with FakeOpenAI("SmolLM2-135M-Instruct") as shared:
+        settings = TeacherSettings(embedded_port=shared.port)
+        assert running_server(settings, "SmolLM2-135M-Instruct") == shared.base_url.rstrip("/")
+        assert running_server(settings, "another-model") is None
+    assert running_server(TeacherSettings(embedded_port=closed_port()), "SmolLM2-135M-Instruct") is None

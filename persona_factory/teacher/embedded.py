@@ -316,8 +316,9 @@ def _tail(text: str, lines: int = 40) -> str:
 
 
 def running_server(settings: TeacherSettings, served_name: str) -> str | None:
-    """The base URL of a server already serving `served_name` on `teacher.embedded_port`, if there is one, so
-    several runs (parallel shard backfills, `make serve-teacher`) share one engine instead of starting their own."""
+    """The base URL of a shared server (`make serve-teacher`) serving `served_name` on `teacher.embedded_port`, if
+    there is one, so several runs (parallel shard backfills) use one engine instead of starting their own. Only the
+    shared server binds that port: a run that starts its own takes a free port and stops it when it ends."""
     base = f"http://127.0.0.1:{settings.embedded_port}/v1"
     try:
         r = httpx.get(f"{base}/models", timeout=httpx.Timeout(3.0, connect=1.0))
@@ -335,9 +336,10 @@ class EmbeddedServer:
     """
 
     def __init__(self, settings: TeacherSettings, log_path: Path | str, *, port: int | None = None):
+        """`port`: where to listen (the shared server uses `teacher.embedded_port`); by default a free port."""
         self.settings = settings
         self.log_path = Path(log_path)
-        self.port = port or settings.embedded_port
+        self.port = port or _free_port()
         self.model_path = ""
         self.served_name = ""
         self.startup_s: float | None = None
@@ -371,7 +373,7 @@ class EmbeddedServer:
             ensure_torchvision_shim()
         if not _port_free(self.port):
             busy, self.port = self.port, _free_port()
-            print(f"[embedded] port {busy} is busy (teacher.embedded_port); using {self.port}", flush=True)
+            print(f"[embedded] port {busy} is busy; using {self.port}", flush=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         print(f"[embedded] starting vLLM for {self.served_name} at {self.base_url} (log: {self.log_path})", flush=True)
         t0 = time.monotonic()
@@ -466,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = TeacherSettings(model=args.model)
         log = args.log or cache_dir() / "logs" / "embedded-server.log"
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop the child on SIGTERM too, via __exit__
-        with EmbeddedServer(settings, log, port=args.port) as server:
+        with EmbeddedServer(settings, log, port=args.port or settings.embedded_port) as server:
             print(f"[embedded] serving {server.served_name} at {server.base_url}; Ctrl-C stops it", flush=True)
             try:
                 while server.proc is not None and server.proc.poll() is None:
