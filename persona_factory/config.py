@@ -81,32 +81,29 @@ class TurnRange(Strict):
         return self
 
 
-class SourceSettings(Strict):
-    kind: Literal["bundled", "file", "hub"] = "bundled"
-    path: str | None = None  # file path, local dataset folder, or Hub dataset id
-    column: str = "persona"  # text column for file (jsonl/csv) and hub sources
-    split: str = "train"
+class _Source(Strict):
+    """Where input comes from: the bundled default (the first `kind`), or a path it then requires."""
+
+    path: str | None = None  # file path, local folder, local dataset folder, or Hub dataset id
+    split: str = "train"  # of a dataset
 
     @model_validator(mode="after")
-    def _needs_path(self) -> "SourceSettings":
-        if self.kind != "bundled" and not self.path:
-            raise ValueError(f"path is required when kind is '{self.kind}'")
+    def _needs_path(self) -> "_Source":
+        if self.kind != type(self).model_fields["kind"].default and not self.path:  # type: ignore[attr-defined]
+            raise ValueError(f"path is required when kind is '{self.kind}'")  # type: ignore[attr-defined]
         return self
 
 
-class ImageSourceSettings(Strict):
+class SourceSettings(_Source):
+    kind: Literal["bundled", "file", "hub"] = "bundled"
+    column: str = "persona"  # text column for file (jsonl/csv) and hub sources
+
+
+class ImageSourceSettings(_Source):
     kind: Literal["skimage", "folder", "hub"] = "skimage"
-    path: str | None = None
     image_column: str = "image"
     caption_column: str = "caption"
-    split: str = "train"
     limit: int | None = Field(None, ge=1)
-
-    @model_validator(mode="after")
-    def _needs_path(self) -> "ImageSourceSettings":
-        if self.kind != "skimage" and not self.path:
-            raise ValueError(f"path is required when kind is '{self.kind}'")
-        return self
 
 
 class PlanSettings(Strict):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Callable
+from typing import Annotated, Any, Callable
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
@@ -234,29 +234,19 @@ def build_plan(cfg: PipelineConfig, persona: Persona, draft: PlanDraft, images: 
         s = cal.take(rng, min(people_sessions[event_people[k]] + 1, len(sessions) - 1))
         return s is not None and bool(add("event", s, "event", person_events[k], person=event_people[k]))
 
-    def add_event(k: int) -> bool:
-        if k >= len(plain_events):
-            return False
-        s = cal.take(rng)
-        return s is not None and bool(add("event", s, "event", plain_events[k]))
+    def told_once(kind: str, values: list, fields: Callable[[Any], tuple[str, str]]) -> Callable[[int], bool]:
+        """Adds the k-th value, if there is one, as a `kind` item told in any session with a free turn."""
+        def add_kth(k: int) -> bool:
+            if k >= len(values):
+                return False
+            s = cal.take(rng)
+            return s is not None and bool(add(kind, s, *fields(values[k])))
+        return add_kth
 
-    def add_routine(k: int) -> bool:
-        if k >= len(routines):
-            return False
-        s = cal.take(rng)
-        return s is not None and bool(add("routine", s, routines[k][0], routines[k][1]))
-
-    def add_dislike(k: int) -> bool:
-        if k >= len(dislikes):
-            return False
-        s = cal.take(rng)
-        return s is not None and bool(add("dislike", s, "dislike", dislikes[k]))
-
-    def add_style(k: int) -> bool:
-        if k >= len(styles):
-            return False
-        s = cal.take(rng)
-        return s is not None and bool(add("style", s, styles[k], rng.choice(vocab["styles"][styles[k]])))
+    add_event = told_once("event", plain_events, lambda v: ("event", v))
+    add_routine = told_once("routine", routines, lambda r: r)
+    add_dislike = told_once("dislike", dislikes, lambda v: ("dislike", v))
+    add_style = told_once("style", styles, lambda dim: (dim, rng.choice(vocab["styles"][dim])))
 
     def add_goal(k: int) -> bool:
         """A goal, and with goal_update_prob a later outcome report (otherwise its outcome stays unknown)."""
