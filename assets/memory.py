@@ -1,3 +1,5 @@
+from collections import Counter
+
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
@@ -32,7 +34,7 @@ def memory_targets(settings: FactoryConfig, teacher: TeacherResource, duckdb: Du
     sem_res = generate_batched(t, stats, {pid: stage.semantic_requests(cfg, dialogues[pid], plans[pid]) for pid in ids})
     topic_res = generate_batched(t, stats, {pid: stage.topic_requests(cfg, personas[pid], dialogues[pid], plans[pid])
                                             for pid in ids})
-    semantic, sessions, fallbacks = [], [], {"semantic": 0, "topic": 0}
+    semantic, sessions, fallbacks = [], [], {"semantic": Counter[str](), "topic": Counter[str]()}
     for pid in ids:
         items = {i.item_id: i for i in plans[pid].items}
         quarantined += stage.turn_problems(dialogues[pid], items) + stage.missing_images(dialogues[pid], by_image)
@@ -40,8 +42,8 @@ def memory_targets(settings: FactoryConfig, teacher: TeacherResource, duckdb: Du
         per_session, m = stage.session_targets(cfg, personas[pid], dialogues[pid], plans[pid], targets, topic_res[pid])
         semantic += targets
         sessions += per_session
-        fallbacks["semantic"] += n
-        fallbacks["topic"] += m
+        fallbacks["semantic"].update(n)
+        fallbacks["topic"].update(m)
     with duckdb.get_connection() as con:
         write_records(con, "semantic_memory_targets", semantic, {
             "persona_id": ("VARCHAR", lambda s: s.persona_id), "turn_index": ("INTEGER", lambda s: s.turn_index),
@@ -56,7 +58,8 @@ def memory_targets(settings: FactoryConfig, teacher: TeacherResource, duckdb: Du
                       semantic_targets=len(semantic), remembered=sum(s.decision for s in semantic),
                       session_targets=len(sessions), episodic_topics=topics,
                       topics_per_session=round(topics / len(sessions), 2) if sessions else 0.0,
-                      semantic_plan_wording=fallbacks["semantic"], topic_plan_wording=fallbacks["topic"])
+                      semantic_plan_wording=dict(sorted(fallbacks["semantic"].items())),
+                      topic_plan_wording=dict(sorted(fallbacks["topic"].items())))
 
 
 @dg.asset(group_name=SUPERVISION, deps=["dialogues"],

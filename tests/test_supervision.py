@@ -60,7 +60,7 @@ class Labelled:
     pairs: list[AlignmentPair] = field(default_factory=list)
     sft: list = field(default_factory=list)
     rl: list = field(default_factory=list)
-    fallbacks: int = 0
+    fallbacks: int = 0  # plan-worded memories and topics
 
 
 def histories(cfg, images):
@@ -76,7 +76,7 @@ def label_memory(cfg, by_image, persona, plan, dialogue, teacher) -> Labelled:
                                     teacher.generate(M.topic_requests(cfg, persona, dialogue, plan)))
     steps, _ = PE.trajectory(cfg, persona, plan, dialogue, teacher.generate(PE.inference_requests(cfg, persona, dialogue)))
     user_data = M.replay_user_data(persona, dialogue, semantic, sessions, steps)
-    return Labelled(persona, plan, dialogue, semantic, sessions, steps, user_data, fallbacks=n + m)
+    return Labelled(persona, plan, dialogue, semantic, sessions, steps, user_data, fallbacks=sum((n + m).values()))
 
 
 def supervise(cfg, images, personas, plans, dialogues) -> dict[str, Labelled]:
@@ -244,7 +244,7 @@ def test_wording_that_drops_the_fact_falls_back_to_the_plan_and_is_counted(world
     semantic, fallbacks = M.semantic_targets(lab.dialogue, lab.plan, {i.image_id: i for i in images},
                                              unfaithful.generate(M.semantic_requests(loose, lab.dialogue, lab.plan)))
     facts = [s for s in semantic if s.decision]
-    assert facts and fallbacks == len(facts)
+    assert facts and fallbacks == {"missing_phrase": len(facts)}
     items = {i.item_id: i for i in lab.plan.items}
     for s in facts:
         told = PL.realization(items[s.item_id])
@@ -253,6 +253,26 @@ def test_wording_that_drops_the_fact_falls_back_to_the_plan_and_is_counted(world
             assert "(Image Object: " in s.content
         else:
             assert s.content == told.statement
+
+
+def test_wording_that_parrots_the_prompt_falls_back_and_is_counted(world):
+    cfg, images, _, _ = world
+    lab = training(world)[0]
+    assert M.echoes_prompt("semantic_memory", "one sentence on why this is worth keeping in long-term memory;")
+    assert M.echoes_prompt("episodic_topic", "x", "Write a topic summary of this part in the third person")
+    assert not M.echoes_prompt("semantic_memory", "The user keeps a journal every morning before breakfast.")
+    echo = "Two to four comma-separated keywords someone would search for."
+    parrot = SchemaTeacher(override=lambda req: json.dumps({"reason": echo}) if req.tag.startswith("semantic:")
+                           and "content" not in req.schema.model_fields else None)
+    semantic, fallbacks = M.semantic_targets(lab.dialogue, lab.plan, {i.image_id: i for i in images},
+                                             parrot.generate(M.semantic_requests(cfg, lab.dialogue, lab.plan)))
+    small_talk = [s for s in semantic if not s.decision]
+    assert small_talk and fallbacks["echoes_prompt"] == len(small_talk)
+    assert all(s.wording == "plan" and s.reason != echo for s in small_talk)
+    assert R.malformed("I should look at the memory about Maya.", "She is your sister}")
+    assert R.malformed("Maya", "She is your sister.")
+    assert R.malformed("Think in one sentence about which part answers the question.", "She is your sister.")
+    assert not R.malformed("The memory says Maya is the user's sister.", "Maya is your sister.")
 
 
 def test_image_objects_are_named_with_the_users_naming_and_the_images_class(images):

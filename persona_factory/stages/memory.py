@@ -11,12 +11,15 @@ runs over one sentence, keywords unrelated to the fact) falls back to text built
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import lru_cache
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, StringConstraints, create_model
+
+from prompts import TEMPLATE_DIR, TEMPLATES
 
 from ..config import PipelineConfig
 from ..schema import (
@@ -28,10 +31,12 @@ from .common import chat, contains_phrase, normalize, parse_time, sampling
 from .dialogues import _pattern as phrase_pattern
 from .plans import realization
 
-Sentence = Annotated[str, StringConstraints(min_length=3, max_length=200)]
-Keywords = Annotated[str, StringConstraints(min_length=2, max_length=80)]
 SENTENCE_MAX = 240  # a memory sentence or an answer
 SUMMARY_MAX = 320  # a topic summary
+KEYWORDS_MAX = 80
+REASON_MAX = 200
+Sentence = Annotated[str, StringConstraints(min_length=3, max_length=REASON_MAX)]
+Keywords = Annotated[str, StringConstraints(min_length=2, max_length=KEYWORDS_MAX)]
 PROCEDURAL_MAX = 5
 PREFERENCES_MAX = 7  # the core-memory prompt keeps 5-7 condensed preferences, weighted by recency
 RECENT_MATTERS_MAX = 3
@@ -61,6 +66,12 @@ def draft_model(kind: str, phrases: tuple[str, ...], constrain: bool) -> type[Ba
               "topic": {"topic_summary": (phrase_text(phrases, constrain, SUMMARY_MAX), ...)}}[kind]
     return create_model(f"{kind.title()}Draft", __config__=ConfigDict(extra="forbid"), **fields,
                         keywords=(Keywords, ...))
+
+
+def token_budget(cfg: PipelineConfig, chars: int) -> int:
+    """max_tokens for an answer whose texts total `chars` at their limits: room down to 2 characters a token,
+    so only a degenerate answer is cut short (the schema, not the budget, bounds a sound one)."""
+    return max(cfg.teacher.max_tokens, chars // 2 + 32)
 
 
 # ---------------------------------------------------------------------------------------------- wording checks
@@ -97,6 +108,27 @@ def wording_problem(text: str, keywords: str, phrases: tuple[str, ...], anchors:
     return None
 
 
+ECHO_WORDS = 5  # this many consecutive words of a prompt's own instructions in an answer: it parroted the prompt
+
+
+@lru_cache(maxsize=None)
+def instruction_ngrams(template: str) -> frozenset[tuple[str, ...]]:
+    """Word n-grams of a template's fixed text (its placeholders split it, so no n-gram spans one)."""
+    raw = (TEMPLATE_DIR / TEMPLATES[template]).read_text()
+    grams = set()
+    for segment in re.split(r"{{.*?}}|{%.*?%}", raw):
+        words = normalize(segment).split()
+        grams |= {tuple(words[i:i + ECHO_WORDS]) for i in range(len(words) - ECHO_WORDS + 1)}
+    return frozenset(grams)
+
+
+def echoes_prompt(template: str, *texts: str) -> bool:
+    """Any of the texts repeats the template's instructions (small teachers copy them instead of answering)."""
+    grams = instruction_ngrams(template)
+    return any(tuple(words[i:i + ECHO_WORDS]) in grams for text in texts for words in [normalize(text).split()]
+               for i in range(len(words) - ECHO_WORDS + 1))
+
+
 def in_third_person(statement: str, name: str) -> str:
     """A plan statement ("The user ...") about the persona by name."""
     return re.sub(r"\b[Tt]he user\b", name, re.sub(r"\b[Tt]he user's\b", f"{name}'s", statement))
@@ -130,7 +162,8 @@ def semantic_requests(cfg: PipelineConfig, dialogue: Dialogue, plan: TimelinePla
     requests = []
     for turn in dialogue.turns:
         facts = facts_told(turn, items)
-        seed = sampling(cfg, "semantic", dialogue.persona_id, turn.turn_index)
+        seed = sampling(cfg, "semantic", dialogue.persona_id, turn.turn_index,
+                        max_tokens=token_budget(cfg, REASON_MAX + (SENTENCE_MAX + KEYWORDS_MAX if facts else 0)))
         tag = f"semantic:{dialogue.persona_id}:{turn.turn_index}"
         if facts:
             told = realization(facts[0])
@@ -154,25 +187,31 @@ def image_object(content: str, naming: str, image: ImageRecord) -> str:
 
 
 def semantic_targets(dialogue: Dialogue, plan: TimelinePlan, images: dict[str, ImageRecord],
-                     results: list[TeacherResult]) -> tuple[list[SemanticMemoryTarget], int]:
-    """One decision per turn (index-aligned with the interactions); returns (targets, plan-wording fallbacks)."""
+                     results: list[TeacherResult]) -> tuple[list[SemanticMemoryTarget], Counter[str]]:
+    """One decision per turn (index-aligned with the interactions); returns (targets, why wording fell back to
+    the plan: teacher_failure or the failed check, with counts)."""
     items = {i.item_id: i for i in plan.items}
-    targets, fallbacks = [], 0
+    targets, fallbacks = [], Counter[str]()
     for turn, res in zip(dialogue.turns, results, strict=True):
         facts = facts_told(turn, items)
         base = {"persona_id": dialogue.persona_id, "turn_index": turn.turn_index}
         if not facts:
-            ok = res.ok
-            fallbacks += not ok
+            problem = ("teacher_failure" if not res.ok else
+                       "echoes_prompt" if echoes_prompt("semantic_memory", res.value.reason) else None)  # type: ignore[union-attr]
+            ok = problem is None
+            fallbacks.update([problem] if problem else [])
             reason = res.value.reason.strip() if ok else "Small talk: nothing lasting about the user to store."
             targets.append(SemanticMemoryTarget(**base, reason=reason, decision=False, content="", keywords="",
                                                 wording="teacher" if ok else "plan"))
             continue
         item, told = facts[0], realization(facts[0])
         draft = res.value if res.ok else None
-        if draft is None or wording_problem(draft.content, draft.keywords,  # type: ignore[union-attr]
-                                            told.phrases, told.phrases, single_sentence=True):
-            fallbacks += 1
+        problem = ("teacher_failure" if draft is None else
+                   "echoes_prompt" if echoes_prompt("semantic_memory", *draft.model_dump().values()) else
+                   wording_problem(draft.content, draft.keywords, told.phrases, told.phrases,  # type: ignore[union-attr]
+                                   single_sentence=True))
+        if problem:
+            fallbacks[problem] += 1
             reason = f"It tells a lasting fact about the user ({item.kind.replace('_', ' ')})."
             content, keywords, wording = told.statement, ", ".join(told.phrases), "plan"
         else:
@@ -253,7 +292,8 @@ def topic_requests(cfg: PipelineConfig, persona: Persona, dialogue: Dialogue,
             requests.append(TeacherRequest(
                 chat("episodic_topic", name=name, turns=[session.turns[k] for k in topic.rounds],
                      facts=[in_third_person(realization(i).statement, name) for i in topic.facts], phrases=phrases),
-                sampling(cfg, "topic", dialogue.persona_id, session.session_index, topic.topic_index),
+                sampling(cfg, "topic", dialogue.persona_id, session.session_index, topic.topic_index,
+                         max_tokens=token_budget(cfg, SUMMARY_MAX + KEYWORDS_MAX)),
                 draft_model("topic", phrases, cfg.supervision.constrain_phrases),
                 tag=f"topic:{dialogue.persona_id}:{session.session_index}:{topic.topic_index}"))
     return requests
@@ -331,24 +371,28 @@ def update_profile(profile: dict[str, Any], told: list[PlanItem], last_time: str
 
 def session_targets(cfg: PipelineConfig, persona: Persona, dialogue: Dialogue, plan: TimelinePlan,
                     semantic: list[SemanticMemoryTarget],
-                    results: list[TeacherResult]) -> tuple[list[SessionMemoryTarget], int]:
-    """Episodic topics, procedural memory and core profile after each session; returns (targets, fallbacks)."""
+                    results: list[TeacherResult]) -> tuple[list[SessionMemoryTarget], Counter[str]]:
+    """Episodic topics, procedural memory and core profile after each session; returns (targets, why topic
+    wording fell back to the plan, with counts)."""
     items = {i.item_id: i for i in plan.items}
     memory = {s.turn_index: s for s in semantic}
     name = persona.profile.name
     answers = iter(results)
     procedural: dict[str, str] = {}
     profile = persona.profile.to_spec()
-    targets, fallbacks = [], 0
+    targets, fallbacks = [], Counter[str]()
     for session in dialogue.sessions:
         topics, wording = [], []
         for topic in segment(session, items):
             res = next(answers)
             draft = res.value if res.ok else None
             phrases = topic.phrases(name)
-            if draft is None or wording_problem(draft.topic_summary, draft.keywords,  # type: ignore[union-attr]
-                                                phrases, phrases[1:], single_sentence=False):
-                fallbacks += 1
+            problem = ("teacher_failure" if draft is None else
+                       "echoes_prompt" if echoes_prompt("episodic_topic", *draft.model_dump().values()) else
+                       wording_problem(draft.topic_summary, draft.keywords, phrases, phrases[1:],  # type: ignore[union-attr]
+                                       single_sentence=False))
+            if problem:
+                fallbacks[problem] += 1
                 topics.append(plan_topic(topic, name))
                 wording.append("plan")
             else:

@@ -31,19 +31,22 @@ from ..schema import (
 from ..teacher.types import TeacherRequest, TeacherResult
 from .benchmark import relative_phrase
 from .common import chat, contains_phrase, normalize, parse_time, rng_for, sampling, stable_id
-from .memory import SENTENCE_MAX, STOPWORDS, MemoryEntry, phrase_text, short_term, visible_memories
+from .memory import (
+    SENTENCE_MAX, STOPWORDS, MemoryEntry, echoes_prompt, phrase_text, short_term, token_budget, visible_memories,
+)
 from .plans import vocabulary
 
 TOP_K = {"semantic": 4, "episodic": 2, "procedural": 2}  # PersonaVLM's inference k per memory type
 PROBE_DELAY_MINUTES = 5  # a probe is posed this long after its turn
 NOT_TOLD = "you never told me"
+THINK_MAX = 240
 QUESTION_KINDS = ("relationship", "person_event", "event", "routine", "goal_status", "open_goal", "skill_level",
                   "latest_preference", "dislike", "style", "photo_purpose", "photo_object")
 
 
 class AnswerDraft(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    think: Annotated[str, StringConstraints(min_length=3, max_length=240)]
+    think: Annotated[str, StringConstraints(min_length=3, max_length=THINK_MAX)]
     answer: str
 
 
@@ -337,7 +340,7 @@ def answer_requests(cfg: PipelineConfig, persona: Persona, jobs: list[ProbeJob])
     return [TeacherRequest(
         chat("reasoning_answer", name=persona.profile.name, query=j.probe.question.query, mode=j.probe.mode,
              context=j.context, gold=j.probe.question.gold),
-        sampling(cfg, "answer", j.probe.probe_id), answer_model(j.probe.question.gold, cfg.supervision.constrain_phrases),
+        sampling(cfg, "answer", j.probe.probe_id, max_tokens=token_budget(cfg, THINK_MAX + SENTENCE_MAX)), answer_model(j.probe.question.gold, cfg.supervision.constrain_phrases),
         tag=f"answer:{persona.persona_id}:{j.probe.probe_id}") for j in jobs if j.found]
 
 
@@ -358,7 +361,7 @@ def build_trajectories(persona: Persona, jobs: list[ProbeJob],
             else:
                 think, answer = draft.think.strip(), draft.answer.strip()  # type: ignore[union-attr]
                 steps.append(ReasoningStep(think=think, action="answer", answer=answer))
-                if any(c in think + answer for c in "<>"):
+                if malformed(think, answer):
                     verdict = "malformed_text"
                 elif contains_phrase(answer, q.gold) and any(contains_phrase(c, q.gold) for c in job.context):
                     verdict = "verified"
@@ -370,6 +373,13 @@ def build_trajectories(persona: Persona, jobs: list[ProbeJob],
             gold_item_id=q.item.item_id, gold_value=q.gold, evidence_turns=[q.evidence.turn_index],
             distractors=job.distractors, steps=steps, verdict=verdict))
     return out
+
+
+def malformed(think: str, answer: str) -> bool:
+    """Markup or JSON debris (it would break the trajectory format), a think of fewer than three words, or
+    either text repeating the prompt's instructions."""
+    return (any(c in think + answer for c in "<>{}") or len(think.split()) < 3
+            or echoes_prompt("reasoning_answer", think, answer))
 
 
 def render_step(step: ReasoningStep) -> str:
