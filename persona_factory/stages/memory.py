@@ -251,9 +251,7 @@ def theme(item: PlanItem | None, shift_causes: set[str]) -> str:
 class TopicSlice:
     """One topic of a session: its rounds (indices within the session) and the facts they tell."""
 
-    session_index: int
     topic_index: int
-    theme: str
     rounds: tuple[int, ...]
     facts: tuple[PlanItem, ...]
 
@@ -277,7 +275,7 @@ def segment(session: Session, items: dict[str, PlanItem]) -> list[TopicSlice]:
         key = theme(told[0] if told else None, shift_causes)
         rounds.setdefault(key, []).append(k)
         facts.setdefault(key, []).extend(told[:1])
-    return [TopicSlice(session.session_index, n, key, tuple(rounds[key]), tuple(facts[key]))
+    return [TopicSlice(n, tuple(rounds[key]), tuple(facts[key]))
             for n, key in enumerate(rounds)]
 
 
@@ -506,12 +504,6 @@ def short_term(earlier: list[Turn], at: str, gap_minutes: int) -> list[Turn]:
     60 minutes); what lies outside it is reachable only through memory."""
     now = parse_time(at)
     return [t for t in earlier if now - parse_time(t.time) <= timedelta(minutes=gap_minutes)]
-
-
-def session_state(user_data: dict[str, Any], session_index: int) -> tuple[dict[str, Any], dict[str, str]]:
-    """The core profile and procedural memory an agent holds during a session."""
-    session = user_data["sessions"][session_index]
-    return session["profile"], session["ProceduralMemory"]
 
 
 # ---------------------------------------------------------------------------------------------- invariants
