@@ -22,7 +22,7 @@ NAMES = ("Maya", "Tom", "Priya", "Lucas", "Elena", "Omar")
 
 
 def phrases_of(pattern: str) -> list[str]:
-    """The literal phrases a realization pattern demands, in its first order (see stages.dialogues._pattern)."""
+    """The literal phrases a realization pattern demands, in its first order (see stages.common.phrase_pattern)."""
     core = re.sub(r"^\^(\.\{0,\d+\})+", "", pattern)
     core = re.sub(r"(\.\{0,\d+\})+\$$", "", core)
     if core.startswith("(?:"):

@@ -714,7 +714,7 @@ def grammar_compiler():
 
 def test_phrase_constrained_schemas_compile_in_the_grammar_backend(grammar_compiler):
     """A memory sentence's room exceeds one run of any character the backend compiles; the pattern splits it.
-    (One compile costs seconds, so one schema stands for all: they share stages.dialogues._pattern.)"""
+    (One compile costs seconds, so one schema stands for all: they share stages.common.phrase_pattern.)"""
     from persona_factory.teacher.types import grammar_schema
 
     schema = grammar_schema(M.draft_model("semantic", ("pottery",), True))

@@ -69,3 +69,30 @@ def personality_text(big_five: BigFive | dict[str, float]) -> str:
 
 def parse_time(value: str) -> datetime:
     return datetime.strptime(value, TIME_FORMAT)
+
+
+ANY_RUN_MAX = 128  # the grammar backend (xgrammar) fails to compile `.{0,n}` for n above this
+
+
+def phrase_pattern(phrases: tuple[str, ...], max_chars: int) -> str | None:
+    """A regex that makes the teacher write every phrase (either order for two), case-free first letters, in a
+    message of at most about `max_chars` characters."""
+    if not phrases or any('"' in p or "\\" in p for p in phrases):
+        return None
+
+    def lit(phrase: str) -> str:
+        body = re.sub(r"([.^$*+?()\[\]{}|/-])", r"\\\1", phrase)
+        first = body[0]
+        return (f"[{first.upper()}{first.lower()}]" if first.isalpha() else first) + body[1:]
+
+    room = max(20, max_chars - sum(len(p) for p in phrases))
+    lead, gap = room // 3, _any(room // 3)
+    a = [lit(p) for p in phrases]
+    core = f"(?:{a[0]}{gap}{a[1]}|{a[1]}{gap}{a[0]})" if len(a) == 2 else gap.join(a)
+    return f"^{_any(lead)}{core}{_any(room - lead)}$"
+
+
+def _any(n: int) -> str:
+    """Up to n characters, written as runs the grammar backend compiles."""
+    runs = [ANY_RUN_MAX] * (n // ANY_RUN_MAX) + ([n % ANY_RUN_MAX] if n % ANY_RUN_MAX or not n else [])
+    return "".join(f".{{0,{r}}}" for r in runs)

@@ -26,7 +26,9 @@ from ..schema import (
     Dialogue, ImageRecord, Persona, PlanItem, QuarantineRow, Session, TimelinePlan, Turn, fmt_time,
 )
 from ..teacher.types import TeacherRequest, TeacherResult, TeacherStats
-from .common import chat, contains_phrase, negates, parse_time, personality_text, rng_for, sampling
+from .common import (
+    chat, contains_phrase, negates, parse_time, personality_text, phrase_pattern, rng_for, sampling,
+)
 from .plans import MINUTES_PER_TURN, Realization, realizable, realization, told_in
 
 IMG = "<img>"
@@ -125,33 +127,6 @@ def plan_slots(cfg: PipelineConfig, persona: Persona, plan: TimelinePlan,
 # ---------------------------------------------------------------------------------------------- output schemas
 
 
-def _pattern(phrases: tuple[str, ...], max_chars: int) -> str | None:
-    """A regex that makes the teacher write every phrase (either order for two), case-free first letters, in a
-    message of at most about `max_chars` characters."""
-    if not phrases or any('"' in p or "\\" in p for p in phrases):
-        return None
-
-    def lit(phrase: str) -> str:
-        body = re.sub(r"([.^$*+?()\[\]{}|/-])", r"\\\1", phrase)
-        first = body[0]
-        return (f"[{first.upper()}{first.lower()}]" if first.isalpha() else first) + body[1:]
-
-    room = max(20, max_chars - sum(len(p) for p in phrases))
-    lead, gap = room // 3, _any(room // 3)
-    a = [lit(p) for p in phrases]
-    core = f"(?:{a[0]}{gap}{a[1]}|{a[1]}{gap}{a[0]})" if len(a) == 2 else gap.join(a)
-    return f"^{_any(lead)}{core}{_any(room - lead)}$"
-
-
-ANY_RUN_MAX = 128  # the grammar backend (xgrammar) fails to compile `.{0,n}` for n above this
-
-
-def _any(n: int) -> str:
-    """Up to n characters, written as runs the grammar backend compiles."""
-    runs = [ANY_RUN_MAX] * (n // ANY_RUN_MAX) + ([n % ANY_RUN_MAX] if n % ANY_RUN_MAX or not n else [])
-    return "".join(f".{{0,{r}}}" for r in runs)
-
-
 def turn_model(cfg: PipelineConfig, phrases: tuple[str, ...]) -> type[BaseModel]:
     d = cfg.dialogue
     return _turn_model(phrases, d.constrain_phrases, d.max_user_chars, d.max_assistant_chars)
@@ -159,7 +134,7 @@ def turn_model(cfg: PipelineConfig, phrases: tuple[str, ...]) -> type[BaseModel]
 
 @lru_cache(maxsize=4096)
 def _turn_model(phrases: tuple[str, ...], constrain: bool, user_max: int, assistant_max: int) -> type[BaseModel]:
-    pattern = _pattern(phrases, user_max) if constrain else None
+    pattern = phrase_pattern(phrases, user_max) if constrain else None
     # a pattern carries its own length bounds (the grammar backend refuses a pattern with minLength/maxLength)
     user = Annotated[str, StringConstraints(pattern=pattern) if pattern else StringConstraints(min_length=3,
                                                                                              max_length=user_max)]

@@ -27,8 +27,7 @@ from ..schema import (
     Session, SessionMemoryTarget, TimelinePlan, Turn, fmt_time,
 )
 from ..teacher.types import TeacherRequest, TeacherResult
-from .common import chat, contains_phrase, normalize, parse_time, sampling
-from .dialogues import _pattern as phrase_pattern
+from .common import chat, contains_phrase, normalize, parse_time, phrase_pattern, sampling
 from .plans import realization
 
 SENTENCE_MAX = 240  # a memory sentence or an answer
