@@ -2,9 +2,8 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from persona_factory.config import PipelineConfig
-from persona_factory.schema import AlignmentPair
 from persona_factory.stages.benchmark_build import build_benchmark
-from persona_factory.store import read_records, write_records
+from persona_factory.store import write_records
 from persona_factory.teacher.backends import ServerBackend
 from persona_factory.teacher.cache import ResponseCache
 from persona_factory.teacher.client import Teacher
@@ -28,18 +27,17 @@ def extra_judges(cfg: PipelineConfig) -> dict[str, Teacher]:
             for j in cfg.benchmark.blind_judges}
 
 
-@dg.asset(group_name=BENCHMARK, deps=["dialogues", "alignment_pairs"],
+@dg.asset(group_name=BENCHMARK, deps=["dialogues"],
           description="Persona-MME-style items for all 13 tasks (+ Personality Alignment), gold and evidence from "
                       "the plan, through the form, time, consistency, duplicate, blind and balance gates.")
 def benchmark_items(settings: FactoryConfig, teacher: TeacherResource, duckdb: DuckDBResource) -> dg.MaterializeResult:
     cfg = settings.load()
     with duckdb.get_connection() as con:
         personas, plans, dialogues, images = load_histories(con)
-        pairs = read_records(con, "alignment_pairs", AlignmentPair)
     stats, t = TeacherStats(), teacher.get()
     extra = extra_judges(cfg)
     try:
-        build = build_benchmark(cfg, t, {t.model_id: t, **extra}, personas, plans, dialogues, images, pairs, stats)
+        build = build_benchmark(cfg, t, {t.model_id: t, **extra}, personas, plans, dialogues, images, stats)
     finally:
         for judge in extra.values():
             judge.close()

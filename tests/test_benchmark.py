@@ -14,15 +14,15 @@ from persona_factory import scorer
 from persona_factory.config import load_config
 from persona_factory.publish import PublishBundle, export_native
 from persona_factory.schema import (
-    AlignmentPair, BenchmarkCandidate, BenchmarkItem, BigFive, Dialogue, ImageRecord, OptionFact, Persona,
-    PersonaSeed, PlanItem, Profile, Provenance, Session, TimelinePlan, Turn,
+    BenchmarkCandidate, BenchmarkItem, BigFive, Dialogue, ImageRecord, OptionFact, Persona,
+    PersonaSeed, PlanItem, Profile, Provenance, Session, TimelinePlan, Turn, fmt_time,
 )
 from persona_factory.stages import benchmark as B
 from persona_factory.stages import benchmark_gates as G
 from persona_factory.stages import dialogues as D
 from persona_factory.stages import plans as PL
 from persona_factory.stages.benchmark_build import build_benchmark
-from persona_factory.stages.common import parse_time
+from persona_factory.stages.common import parse_time, personality_text
 from persona_factory.stages.images import load_image_pool
 from persona_factory.teacher.types import TeacherResult, TeacherStats
 
@@ -49,17 +49,10 @@ def tiny(tmp_path_factory):
     dialogues, _ = D.generate_dialogues(cfg, teacher, personas, plans, images, TeacherStats())
     by_id = {p.persona_id: p for p in personas}
     plans_by_id = {p.persona_id: p for p in plans}
-    pairs = [AlignmentPair(pair_id=f"a{k}{kind}", persona_id=d.persona_id, after_turn_index=len(d.turns) - 1,
-                           query_time=d.turns[-1].time, query="How should I spend my evening?",
-                           chosen=f"A calm plan that suits you ({k})", rejected=f"Anything works ({k}, {kind})",
-                           rejected_kind=kind, chosen_profile=by_id[d.persona_id].big_five.model_dump(),
-                           rejected_profile=None if kind == "generic" else {"openness": 1.0})
-             for d in dialogues if by_id[d.persona_id].split != "train"
-             for k, kind in enumerate(("generic", "other_profile"))]
     second_judge = SchemaTeacher()
     dialogues_by_id = {d.persona_id: d for d in dialogues}
     build = build_benchmark(cfg, teacher, {"teacher": teacher, "second": second_judge}, by_id, plans_by_id,
-                            dialogues_by_id, images, pairs, TeacherStats())
+                            dialogues_by_id, images, TeacherStats())
     bundle = PublishBundle(
         personas=personas, dialogues=dialogues, images={i.image_id: i for i in images}, memory_dbs={}, sft=[], rl=[],
         benchmark=build.items, provenance=Provenance(teacher_model="schema-teacher", seed=0, code_version="test",
@@ -67,7 +60,7 @@ def tiny(tmp_path_factory):
     out = tmp_path_factory.mktemp("release") / "native"
     export_native(bundle, out)
     return SimpleNamespace(cfg=cfg, personas=by_id, plans=plans_by_id, dialogues=dialogues_by_id, images=images,
-                           pairs=pairs, build=build, release=out, second_judge=second_judge)
+                           build=build, release=out, second_judge=second_judge, teacher=teacher)
 
 
 def test_tiny_covers_all_13_tasks_with_gold_letters(tiny):
@@ -137,7 +130,7 @@ def test_export_loads_back_and_scores(tiny):
 def test_rebuild_is_identical(tiny):
     teacher = SchemaTeacher()
     again = build_benchmark(tiny.cfg, teacher, {"teacher": teacher, "second": SchemaTeacher()}, tiny.personas,
-                            tiny.plans, tiny.dialogues, tiny.images, tiny.pairs, TeacherStats())
+                            tiny.plans, tiny.dialogues, tiny.images, TeacherStats())
     assert again.items == tiny.build.items
     assert again.gate_counts == tiny.build.gate_counts
 
@@ -436,27 +429,29 @@ def _persona() -> Persona:
         start_time="2024-05-01 09:00")
 
 
-def _pair(k: int, kind: str, time: str = "2024-05-12 09:04") -> AlignmentPair:
-    return AlignmentPair(pair_id=f"a{k}", persona_id=PID, after_turn_index=6, query_time=time, query="Plans?",
-                         chosen=f"Let's map it out step by step ({k}).", rejected=f"Whatever you like ({k}).",
-                         rejected_kind=kind, chosen_profile=_persona().big_five.model_dump())
-
-
-def test_alignment_pairs_go_stale_after_a_drift_and_attach_alternating():
-    persona, (_, plan, _) = _persona(), history()
-    drift = _plan_item("drift", "personality_drift", "2024-05-08 08:00", "openness", "openness", trait="openness",
-                       delta=-1.0, cause_item_id="try")
-    drifted = plan.model_copy(update={"items": [*plan.items, drift]})
-    early, late = _pair(0, "generic", "2024-05-06 18:05"), _pair(1, "generic")
-    assert B.usable_pairs(persona, drifted, PROBE, [early, late]) == [late]
-    assert B.usable_pairs(persona, plan, PROBE, [early, late]) == [early, late]
-    cfg = load_config("tiny", overrides={"benchmark": {"alignment_share": 0.4}})
-    items = [suggest("Chess", "Pottery", "Knitting", "Archery", item_id=f"q_{k}") for k in range(10)]
-    pairs = [_pair(k, kind) for k, kind in enumerate(["generic"] * 3 + ["other_profile"] * 3)]
-    attached = [c.item.alignment for c in B.attach_alignment(cfg, items, {PID: pairs}) if c.item.alignment]
-    assert len(attached) == 4
-    kind_of = {p.chosen: p.rejected_kind for p in pairs}
-    assert Counter(kind_of[a["chosen"]] for a in attached) == {"generic": 2, "other_profile": 2}
+def test_alignment_pairs_answer_their_item_query_at_the_probe(tiny):
+    """Each pair is written for its item: replies to the item's own query, chosen for the planned personality at the
+    probe (drifts included), rejected alternating generic and another profile."""
+    share = tiny.cfg.benchmark.alignment_share
+    asked = [r for r in tiny.teacher.requests if r.tag.startswith("alignment:")]
+    items = {i.item_id: i for i in tiny.build.items}
+    aligned = [i for i in items.values() if i.alignment]
+    assert aligned and len(asked) == 2 * tiny.build.alignment_asked
+    per_persona = Counter(i.persona_id for i in items.values())
+    for pid, n in per_persona.items():
+        assert sum(1 for i in aligned if i.persona_id == pid) <= round(share * n)
+    for item in aligned:
+        prompts = [r.messages[1].content for r in asked if item.query in r.messages[1].content]
+        assert len(prompts) == 2, item.query  # chosen and rejected, both for this item's query
+        assert item.alignment["chosen"] != item.alignment["rejected"]
+    chosen_prompt = next(r.messages[1].content for r in asked if r.tag.endswith(":chosen"))
+    pid = next(r.tag.split(":")[1] for r in asked if r.tag.endswith(":chosen"))
+    probe = fmt_time(B.probe_time(tiny.cfg, tiny.dialogues[pid]))
+    now = D.current_personality(tiny.personas[pid], tiny.plans[pid], probe)
+    assert personality_text(now) in chosen_prompt
+    kinds = Counter("generic" if "generic" in r.messages[1].content else "other_profile"
+                    for r in asked if r.tag.endswith(":rejected"))
+    assert abs(kinds["generic"] - kinds["other_profile"]) <= len(per_persona)
 
 
 def test_vocabulary_matches_the_plan_vocabulary():

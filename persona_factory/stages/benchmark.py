@@ -29,6 +29,7 @@ from ..schema import (
 )
 from ..teacher.types import Sampling, TeacherRequest, TeacherResult
 from .common import chat, normalize, parse_time, request_seed, rng_for, stable_id
+from .alignment import PairSpec, contrasting_profile, interests_at
 from .dialogues import current_personality
 from .plans import relation_tone, vocabulary
 
@@ -586,32 +587,33 @@ def assign_letters(cfg: PipelineConfig, candidates: list[BenchmarkCandidate]) ->
     return out
 
 
-def usable_pairs(persona: Persona, plan: TimelinePlan, probe: str, pairs: list[AlignmentPair]) -> list[AlignmentPair]:
-    """Pairs still valid at the probe: distinct replies, and no planned personality drift between the pair's query
-    and the probe (the chosen reply fits the personality of its own moment)."""
-    now = current_personality(persona, plan, probe)
-    return [p for p in pairs if normalize(p.chosen) != normalize(p.rejected) and normalize(p.chosen)
-            and current_personality(persona, plan, p.query_time) == now]
+def alignment_specs(cfg: PipelineConfig, persona: Persona, plan: TimelinePlan, dialogue: Dialogue, probe: str,
+                    items: list[BenchmarkCandidate]) -> dict[str, PairSpec]:
+    """Personality Alignment for about `alignment_share` of a persona's items: replies to the item's own query at
+    the probe, chosen for the personality the plan gives the user then, rejected generic and for a contrasting
+    profile in turn (so the aligned reply is not simply the personalized one). Keyed by item id."""
+    rng = rng_for(cfg.seed, "benchmark-alignment", persona.persona_id)
+    ids = sorted(c.item.item_id for c in items)
+    chosen = sorted(rng.sample(ids, k=round(cfg.benchmark.alignment_share * len(ids))))
+    current, interests = current_personality(persona, plan, probe), interests_at(persona, plan, probe)
+    start = rng.randint(0, 1)
+    query = {c.item.item_id: c.item.query for c in items}
+    specs = {}
+    for k, item_id in enumerate(chosen):
+        kind = ("generic", "other_profile")[(start + k) % 2]
+        specs[item_id] = PairSpec(stable_id("pa_", item_id), dialogue.turns[-1], probe, query[item_id], kind, current,
+                                  contrasting_profile(current, rng) if kind == "other_profile" else None, interests)
+    return specs
 
 
-def attach_alignment(cfg: PipelineConfig, items: list[BenchmarkCandidate],
-                     pairs: dict[str, list[AlignmentPair]]) -> list[BenchmarkCandidate]:
-    """Personality Alignment on about `alignment_share` of each persona's items, one pair per item, generic and
-    other-profile rejected replies alternating."""
-    by_persona: dict[str, list[int]] = defaultdict(list)
-    for k, c in enumerate(items):
-        by_persona[c.item.persona_id].append(k)
-    out = list(items)
-    for pid, indices in sorted(by_persona.items()):
-        rng = rng_for(cfg.seed, "benchmark-alignment", pid)
-        kinds: dict[str, list[AlignmentPair]] = defaultdict(list)
-        for p in sorted(pairs.get(pid, []), key=lambda p: p.pair_id):
-            kinds[p.rejected_kind].append(p)
-        alternating = [p for pair in zip(kinds["generic"], kinds["other_profile"]) for p in pair]
-        alternating += kinds["generic"][len(alternating) // 2:] + kinds["other_profile"][len(alternating) // 2:]
-        want = min(round(cfg.benchmark.alignment_share * len(indices)), len(alternating))
-        for k, pair in zip(rng.sample(indices, k=want), alternating):
-            item = out[k].item.model_copy(update={"alignment": {"chosen": pair.chosen, "rejected": pair.rejected}})
-            out[k] = out[k].model_copy(update={"item": item})
+def attach_alignment(items: list[BenchmarkCandidate], pairs: dict[str, AlignmentPair]) -> list[BenchmarkCandidate]:
+    """Items with the pair written for them, keyed by item id."""
+    out = []
+    for c in items:
+        pair = pairs.get(c.item.item_id)
+        if pair is not None:
+            c = c.model_copy(update={"item": c.item.model_copy(
+                update={"alignment": {"chosen": pair.chosen, "rejected": pair.rejected}})})
+        out.append(c)
     return out
 

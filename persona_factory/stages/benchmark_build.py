@@ -9,10 +9,11 @@ from dataclasses import dataclass
 
 from ..config import PipelineConfig
 from ..schema import (
-    AlignmentPair, BenchmarkCandidate, BenchmarkGateCount, BenchmarkItem, BlindAccuracy, Dialogue, ImageRecord,
+    BenchmarkCandidate, BenchmarkGateCount, BenchmarkItem, BlindAccuracy, Dialogue, ImageRecord,
     Persona, QuarantineRow, TimelinePlan, fmt_time,
 )
 from ..teacher.types import TeacherResult, TeacherStats
+from . import alignment
 from . import benchmark as stage
 from . import benchmark_gates as gates
 from .dialogues import TeacherLike
@@ -27,8 +28,7 @@ class BenchmarkBuild:
     quarantined: list[QuarantineRow]
     results: list[TeacherResult]  # every teacher and judge answer, for failure accounting
     users_per_bucket: dict[str, int]
-    pairs_offered: int
-    pairs_usable: int
+    alignment_asked: int  # items a Personality Alignment pair was written for
 
     def summary(self) -> dict:
         items = self.items
@@ -42,8 +42,8 @@ class BenchmarkBuild:
                                   "max": max(per_persona.values(), default=0)},
             "image_share": share(sum(bool(i.evidence_images) for i in items)),
             "alignment_share": share(sum(i.alignment is not None for i in items)),
-            # pairs with distinct replies whose personality is still the persona's at the probe
-            "alignment_pairs_usable": f"{self.pairs_usable}/{self.pairs_offered}",
+            # pairs written for items that passed the pair checks (distinct, no trait names, no length give-away)
+            "alignment_pairs": f"{sum(i.alignment is not None for i in items)}/{self.alignment_asked}",
             "users_per_bucket": self.users_per_bucket,
             # PersonaVLM's eval.py reads the first 50 folders a bucket lists: more users there go unevaluated
             "buckets_over_50_users": sorted(b for b, n in self.users_per_bucket.items() if n > 50),
@@ -55,7 +55,7 @@ class BenchmarkBuild:
 
 def build_benchmark(cfg: PipelineConfig, teacher: TeacherLike, judges: dict[str, TeacherLike],
                     personas: dict[str, Persona], plans: dict[str, TimelinePlan], dialogues: dict[str, Dialogue],
-                    images: list[ImageRecord], pairs: list[AlignmentPair], stats: TeacherStats) -> BenchmarkBuild:
+                    images: list[ImageRecord], stats: TeacherStats) -> BenchmarkBuild:
     """judges: name -> client answering the blind gate (the teacher among them)."""
     bench = {pid: d for pid, d in sorted(dialogues.items()) if personas[pid].split != "train" and d.turns}
     probes = {pid: fmt_time(stage.probe_time(cfg, d)) for pid, d in bench.items()}
@@ -88,17 +88,20 @@ def build_benchmark(cfg: PipelineConfig, teacher: TeacherLike, judges: dict[str,
     selected = run.apply("balance", selected, gates.balance_problems(selected, b.balance_alpha))
     lettered = stage.assign_letters(cfg, selected)
     lettered = run.apply("letters", lettered, gates.letter_problems(lettered))
-    offered = {pid: [p for p in pairs if p.persona_id == pid] for pid in bench}
-    usable = {pid: stage.usable_pairs(personas[pid], plans[pid], probes[pid], offered[pid]) for pid in bench}
-    final = stage.attach_alignment(cfg, lettered, usable)
+    specs = {item_id: spec for pid, d in bench.items() for item_id, spec in stage.alignment_specs(
+        cfg, personas[pid], plans[pid], d, probes[pid], [c for c in lettered if c.item.persona_id == pid]).items()}
+    reply_results = teacher.generate(alignment.reply_requests(cfg, list(specs.values())), stats) if specs else []
+    pairs, unpaired = alignment.build_pairs(cfg, list(specs.values()), reply_results)
+    by_spec = {p.pair_id: p for p in pairs}
+    final = stage.attach_alignment(lettered, {i: by_spec[s.pair_id] for i, s in specs.items() if s.pair_id in by_spec})
 
     done = {c.item.item_id for c in final} | {c.item.item_id for c in run.rejected}
     asked = {c.item.persona_id for c in final}
     return BenchmarkBuild(
         items=[c.item for c in final],
         candidates=[*run.rejected, *final, *(c for c in kept if c.item.item_id not in done)],
-        gate_counts=run.counts(), blind_accuracy=accuracy, quarantined=[*run.quarantine_rows(), *untaught],
-        results=[*tip_results, *(r for rs in answers.values() for r in rs)],
+        gate_counts=run.counts(), blind_accuracy=accuracy, quarantined=[*run.quarantine_rows(), *untaught, *unpaired],
+        results=[*tip_results, *(r for rs in answers.values() for r in rs), *reply_results],
         users_per_bucket=dict(sorted(Counter(stage.bucket(personas[pid].split, len(d.turns))
                                              for pid, d in bench.items() if pid in asked).items())),
-        pairs_offered=sum(map(len, offered.values())), pairs_usable=sum(map(len, usable.values())))
+        alignment_asked=len(specs))
