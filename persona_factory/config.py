@@ -214,8 +214,9 @@ class QualitySettings(Strict):
     minhash_permutations: int = Field(128, ge=8, le=1024)
     minhash_bands: int = Field(32, ge=1)  # 32 bands of 4 rows find pairs at 0.7 with probability > 0.999
     near_duplicate_similarity: float = Field(0.7, gt=0, le=1)  # estimated Jaccard of turns and sessions
-    question_similarity: float = Field(0.8, gt=0, le=1)  # content-word Jaccard of two questions of one persona
-    question_similarity_same_answer: float = Field(0.5, gt=0, le=1)  # the same, when their gold answers are equal
+    # content-word Jaccard at which two questions of one persona with the same gold answer text ask the same thing;
+    # questions with different gold answers are never near duplicates ("the cat's nose" vs "the cat's eyes")
+    question_similarity: float = Field(0.5, gt=0, le=1)
     # phash bits; resized and re-encoded copies stay within 4, unrelated photos are >= 10 apart
     image_max_hamming: int = Field(8, ge=0, le=31)
 

@@ -24,7 +24,7 @@ BANDS_PER_PASS = 8  # LSH bands joined at once: bounds the memory of the candida
 STOP_WORDS = (
     "a an the i me my mine myself you your we our it its is am are was were be been being do did does done have has "
     "had what which who whom whose when where why how that this these those there here of to in on at for from with "
-    "about as by into than then so and or but not no any some one did ever again tell remember recall said say "
+    "about as by into than then so and or but not no any some one ever again tell remember recall said say "
     "mentioned mention told"
 ).split()
 
@@ -33,7 +33,8 @@ def _sql(name: str) -> str:
     return (SQL_DIR / f"{name}.sql").read_text()
 
 
-def run_script(con: duckdb.DuckDBPyConnection, name: str, params: Mapping[str, object] | None = None, **fmt: str) -> None:
+def run_script(con: duckdb.DuckDBPyConnection, name: str, params: Mapping[str, object] | None = None,
+               **fmt: str) -> None:
     """Run every statement of quality/sql/<name>.sql; `fmt` fills table-name placeholders."""
     text = _sql(name).format(**fmt) if fmt else _sql(name)
     code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
@@ -78,7 +79,8 @@ def text_duplicates(con: duckdb.DuckDBPyConnection, units: str, kind: str, setti
     Near duplicates are searched among first occurrences only: a copy of a text is already paired with it.
     With `leaks_across_sides`, a pair joining a training and a benchmark unit is recorded as leakage.
     """
-    con.execute(f"CREATE OR REPLACE TEMP TABLE exact_pairs AS {_sql('exact_duplicates').format(units=units, partition='text')}")
+    exact = _sql("exact_duplicates").format(units=units, partition="text")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE exact_pairs AS {exact}")
     con.execute(f"CREATE OR REPLACE TEMP TABLE lsh_keys AS SELECT row_number() OVER (ORDER BY ord) AS doc_id, key, "
                 f"persona_id, side, text FROM {units} WHERE text <> '' AND key NOT IN (SELECT key_b FROM exact_pairs)")
     con.execute("CREATE OR REPLACE TEMP VIEW lsh_docs AS SELECT doc_id, text FROM lsh_keys")
@@ -113,8 +115,7 @@ def question_duplicates(con: duckdb.DuckDBPyConnection, settings: QualitySetting
     con.execute("CREATE OR REPLACE TEMP TABLE exact_pairs AS "
                 + _sql("exact_duplicates").format(units="dedup_questions", partition="persona_id, text"))
     con.execute("CREATE OR REPLACE TEMP TABLE near_pairs AS " + _sql("question_near_duplicates"),
-                {"stop_words": STOP_WORDS, "similarity": settings.question_similarity,
-                 "similarity_same_answer": settings.question_similarity_same_answer})
+                {"stop_words": STOP_WORDS, "similarity": settings.question_similarity})
     _record(con, "question", "exact_pairs", "exact_question", False)
     _record(con, "question", "near_pairs", "near_duplicate_question", False)
 

@@ -71,7 +71,8 @@ def build_release(con: duckdb.DuckDBPyConnection, cfg: PipelineConfig) -> tuple[
         quarantined += violations
         if violations:
             first = violations[0]
-            excluded[pid] = Exclusion("persona", pid, pid, f"structural:{first.rule}", f"{first.row_key}: {first.value}")
+            excluded[pid] = Exclusion("persona", pid, pid, f"structural:{first.rule}",
+                                      f"{first.row_key}: {first.value}")
     evidence = {i.item_id: (i.persona_id, list(i.evidence_images)) for i in items}
     exclusions = [*excluded.values(), *dedup.release_exclusions(dedup.read_pairs(con), evidence, excluded)]
     gone = {e.key for e in exclusions if e.unit == "persona"}

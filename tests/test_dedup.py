@@ -122,6 +122,14 @@ def test_a_paraphrased_question_is_found_and_the_later_item_dropped(world, tmp_p
     assert released(con, "release_benchmark", "item_id") == {"q1", "q2", "q3", "q4"}
 
 
+def test_alike_questions_with_different_answers_are_not_duplicates(world, tmp_path):
+    photo = "In the photo of the cat I sent you about 2 months ago, what colour {} the cat's {}?"
+    world.items.append(make_item("q7", "pbench1", "50", photo.format("is", "nose"), "lavender"))
+    world.items.append(make_item("q8", "pbench1", "50", photo.format("are", "eyes"), "graphite"))
+    con = run(world, tmp_path)
+    assert pairs(con, "near_duplicate_question") == [] and left_out(con) == {}
+
+
 def test_the_same_question_for_two_personas_is_not_a_duplicate(world, tmp_path):
     world.items.append(make_item("q7", "pbench2", "200", "Which colour was the kite I flew at the beach?", "chestnut"))
     con = run(world, tmp_path)

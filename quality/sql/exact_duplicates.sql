@@ -1,4 +1,5 @@
--- Exact duplicates among the units of {units}: equal normalized text (within a partition: {partition}). Every copy is paired with the first occurrence, so n copies give n - 1 pairs, not n^2.
+-- Exact duplicates among the units of {units}: equal normalized text within one ({partition}) group. Every
+-- copy is paired with the first occurrence, so n copies give n - 1 pairs, not n^2.
 WITH ranked AS (
     SELECT *, first_value(key) OVER w AS first_key, first_value(persona_id) OVER w AS first_persona,
            first_value(side) OVER w AS first_side

@@ -1,6 +1,6 @@
--- Near-duplicate benchmark questions of one persona (paraphrases): Jaccard of the content-word sets
--- (stop words dropped, plural s stripped) reaches $similarity, or $similarity_same_answer when both
--- questions have the same gold answer text. Only first occurrences of each text take part.
+-- Near-duplicate benchmark questions of one persona (paraphrases): the same gold answer text, and a Jaccard of the
+-- content-word sets (stop words dropped, plural s stripped) of at least $similarity. Only first occurrences of
+-- each text take part (exact copies are already paired).
 WITH words AS (
     SELECT key, persona_id, side, gold,
            list_distinct(list_transform(list_filter(string_split(text, ' '),
@@ -10,10 +10,11 @@ WITH words AS (
     WHERE key NOT IN (SELECT key_b FROM exact_pairs)
 ), scored AS (
     SELECT a.key AS key_a, b.key AS key_b, a.persona_id AS persona_a, b.persona_id AS persona_b,
-           a.side AS side_a, b.side AS side_b, a.gold = b.gold AND a.gold <> '' AS same_answer,
+           a.side AS side_a, b.side AS side_b,
            len(list_intersect(a.ws, b.ws)) / greatest(len(list_distinct(a.ws || b.ws)), 1) AS similarity
-    FROM words a JOIN words b ON a.persona_id = b.persona_id AND a.key < b.key
+    FROM words a JOIN words b ON a.persona_id = b.persona_id AND a.gold = b.gold AND a.key < b.key
+    WHERE a.gold <> ''
 )
 SELECT key_a, key_b, persona_a, persona_b, side_a, side_b, similarity
 FROM scored
-WHERE similarity >= $similarity OR (same_answer AND similarity >= $similarity_same_answer)
+WHERE similarity >= $similarity

@@ -12,5 +12,6 @@ WHERE (d.reason IN ('leakage_persona', 'exact_session', 'near_duplicate_session'
    OR (d.reason IN ('exact_question', 'near_duplicate_question')
        AND d.key_a IN (SELECT item_id FROM items) AND d.key_b IN (SELECT item_id FROM items))
    OR (d.reason = 'leakage_image' AND d.persona_a IN (SELECT persona_id FROM released)
-       AND EXISTS (SELECT 1 FROM items i WHERE i.persona_id = d.persona_b AND list_contains(i.evidence_images, d.key_b)))
+       AND EXISTS (SELECT 1 FROM items i
+                   WHERE i.persona_id = d.persona_b AND list_contains(i.evidence_images, d.key_b)))
 ORDER BY d.reason, d.key_a, d.key_b
