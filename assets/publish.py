@@ -10,13 +10,14 @@ from pipelines.resources import FactoryConfig, TeacherResource
 from quality.release import release_bundle
 
 from .common import PUBLISH, provenance
-from .training import TEMPLATES
 
 
 def _load_release(settings: FactoryConfig, teacher: TeacherResource, duckdb: DuckDBResource):
+    """The config and the release bundle; its provenance names every prompt template (histories, supervision and
+    benchmark all went into it)."""
     cfg = settings.load()
     with duckdb.get_connection() as con:
-        return cfg, release_bundle(con, provenance(cfg, teacher.model_name(), *TEMPLATES))
+        return cfg, release_bundle(con, provenance(cfg, teacher.model_name()))
 
 
 @dg.asset(group_name=PUBLISH, deps=["release_splits"],

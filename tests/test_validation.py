@@ -24,6 +24,7 @@ from PIL import Image  # noqa: E402
 from persona_factory.config import load_config  # noqa: E402
 from persona_factory.schema import SFTRecord  # noqa: E402
 from pipelines.definitions import build_definitions  # noqa: E402
+from prompts import TEMPLATES  # noqa: E402
 from pipelines.resources import FactoryConfig  # noqa: E402
 from pipelines.schedules import SEED_TAG  # noqa: E402
 from pipelines.sensors import republish_decision  # noqa: E402
@@ -176,7 +177,8 @@ def test_every_published_config_loads_back(published, tmp_path):
 def test_the_card_reports_provenance_curation_and_charts(published):
     _, _, _, _, out = published
     card = (out / "hub" / "README.md").read_text()
-    for needle in ("Teacher model:", "dialogue_session.v1.j2", "Seed: `0`", "Code version:", "Preset: `tiny`",
+    assert all(f"`{name}`" in card for name in TEMPLATES.values())  # every prompt template with its hash
+    for needle in ("Teacher model:", "Seed: `0`", "Code version:", "Preset: `tiny`",
                    "## Deduplication and leakage", "## Quarantine", "## Benchmark gates", "## Charts",
                    "| sft | train | 2 |", "| semantic_memory | 2 |"):
         assert needle in card, needle
