@@ -22,9 +22,12 @@ class FactoryConfig(dg.ConfigurableResource):
     config_path: Optional[str] = None
     output_dir: Optional[str] = None
     teacher_base_urls: Optional[list[str]] = None  # shortcut for teacher.base_urls
+    seed: Optional[int] = None  # replaces the config's seed (a scheduled regeneration sets a new one per run)
 
     def load(self) -> PipelineConfig:
         overrides: dict = {}
+        if self.seed is not None:
+            overrides["seed"] = self.seed
         if self.output_dir:
             overrides["output_dir"] = self.output_dir
         if self.teacher_base_urls:

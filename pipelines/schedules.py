@@ -7,13 +7,10 @@ republish sensor (pipelines/sensors.py) publishes a rebuilt release once every c
 from __future__ import annotations
 
 from datetime import datetime
-from pathlib import Path
 
 import dagster as dg
-import yaml
 
 from assets.common import PUBLISH
-from persona_factory.config import PipelineConfig
 
 from .partitions import all_shards_tags
 from .resources import FactoryConfig
@@ -31,14 +28,6 @@ def tick_seed(when: datetime) -> int:
     return int(when.strftime("%Y%m%d%H%M"))
 
 
-def seeded_config_file(cfg: PipelineConfig, seed: int) -> Path:
-    """The run's whole config with `seed` replaced, written beside the outputs; it also records what ran."""
-    path = cfg.output_path / "regeneration" / f"seed-{seed}.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump({**cfg.model_dump(mode="json"), "seed": seed}, sort_keys=True))
-    return path
-
-
 def regeneration_schedule(settings: FactoryConfig) -> dg.ScheduleDefinition:
     cfg = settings.load()
 
@@ -53,8 +42,7 @@ def regeneration_schedule(settings: FactoryConfig) -> dg.ScheduleDefinition:
         if current.regeneration.seed == "fixed":
             return dg.RunRequest(tags={**tags, SEED_TAG: str(current.seed)})
         seed = tick_seed(context.scheduled_execution_time)
-        run_settings = {**settings.model_dump(exclude_none=True),
-                        "config_path": str(seeded_config_file(current, seed))}
+        run_settings = {**settings.model_dump(exclude_none=True), "seed": seed}
         return dg.RunRequest(run_key=f"seed-{seed}", tags={**tags, SEED_TAG: str(seed)},
                              run_config={"resources": {"settings": {"config": run_settings}}})
 
