@@ -12,7 +12,7 @@ from persona_factory.schema import (
 )
 from persona_factory.stages.personas import shard_keys
 from persona_factory.store import read_records, replace_bookkeeping, write_records
-from persona_factory.teacher.client import Teacher
+from persona_factory.teacher.client import Teacher, TeacherUnavailable
 from persona_factory.teacher.types import TeacherRequest, TeacherResult, TeacherStats
 from prompts import template_hashes
 

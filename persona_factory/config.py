@@ -143,12 +143,6 @@ class DialogueSettings(Strict):
     recent_window: int = Field(4, ge=0, le=32)  # earlier turns (text) a session prompt carries; never the history
     max_user_chars: int = Field(300, ge=40)
     max_assistant_chars: int = Field(360, ge=40)
-
-    @property
-    def turn_token_budget(self) -> int:
-        """max_tokens for one turn: room for both texts at their limits down to 2 characters a token, so only a
-        degenerate answer is ever cut short (the schema, not the budget, bounds a sound one)."""
-        return (self.max_user_chars + self.max_assistant_chars) // 2 + 32
     # JSON-schema patterns make the teacher write each turn's required phrases; checks still verify them
     constrain_phrases: bool = True
     judge_ambiguous: bool = True  # ask the teacher when a lexical check cannot decide (e.g. a negation nearby)

@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
 from persona_factory.config import load_config
-from persona_factory.schema import Dialogue, Persona, TimelinePlan
 from persona_factory.stages import dialogues as D
 from persona_factory.stages import personas as P
 from persona_factory.stages import plans as PL

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import socket
 import sqlite3
 import time
@@ -592,3 +593,24 @@ def test_runs_find_a_shared_server_only_when_it_serves_their_model():
         assert running_server(settings, "SmolLM2-135M-Instruct") == shared.base_url.rstrip("/")
         assert running_server(settings, "another-model") is None
     assert running_server(TeacherSettings(embedded_port=closed_port()), "SmolLM2-135M-Instruct") is None
+
+
+def test_a_bad_answer_is_asked_again_while_slower_requests_still_run(fake, make_teacher):
+    """Over HTTP each request retries on its own: the retry of a failed answer goes out while the other requests
+    of the call are still being answered, so the engine does not wait for a round's slowest request."""
+    retried = threading.Event()
+    waited: list[bool] = []
+
+    def respond(body):
+        if body["messages"][-1]["content"] == "q0":
+            if body["seed"] == 5:
+                return Reply.ok("this is not json")
+            retried.set()
+            return good("retried")
+        waited.append(retried.wait(10))  # the slow requests answer only once the retry has arrived
+        return good()
+
+    fake.responder = respond
+    results = make_teacher(fake.base_url).generate([req(f"q{i}") for i in range(4)])
+    assert all(r.ok for r in results) and results[0].value.text == "retried" and results[0].attempts == 2
+    assert waited == [True, True, True]

@@ -111,7 +111,7 @@ def reply_requests(cfg: PipelineConfig, specs: list[PairSpec]) -> list[TeacherRe
             out.append(TeacherRequest(
                 chat("alignment_reply", query=s.query, personality=describe(profile) if profile else None,
                      interests=", ".join(s.interests) if profile else None),
-                sampling(cfg, "alignment", s.pair_id, role), ReplyDraft, tag=f"alignment:{s.after.persona_id}:{s.pair_id}:{role}"))
+                sampling(cfg, "alignment", s.pair_id, role, schema=ReplyDraft), ReplyDraft, tag=f"alignment:{s.after.persona_id}:{s.pair_id}:{role}"))
     return out
 
 

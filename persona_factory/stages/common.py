@@ -8,11 +8,13 @@ import re
 from datetime import datetime
 from typing import Sequence
 
+from pydantic import BaseModel
+
 from prompts import render
 
 from ..config import PipelineConfig
 from ..schema import BIG_FIVE_TRAITS, TIME_FORMAT, BigFive
-from ..teacher.types import ChatMessage, ImagePart, Sampling
+from ..teacher.types import ChatMessage, ImagePart, Sampling, answer_chars
 
 
 def stable_id(prefix: str, *parts: object) -> str:
@@ -28,9 +30,13 @@ def request_seed(seed: int, *parts: object) -> int:
     return int(hashlib.sha256(f"{seed}\x1f{parts}".encode()).hexdigest()[:8], 16)
 
 
-def sampling(cfg: PipelineConfig, *parts: object, max_tokens: int | None = None) -> Sampling:
+def sampling(cfg: PipelineConfig, *parts: object, schema: type[BaseModel] | None = None) -> Sampling:
+    """Sampling for one request, seeded by its parts. With an output schema, max_tokens leaves room for the
+    longest answer it admits down to 2 characters a token, so only a degenerate answer is cut short: the schema,
+    not the budget, bounds a sound one."""
     t = cfg.teacher
-    return Sampling(t.temperature, t.top_p, max_tokens or t.max_tokens, request_seed(cfg.seed, *parts))
+    budget = max(t.max_tokens, answer_chars(schema) // 2 + 16) if schema is not None else t.max_tokens
+    return Sampling(t.temperature, t.top_p, budget, request_seed(cfg.seed, *parts))
 
 
 def chat(template: str, /, *, images: Sequence[bytes] = (), **context: object) -> tuple[ChatMessage, ...]:

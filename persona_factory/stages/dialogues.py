@@ -180,10 +180,10 @@ def session_request(cfg: PipelineConfig, st: PersonaState, k: int) -> TeacherReq
     messages = chat("dialogue_session", images=_photos(cfg, slots), **_header(st, slots[0].time), known=known,
                     recent=st.recent, start=f"{fmt_time(start)} ({start.strftime('%A')})",
                     rounds=[{"instruction": s.instruction(), "phrases": s.phrases} for s in slots])
-    budget = cfg.dialogue.turn_token_budget * len(slots) + 32
+    model = session_model(cfg, slots)
     # a failed session is not asked again whole: its turns are rewritten one by one, which is cheaper
-    return TeacherRequest(messages, sampling(cfg, "session", st.persona.persona_id, k, max_tokens=budget),
-                          session_model(cfg, slots), tag=f"session:{st.persona.persona_id}:{k}", retry_answers=False)
+    return TeacherRequest(messages, sampling(cfg, "session", st.persona.persona_id, k, schema=model), model,
+                          tag=f"session:{st.persona.persona_id}:{k}", retry_answers=False)
 
 
 def turn_request(cfg: PipelineConfig, st: PersonaState, slot: TurnSlot, attempt: int,
@@ -200,13 +200,13 @@ def turn_request(cfg: PipelineConfig, st: PersonaState, slot: TurnSlot, attempt:
                     previous=previous, topics=[s.instruction() for s in earlier if s.key not in st.kept],
                     time=slot.time, instruction=slot.instruction(), phrases=slot.phrases, problem=problem)
     kind = "turn" if problem is None else "repair"
-    return TeacherRequest(messages, sampling(cfg, kind, slot.key, attempt, max_tokens=cfg.dialogue.turn_token_budget),
-                          turn_model(cfg, slot.phrases), tag=f"{kind}:{slot.key}")
+    model = turn_model(cfg, slot.phrases)
+    return TeacherRequest(messages, sampling(cfg, kind, slot.key, attempt, schema=model), model, tag=f"{kind}:{slot.key}")
 
 
 def judge_request(cfg: PipelineConfig, slot: TurnSlot, user: str, fact: PlanItem) -> TeacherRequest:
     messages = chat("realization_judge", statement=realization(fact).statement, user=user)
-    return TeacherRequest(messages, sampling(cfg, "judge", slot.key, fact.item_id, user, max_tokens=24), Verdict,
+    return TeacherRequest(messages, sampling(cfg, "judge", slot.key, fact.item_id, user, schema=Verdict), Verdict,
                           tag=f"judge:{slot.key}")
 
 

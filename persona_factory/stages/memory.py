@@ -67,12 +67,6 @@ def draft_model(kind: str, phrases: tuple[str, ...], constrain: bool) -> type[Ba
                         keywords=(Keywords, ...))
 
 
-def token_budget(cfg: PipelineConfig, chars: int) -> int:
-    """max_tokens for an answer whose texts total `chars` at their limits: room down to 2 characters a token,
-    so only a degenerate answer is cut short (the schema, not the budget, bounds a sound one)."""
-    return max(cfg.teacher.max_tokens, chars // 2 + 32)
-
-
 # ---------------------------------------------------------------------------------------------- wording checks
 
 
@@ -161,17 +155,13 @@ def semantic_requests(cfg: PipelineConfig, dialogue: Dialogue, plan: TimelinePla
     requests = []
     for turn in dialogue.turns:
         facts = facts_told(turn, items)
-        seed = sampling(cfg, "semantic", dialogue.persona_id, turn.turn_index,
-                        max_tokens=token_budget(cfg, REASON_MAX + (SENTENCE_MAX + KEYWORDS_MAX if facts else 0)))
         tag = f"semantic:{dialogue.persona_id}:{turn.turn_index}"
-        if facts:
-            told = realization(facts[0])
-            requests.append(TeacherRequest(chat("semantic_memory", user=turn.user, fact=told.statement,
-                                                phrases=told.phrases), seed,
-                                           draft_model("semantic", told.phrases, constrain), tag=tag))
-        else:
-            requests.append(TeacherRequest(chat("semantic_memory", user=turn.user, fact=None, phrases=()), seed,
-                                           SmallTalkDraft, tag=tag))
+        told = realization(facts[0]) if facts else None
+        model = draft_model("semantic", told.phrases, constrain) if told else SmallTalkDraft
+        requests.append(TeacherRequest(
+            chat("semantic_memory", user=turn.user, fact=told.statement if told else None,
+                 phrases=told.phrases if told else ()),
+            sampling(cfg, "semantic", dialogue.persona_id, turn.turn_index, schema=model), model, tag=tag))
     return requests
 
 
@@ -290,8 +280,8 @@ def topic_requests(cfg: PipelineConfig, persona: Persona, dialogue: Dialogue,
                 chat("episodic_topic", name=name, turns=[session.turns[k] for k in topic.rounds],
                      facts=[in_third_person(realization(i).statement, name) for i in topic.facts], phrases=phrases),
                 sampling(cfg, "topic", dialogue.persona_id, session.session_index, topic.topic_index,
-                         max_tokens=token_budget(cfg, SUMMARY_MAX + KEYWORDS_MAX)),
-                draft_model("topic", phrases, cfg.supervision.constrain_phrases),
+                         schema=(model := draft_model("topic", phrases, cfg.supervision.constrain_phrases))),
+                model,
                 tag=f"topic:{dialogue.persona_id}:{session.session_index}:{topic.topic_index}"))
     return requests
 

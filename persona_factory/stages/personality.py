@@ -59,7 +59,7 @@ def inference_requests(cfg: PipelineConfig, persona: Persona, dialogue: Dialogue
     gap, turns = cfg.dialogue.session_gap_minutes, dialogue.turns
     return [TeacherRequest(chat("personality_inference", name=persona.profile.name, role=persona.role_description,
                                 recent=short_term(turns[:t.turn_index], t.time, gap), user=t.user),
-                           sampling(cfg, "personality", persona.persona_id, t.turn_index, max_tokens=64),
+                           sampling(cfg, "personality", persona.persona_id, t.turn_index, schema=PersonalityDraft),
                            PersonalityDraft, tag=f"personality:{persona.persona_id}:{t.turn_index}")
             for t in turns]
 

@@ -100,7 +100,7 @@ def sample_big_five(cfg: PipelineConfig, seed: PersonaSeed) -> BigFive:
 def enrichment_request(cfg: PipelineConfig, seed: PersonaSeed, big_five: BigFive) -> TeacherRequest:
     messages = chat("persona_enrichment", seed=seed.text, big_five=personality_text(big_five),
                     n_preferences=cfg.plan.preferences, n_matters=2)
-    return TeacherRequest(messages, sampling(cfg, "persona", seed.seed_id, max_tokens=max(cfg.teacher.max_tokens, 200)),
+    return TeacherRequest(messages, sampling(cfg, "persona", seed.seed_id, schema=PersonaDraft),
                           PersonaDraft, tag=f"persona:{seed.seed_id}")
 
 

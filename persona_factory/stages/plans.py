@@ -77,8 +77,7 @@ def plan_request(cfg: PipelineConfig, persona: Persona) -> TeacherRequest:
                     preferences=", ".join(persona.profile.preferences), people=p.people, goals=p.goals,
                     routines=p.routines, events=p.events + p.person_events, new_interests=2,
                     dislikes=p.dislikes, skills=p.skills)
-    return TeacherRequest(messages, sampling(cfg, "plan", persona.persona_id,
-                                             max_tokens=max(cfg.teacher.max_tokens, 320)),
+    return TeacherRequest(messages, sampling(cfg, "plan", persona.persona_id, schema=PlanDraft),
                           PlanDraft, tag=f"plan:{persona.persona_id}")
 
 

@@ -32,7 +32,7 @@ from ..teacher.types import TeacherRequest, TeacherResult
 from .benchmark import relative_phrase
 from .common import chat, contains_phrase, normalize, parse_time, rng_for, sampling, stable_id
 from .memory import (
-    SENTENCE_MAX, STOPWORDS, MemoryEntry, echoes_prompt, phrase_text, short_term, token_budget, visible_memories,
+    SENTENCE_MAX, STOPWORDS, MemoryEntry, echoes_prompt, phrase_text, short_term, visible_memories,
 )
 from .plans import vocabulary
 
@@ -340,7 +340,9 @@ def answer_requests(cfg: PipelineConfig, persona: Persona, jobs: list[ProbeJob])
     return [TeacherRequest(
         chat("reasoning_answer", name=persona.profile.name, query=j.probe.question.query, mode=j.probe.mode,
              context=j.context, gold=j.probe.question.gold),
-        sampling(cfg, "answer", j.probe.probe_id, max_tokens=token_budget(cfg, THINK_MAX + SENTENCE_MAX)), answer_model(j.probe.question.gold, cfg.supervision.constrain_phrases),
+        sampling(cfg, "answer", j.probe.probe_id, schema=(model := answer_model(j.probe.question.gold,
+                                                                                 cfg.supervision.constrain_phrases))),
+        model,
         tag=f"answer:{persona.persona_id}:{j.probe.probe_id}") for j in jobs if j.found]
 
 

@@ -4,9 +4,10 @@ base URLs, async with bounded concurrency) and the in-process offline engine (vl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
-from typing import Any, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 import httpx
 
@@ -103,16 +104,21 @@ class ServerBackend:
         except (ValueError, KeyError, IndexError, TypeError) as e:
             return RawCompletion(error=f"malformed response at {base}: {type(e).__name__}: {r.text[:200]}")
 
-    async def _all(self, requests: Sequence[TeacherRequest]) -> list[RawCompletion]:
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[Callable[[TeacherRequest], Awaitable[RawCompletion]]]:
+        """An async `call(request)` sharing one connection pool and the concurrency bound. A request that failed
+        in transport and is sent again (the same object) goes to the next endpoint, never the same dead one."""
         sem = asyncio.Semaphore(self.max_concurrency)
         limits = httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency)
-        bases = [self._route(r) for r in requests]
         async with httpx.AsyncClient(timeout=self.timeout, limits=limits, headers=self.headers) as client:
-            raws = await asyncio.gather(*(self._one(client, sem, b, r) for b, r in zip(bases, requests)))
-        for b, r, raw in zip(bases, requests, raws):
-            if raw.error is not None:
-                self._failed_at[id(r)] = b
-        return list(raws)
+            async def call(request: TeacherRequest) -> RawCompletion:
+                base = self._route(request)
+                raw = await self._one(client, sem, base, request)
+                if raw.error is not None:
+                    self._failed_at[id(request)] = base
+                return raw
+
+            yield call
 
     def _route(self, request: TeacherRequest) -> str:
         failed = self._failed_at.pop(id(request), None)
@@ -121,9 +127,11 @@ class ServerBackend:
         return self.base_urls[(self.base_urls.index(failed) + 1) % len(self.base_urls)]
 
     def complete(self, requests: Sequence[TeacherRequest]) -> list[RawCompletion]:
-        if not requests:
-            return []
-        return asyncio.run(self._all(requests))
+        async def run() -> list[RawCompletion]:
+            async with self.session() as call:
+                return list(await asyncio.gather(*(call(r) for r in requests)))
+
+        return asyncio.run(run()) if requests else []
 
     def close(self) -> None:
         pass

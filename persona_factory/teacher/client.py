@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import time
@@ -20,11 +21,35 @@ class TeacherUnavailable(RuntimeError):
 
 
 class Backend(Protocol):
+    """Sends requests to a model. A backend that also offers `session()` (an async context yielding
+    `call(request)`, as the HTTP backend does) gets each request retried on its own, as soon as its answer fails,
+    so the engine never idles waiting for a round's slowest request; others are retried in rounds."""
+
     model_id: str
 
     def complete(self, requests: Sequence[TeacherRequest]) -> list[RawCompletion]: ...
 
     def close(self) -> None: ...
+
+
+@dataclasses.dataclass
+class _Pending:
+    """An uncached request on its way to a value or a recorded failure."""
+
+    request: TeacherRequest
+    result: TeacherResult
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    reason: str = ""  # why the last attempt failed
+    done: bool = False
+
+    def attempt(self, n: int) -> TeacherRequest:
+        """What attempt n sends: the same request after a transport error (so it is routed elsewhere), else, since
+        a bad answer under the same seed would repeat itself, the request with a moved seed."""
+        if n == 0 or self.reason.startswith("transport"):
+            return self.request
+        return dataclasses.replace(self.request, sampling=self.request.sampling.with_seed(
+            self.request.sampling.seed + 7919 * n))
 
 
 def validate_completion(request: TeacherRequest, raw: RawCompletion) -> tuple[object | None, str | None]:
@@ -103,53 +128,67 @@ class Teacher:
                 results[i] = TeacherResult(key, req.tag)
                 pending.append(i)
 
-        tokens = {i: [0, 0] for i in pending}
-        last_reason: dict[int, str] = {}
-        for attempt in range(self.max_retries + 1):
-            if not pending:
-                break
-            if attempt:
-                stats.retries += len(pending)
-                if any(last_reason[i].startswith("transport") for i in pending):
-                    time.sleep(self.backoff_s * 2 ** (attempt - 1))
-            # a schema miss under the same seed would repeat itself: later attempts move the seed
-            batch = [
-                requests[i] if attempt == 0 or last_reason[i].startswith("transport")
-                else dataclasses.replace(requests[i], sampling=requests[i].sampling.with_seed(
-                    requests[i].sampling.seed + 7919 * attempt))
-                for i in pending
-            ]
-            raws = self.backend.complete(batch)
-            stats.sent += len(batch)
-            still: list[int] = []
-            for i, raw in zip(pending, raws):
-                res = results[i]
-                res.attempts = attempt + 1
-                res.unreachable = raw.unreachable
-                tokens[i][0] += raw.prompt_tokens
-                tokens[i][1] += raw.completion_tokens
-                stats.prompt_tokens += raw.prompt_tokens
-                stats.completion_tokens += raw.completion_tokens
-                value, reason = validate_completion(requests[i], raw)
-                if reason is None:
-                    res.value = value
-                    payload = value.model_dump(mode="json") if requests[i].schema else value
-                    self.cache.put(res.key, self.model_id, res.tag, payload=payload, attempts=res.attempts,
-                                   prompt_tokens=tokens[i][0], completion_tokens=tokens[i][1])
-                elif raw.error is not None and not raw.retryable or raw.error is None and not requests[i].retry_answers:
-                    self._record_failure(res, reason, tokens[i], stats)
-                else:
-                    last_reason[i] = reason
-                    still.append(i)
-            pending = still
-        for i in pending:
-            self._record_failure(results[i], last_reason[i], tokens[i], stats)
+        todo = [_Pending(requests[i], results[i]) for i in pending]  # type: ignore[arg-type]
+        if todo and hasattr(self.backend, "session"):
+            asyncio.run(self._each_on_its_own(todo, stats))
+        elif todo:
+            self._in_rounds(todo, stats)
         if results and all(r.unreachable and not r.ok for r in results):
             raise TeacherUnavailable(f"the teacher was unreachable for all {len(results)} requests: {results[0].failure} "
                                      "(check `teacher.base_urls` / the embedded server log)")
         return results  # type: ignore[return-value]
 
-    def _record_failure(self, res: TeacherResult, reason: str, tokens: list[int], stats: TeacherStats) -> None:
+    def _in_rounds(self, todo: list[_Pending], stats: TeacherStats) -> None:
+        for n in range(self.max_retries + 1):
+            live = [p for p in todo if not p.done]
+            if not live:
+                return
+            if n:
+                stats.retries += len(live)
+                if any(p.reason.startswith("transport") for p in live):
+                    time.sleep(self.backoff_s * 2 ** (n - 1))
+            raws = self.backend.complete([p.attempt(n) for p in live])
+            for p, raw in zip(live, raws):
+                self._absorb(p, raw, n, stats)
+
+    async def _each_on_its_own(self, todo: list[_Pending], stats: TeacherStats) -> None:
+        async with self.backend.session() as call:  # type: ignore[attr-defined]
+            async def settle(p: _Pending) -> None:
+                for n in range(self.max_retries + 1):
+                    if n:
+                        stats.retries += 1
+                        if p.reason.startswith("transport"):
+                            await asyncio.sleep(self.backoff_s * 2 ** (n - 1))
+                    self._absorb(p, await call(p.attempt(n)), n, stats)
+                    if p.done:
+                        return
+
+            await asyncio.gather(*(settle(p) for p in todo))
+
+    def _absorb(self, p: _Pending, raw: RawCompletion, n: int, stats: TeacherStats) -> None:
+        """Accounts for attempt n's answer: a value is cached, a final failure recorded, anything else retried."""
+        res = p.result
+        res.attempts, res.unreachable = n + 1, raw.unreachable
+        p.prompt_tokens += raw.prompt_tokens
+        p.completion_tokens += raw.completion_tokens
+        stats.sent += 1
+        stats.prompt_tokens += raw.prompt_tokens
+        stats.completion_tokens += raw.completion_tokens
+        value, reason = validate_completion(p.request, raw)
+        if reason is None:
+            res.value, p.done = value, True
+            payload = value.model_dump(mode="json") if p.request.schema else value  # type: ignore[union-attr]
+            self.cache.put(res.key, self.model_id, res.tag, payload=payload, attempts=res.attempts,
+                           prompt_tokens=p.prompt_tokens, completion_tokens=p.completion_tokens)
+            return
+        p.reason = reason
+        if (raw.error is not None and not raw.retryable or raw.error is None and not p.request.retry_answers
+                or n == self.max_retries):
+            p.done = True
+            self._record_failure(res, reason, p.prompt_tokens, p.completion_tokens, stats)
+
+    def _record_failure(self, res: TeacherResult, reason: str, prompt_tokens: int, completion_tokens: int,
+                        stats: TeacherStats) -> None:
         res.failure = reason
         stats.failures += 1
         stats.first_failure = stats.first_failure or reason
@@ -158,7 +197,7 @@ class Teacher:
         if kind == "transport":
             return  # not an answer of the model: a later run asks again
         self.cache.put(res.key, self.model_id, res.tag, failure=reason, attempts=res.attempts,
-                       prompt_tokens=tokens[0], completion_tokens=tokens[1])
+                       prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
 
     def close(self) -> None:
         if self._backend is not None:

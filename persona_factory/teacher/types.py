@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
@@ -86,6 +87,38 @@ def _schema_json(model: type[BaseModel]) -> str:
             raise ValueError(f"{path} combines a pattern with length bounds, which vLLM's xgrammar backend refuses; "
                              "put the bounds in the pattern")
     return json.dumps(schema)
+
+
+@lru_cache(maxsize=4096)
+def answer_chars(model: type[BaseModel]) -> int:
+    """The longest JSON answer the model's schema admits, in characters (keys, quotes and commas included)."""
+    schema = json.loads(_schema_json(model))
+    defs = schema.get("$defs", {})
+
+    def size(node: dict[str, Any]) -> int:
+        if "$ref" in node:
+            return size(defs[node["$ref"].split("/")[-1]])
+        for key in ("anyOf", "oneOf"):
+            if key in node:
+                return max(size(n) for n in node[key])
+        if "enum" in node:
+            return max(len(json.dumps(v)) for v in node["enum"])
+        kind = node.get("type")
+        if kind == "object":
+            props = node.get("properties", {})
+            return 2 + sum(len(k) + 4 + size(v) for k, v in props.items())
+        if kind == "array":
+            if "prefixItems" in node:
+                return 2 + sum(size(n) + 1 for n in node["prefixItems"])
+            return 2 + node.get("maxItems", 8) * (size(node.get("items", {"type": "string"})) + 1)
+        if kind == "string":
+            pattern = node.get("pattern")
+            if pattern:  # bounded runs plus the literal text around them
+                return 2 + sum(int(n) for n in re.findall(r"\{\d+,(\d+)\}", pattern)) + len(pattern)
+            return 2 + node.get("maxLength", 200)
+        return 8  # numbers, booleans, null
+
+    return size(schema)
 
 
 def grammar_schema(model: type[BaseModel]) -> dict[str, Any]:
