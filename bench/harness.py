@@ -23,12 +23,15 @@ def timed(fn) -> tuple[int, float]:
     return tokens, time.perf_counter() - t0
 
 
-def via_teacher(backend, requests: list[TeacherRequest]) -> int:
+def via_teacher(backend, requests: list[TeacherRequest], passes: list[TeacherStats] | None = None) -> int:
+    """One pipeline pass on an empty cache; its accounting is appended to `passes` (retries cost tokens too)."""
     with tempfile.TemporaryDirectory() as tmp:
         teacher = Teacher(backend, ResponseCache(Path(tmp) / "cache.sqlite"))
         stats = TeacherStats()
         teacher.generate(requests, stats)
         teacher.cache.close()
+    if passes is not None:
+        passes.append(stats)
     return stats.completion_tokens
 
 
@@ -58,7 +61,8 @@ def raw_server(base_url: str, model: str, requests: list[TeacherRequest]) -> int
     return asyncio.run(run())
 
 
-def compare(name: str, raw, pipeline, rounds: int) -> dict:
+def compare(name: str, raw, pipeline, rounds: int, passes: list[TeacherStats] | None = None) -> dict:
+    """Alternates raw and pipeline passes after a warm-up; `passes` collects the pipeline's accounting."""
     raw(), pipeline()  # warm-up: grammar compilation, prefix cache, first-request costs
     rates: dict[str, list[float]] = {"raw": [], "pipeline": []}
     for _ in range(rounds):
@@ -68,6 +72,9 @@ def compare(name: str, raw, pipeline, rounds: int) -> dict:
     raw_rate, pipe_rate = statistics.mean(rates["raw"]), statistics.mean(rates["pipeline"])
     row = {"backend": name, "raw_tok_s": round(raw_rate, 1), "pipeline_tok_s": round(pipe_rate, 1),
            "ratio": round(pipe_rate / raw_rate, 3), "rounds": rounds}
-    print(f"{name:8s} raw {raw_rate:7.1f} tok/s   pipeline {pipe_rate:7.1f} tok/s   ratio {pipe_rate / raw_rate:.3f}",
-          flush=True)
+    if passes:
+        last = passes[-1]
+        row.update(requests=last.requests, sent=last.sent, retries=last.retries, failures=last.failures)
+    print(f"{name:8s} raw {raw_rate:7.1f} tok/s   pipeline {pipe_rate:7.1f} tok/s   ratio {pipe_rate / raw_rate:.3f}"
+          + (f"   (pipeline sent {row['sent']} for {row['requests']} requests)" if passes else ""), flush=True)
     return row

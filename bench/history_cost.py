@@ -99,8 +99,9 @@ def main() -> int:
               f"{len(quarantined)} quarantine rows)", flush=True)
 
         sample = random.Random(0).sample(recording.drafts, k=min(args.sample, len(recording.drafts)))
+        passes: list = []
         replay = compare("server", lambda: raw_server(server.base_url, server.served_name, sample),
-                         lambda: via_teacher(backend, sample), rounds=2)
+                         lambda: via_teacher(backend, sample, passes), rounds=2, passes=passes)
     print(json.dumps({"short": short, "long": long, "prompt_per_turn_ratio": round(ratio, 3),
                       "dialogue_stage_seconds": round(seconds), "replay": replay}))
     return 0

@@ -47,15 +47,17 @@ def main() -> int:
 
     apply_engine_env(settings)
     backend = OfflineBackend(path, model_id, settings)
+    passes: list = []
     rows.append(compare("offline", lambda: raw_offline(backend.llm, requests),
-                        lambda: via_teacher(backend, requests), args.rounds))
+                        lambda: via_teacher(backend, requests, passes), args.rounds, passes))
     backend.close()
     gc.collect()
 
     with EmbeddedServer(settings, Path(tempfile.mkdtemp()) / "server.log") as server:
         backend = ServerBackend.from_settings(settings, [server.base_url], server.served_name)
+        passes = []
         rows.append(compare("server", lambda: raw_server(server.base_url, server.served_name, requests),
-                            lambda: via_teacher(backend, requests), args.rounds))
+                            lambda: via_teacher(backend, requests, passes), args.rounds, passes))
     print(json.dumps({"requests": len(requests), "results": rows}))
     return 0
 

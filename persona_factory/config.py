@@ -32,7 +32,7 @@ class TeacherSettings(Strict):
     # OpenAI-compatible endpoints (http://host:port/v1); empty with the server backend starts the embedded server
     base_urls: list[str] = Field(default_factory=list)
     api_key_env: str = "TEACHER_API_KEY"  # name of the env var holding the key, never the key itself
-    max_concurrency: int = Field(16, ge=1, le=4096)
+    max_concurrency: int = Field(64, ge=1, le=4096)  # requests in flight per run: keep the engine's batch full
     request_timeout_s: float = Field(180.0, gt=0)
     connect_timeout_s: float = Field(5.0, gt=0)
     max_retries: int = Field(2, ge=0, le=10)

@@ -144,7 +144,7 @@ def test_yaml_file_overrides_preset(tmp_path):
     assert cfg.teacher.base_urls == ["http://10.0.0.1:8000/v1"]
     # untouched preset values survive the deep merge
     assert cfg.personas.train == 2 and cfg.dialogue.turns_train.min == 14
-    assert cfg.teacher.max_concurrency == 16
+    assert cfg.teacher.max_concurrency == 64
 
 
 def test_overrides_win_over_yaml_file(tmp_path):
