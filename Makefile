@@ -13,7 +13,7 @@ export HF_DATASETS_OFFLINE := 1
 export VLLM_NO_USAGE_STATS := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: demo test setup dev serve-teacher clean
+.PHONY: demo test setup dev serve-teacher gpu-env clean
 
 demo: setup
 	$(PY) -m pipelines.cli materialize --preset tiny
@@ -41,6 +41,11 @@ $(UV):
 $(DAGSTER_HOME)/dagster.yaml:
 	mkdir -p $(DAGSTER_HOME)
 	printf 'telemetry:\n  enabled: false\n' > $@
+
+# GPU machines only: the CUDA build of vLLM needs its own environment (.venv is locked to CPU PyTorch)
+gpu-env:
+	python3 -m venv .venv-gpu
+	.venv-gpu/bin/pip install --quiet -e . vllm==0.33.0
 
 clean:
 	rm -rf output .dagster_home

@@ -10,7 +10,7 @@ from persona_factory.teacher.client import Teacher
 from persona_factory.teacher.types import TeacherStats
 from pipelines.resources import FactoryConfig, TeacherResource
 
-from .common import BENCHMARK, finish, load_histories
+from .common import BENCHMARK, answered, finish, load_histories
 
 
 def extra_judges(cfg: PipelineConfig) -> dict[str, Teacher]:
@@ -18,7 +18,7 @@ def extra_judges(cfg: PipelineConfig) -> dict[str, Teacher]:
     def connect(model: str, urls: list[str]):
         def backend() -> ServerBackend:
             b = ServerBackend.from_settings(cfg.teacher, urls, model)
-            b.check()
+            b.check(setting="benchmark.blind_judges[]")
             return b
         return backend
 
@@ -41,6 +41,7 @@ def benchmark_items(settings: FactoryConfig, teacher: TeacherResource, duckdb: D
     finally:
         for judge in extra.values():
             judge.close()
+    answered("benchmark_items", stats)
     published = {i.item_id for i in build.items}
     with duckdb.get_connection() as con:
         write_records(con, "benchmark_items", build.items, {

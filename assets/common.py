@@ -34,11 +34,7 @@ def finish(con, asset: str, stats: TeacherStats | None, quarantined: Sequence[Qu
            results: Sequence[TeacherResult] = (), *, shards: Sequence[str] = ("",),
            owner_shard: Mapping[str, str] | None = None, **metadata) -> dg.MaterializeResult:
     """Records quarantine rows and teacher failures (of the run's shards, each row filed under its owner's
-    shard), and reports them with the teacher's accounting. An asset whose every teacher request failed stops the
-    run: that is a teacher or config problem (a refused schema, a wrong model), not data to publish."""
-    if stats is not None and stats.requests and stats.failures == stats.requests:
-        raise TeacherUnavailable(f"{asset}: all {stats.requests} teacher requests failed, the first with: "
-                                 f"{stats.first_failure} (check the teacher settings and its log)")
+    shard), and reports them with the teacher's accounting."""
     replace_bookkeeping(con, asset, quarantined, failures_of(asset, results), partitions=shards,
                         partition_of=None if owner_shard is None else owner_shard.__getitem__)
     meta = dict(metadata)
@@ -46,6 +42,14 @@ def finish(con, asset: str, stats: TeacherStats | None, quarantined: Sequence[Qu
     if stats is not None:
         meta.update(stats.as_metadata())
     return dg.MaterializeResult(metadata=meta)
+
+
+def answered(asset: str, stats: TeacherStats) -> None:
+    """Stops the run, before anything is written, when every request an asset made failed: that is a teacher or
+    config problem (a refused schema, a wrong model, a dead engine), not data to replace good rows with."""
+    if stats.requests and stats.failures == stats.requests:
+        raise TeacherUnavailable(f"{asset}: all {stats.requests} teacher requests failed, the first with: "
+                                 f"{stats.first_failure} (check the teacher settings and its log)")
 
 
 def run_shards(context: dg.AssetExecutionContext, cfg: PipelineConfig) -> list[str]:

@@ -8,7 +8,7 @@ from persona_factory.teacher.types import TeacherStats
 from pipelines.partitions import SHARD_BACKFILL
 from pipelines.resources import FactoryConfig, TeacherResource
 
-from .common import HISTORIES, finish, run_shards, write_shards
+from .common import answered, HISTORIES, finish, run_shards, write_shards
 from .personas import shard_personas
 
 
@@ -29,6 +29,7 @@ def dialogues_asset(shards: dg.PartitionsDefinition) -> dg.AssetsDefinition:
             images = read_records(con, "image_pool", ImageRecord)
         stats = TeacherStats()
         rows, quarantined = generate_dialogues(cfg, teacher.get(), people, plans, images, stats)
+        answered("dialogues", stats)
         turns = [t for d in rows for t in d.turns]
         shard_of = {p.persona_id: p.shard for p in people}
         shard = lambda r: shard_of[r.persona_id]  # noqa: E731

@@ -10,7 +10,7 @@ from persona_factory.store import dumps, read_records, write_records
 from persona_factory.teacher.types import TeacherStats
 from pipelines.resources import FactoryConfig, TeacherResource
 
-from .common import SUPERVISION, by_persona, finish, generate_batched, load_histories
+from .common import SUPERVISION, answered, by_persona, finish, generate_batched, load_histories
 
 
 def without_plan(dialogues: dict, personas: dict, plans: dict, table: str) -> list[QuarantineRow]:
@@ -34,6 +34,7 @@ def memory_targets(settings: FactoryConfig, teacher: TeacherResource, duckdb: Du
     sem_res = generate_batched(t, stats, {pid: stage.semantic_requests(cfg, dialogues[pid], plans[pid]) for pid in ids})
     topic_res = generate_batched(t, stats, {pid: stage.topic_requests(cfg, personas[pid], dialogues[pid], plans[pid])
                                             for pid in ids})
+    answered("memory_targets", stats)
     semantic, sessions, fallbacks = [], [], {"semantic": Counter[str](), "topic": Counter[str]()}
     for pid in ids:
         items = {i.item_id: i for i in plans[pid].items}
@@ -75,6 +76,7 @@ def personality_trajectories(settings: FactoryConfig, teacher: TeacherResource,
     stats = TeacherStats()
     res = generate_batched(teacher.get(), stats,
                            {pid: pstage.inference_requests(cfg, personas[pid], dialogues[pid]) for pid in ids})
+    answered("personality_trajectories", stats)
     steps, correlations, fallbacks = [], [], 0
     for pid in ids:
         traj, n = pstage.trajectory(cfg, personas[pid], plans[pid], dialogues[pid], res[pid])

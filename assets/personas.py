@@ -8,7 +8,7 @@ from persona_factory.teacher.types import TeacherStats
 from pipelines.partitions import SHARD_BACKFILL
 from pipelines.resources import FactoryConfig, TeacherResource
 
-from .common import HISTORIES, finish, run_shards, write_shards
+from .common import answered, HISTORIES, finish, run_shards, write_shards
 
 
 def personas_asset(shards: dg.PartitionsDefinition) -> dg.AssetsDefinition:
@@ -18,17 +18,18 @@ def personas_asset(shards: dg.PartitionsDefinition) -> dg.AssetsDefinition:
                  duckdb: DuckDBResource) -> dg.MaterializeResult:
         cfg = settings.load()
         keys = run_shards(context, cfg)
-        assigned = [a for a in stage.assign_splits(stage.load_seeds(cfg.persona_source), cfg) if a[2] in keys]
-        requests = [stage.enrichment_request(cfg, seed, stage.sample_big_five(cfg, seed)) for seed, _, _ in assigned]
+        assigned = [a for a in stage.assign_splits(stage.load_seeds(cfg.persona_source), cfg) if a.shard in keys]
+        requests = [stage.enrichment_request(cfg, a.seed, stage.sample_big_five(cfg, a.seed)) for a in assigned]
         stats = TeacherStats()
         results = teacher.get().generate(requests, stats)
+        answered("personas", stats)
         rows, quarantined = stage.build_personas(cfg, assigned, results)
         with duckdb.get_connection() as con:
             write_shards(con, "personas", rows, {
                 "persona_id": ("VARCHAR", lambda p: p.persona_id), "split": ("VARCHAR", lambda p: p.split),
                 "shard": ("VARCHAR", lambda p: p.shard), "name": ("VARCHAR", lambda p: p.profile.name)}, keys, cfg)
             return finish(con, "personas", stats, quarantined, results, shards=keys,
-                          owner_shard={seed.seed_id: shard for seed, _, shard in assigned}, personas=len(rows),
+                          owner_shard={a.seed.seed_id: a.shard for a in assigned}, personas=len(rows),
                           per_split={s: sum(p.split == s for p in rows) for s in ("train", "bench_32k", "bench_128k")})
 
     return personas

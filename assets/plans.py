@@ -8,7 +8,7 @@ from persona_factory.teacher.types import TeacherStats
 from pipelines.partitions import SHARD_BACKFILL
 from pipelines.resources import FactoryConfig, TeacherResource
 
-from .common import HISTORIES, finish, run_shards, write_shards
+from .common import answered, HISTORIES, finish, run_shards, write_shards
 from .personas import shard_personas
 
 
@@ -25,6 +25,7 @@ def timeline_plans_asset(shards: dg.PartitionsDefinition) -> dg.AssetsDefinition
             images = read_records(con, "image_pool", ImageRecord)
         stats = TeacherStats()
         results = teacher.get().generate([stage.plan_request(cfg, p) for p in people], stats)
+        answered("timeline_plans", stats)
         plans, quarantined = stage.build_plans(cfg, people, results, images)
         shard_of = {p.persona_id: p.shard for p in people}
         with duckdb.get_connection() as con:

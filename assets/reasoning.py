@@ -10,7 +10,7 @@ from persona_factory.store import read_records, write_records
 from persona_factory.teacher.types import TeacherStats
 from pipelines.resources import FactoryConfig, TeacherResource
 
-from .common import SUPERVISION, by_persona, finish, generate_batched, load_histories
+from .common import SUPERVISION, answered, by_persona, finish, generate_batched, load_histories
 
 
 def count(values) -> dict[str, int]:
@@ -36,6 +36,7 @@ def reasoning_trajectories(settings: FactoryConfig, teacher: TeacherResource,
     stats = TeacherStats()
     res = generate_batched(teacher.get(), stats,
                            {pid: stage.answer_requests(cfg, personas[pid], jobs[pid]) for pid in jobs})
+    answered("reasoning_trajectories", stats)
     rows = [t for pid in jobs for t in stage.build_trajectories(personas[pid], jobs[pid], res[pid])]
     quarantined = [QuarantineRow(table_name="reasoning_trajectories", row_key=f"{t.persona_id}:{t.probe_id}",
                                  rule=t.verdict, value=f"{t.query} | gold: {t.gold_value}")

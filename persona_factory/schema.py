@@ -14,6 +14,14 @@ from pydantic import BaseModel, ConfigDict, Field
 TIME_FORMAT = "%Y-%m-%d %H:%M"
 BIG_FIVE_TRAITS = ("openness", "conscientiousness", "extraversion", "agreeableness", "neuroticism")
 Split = Literal["train", "bench_32k", "bench_128k"]
+# Persona-MME's sample folders are named by the most turns a history in them has: two per benchmark config
+BUCKET_MAX_TURNS: dict[str, tuple[int, int]] = {"bench_32k": (50, 100), "bench_128k": (200, 500)}
+
+
+def bucket_of(split: str, n_turns: int) -> str:
+    """The Persona-MME bucket of a benchmark history with this many turns."""
+    small, large = BUCKET_MAX_TURNS[split]
+    return str(small if n_turns <= small else large)
 
 
 class Record(BaseModel):
@@ -49,9 +57,6 @@ class BigFive(Record):
     agreeableness: float = Field(ge=1, le=5)
     neuroticism: float = Field(ge=1, le=5)
 
-    def as_tuple(self) -> tuple[float, ...]:
-        return tuple(getattr(self, t) for t in BIG_FIVE_TRAITS)
-
 
 class Profile(Record):
     """PersonaVLM core-memory profile; serialised with the spec's spaced keys."""
@@ -81,6 +86,7 @@ class Persona(Record):
     seed: PersonaSeed
     split: Split
     shard: str  # the history partition this persona is materialized in
+    bucket: str | None = None  # benchmark personas: the Persona-MME bucket their history is sized for
     role_description: str
     profile: Profile
     big_five: BigFive

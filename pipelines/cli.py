@@ -10,6 +10,7 @@ import dagster as dg
 
 from persona_factory.config import ConfigError
 from persona_factory.estimate import estimate
+from persona_factory.stages.personas import assign_splits, load_seeds
 
 from .definitions import build_definitions
 from .partitions import all_shards_tags
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
                              teacher_base_urls=args.teacher_url)
     try:
         cfg = settings.load()
+        assign_splits(load_seeds(cfg.persona_source), cfg)  # enough distinct seeds, before anything starts
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -9,7 +9,7 @@ from typing import Optional
 import dagster as dg
 from pydantic import PrivateAttr
 
-from persona_factory.config import EMBEDDED_MODEL, PipelineConfig, load_config
+from persona_factory.config import PipelineConfig, load_config
 from persona_factory.teacher.backends import OfflineBackend, ServerBackend
 from persona_factory.teacher.cache import ResponseCache
 from persona_factory.teacher.client import Backend, Teacher
@@ -51,14 +51,9 @@ class TeacherResource(dg.ConfigurableResource):
 
     def model_name(self) -> str:
         """The teacher's model id for provenance, without starting an engine."""
-        if self._teacher is not None:
-            return self._teacher.model_id
-        from persona_factory.teacher.embedded import EMBEDDED_SERVED_NAME
+        from persona_factory.teacher.embedded import model_id
 
-        model = self.settings.load().teacher.model
-        if model == EMBEDDED_MODEL:
-            return EMBEDDED_SERVED_NAME
-        return Path(model).name if Path(model).is_dir() else model
+        return self._teacher.model_id if self._teacher is not None else model_id(self.settings.load().teacher)
 
     def _build(self, cfg: PipelineConfig) -> Teacher:
         t = cfg.teacher

@@ -6,10 +6,21 @@ from __future__ import annotations
 import duckdb
 import pytest
 
-from assets.common import finish
+import dagster as dg
+
+from assets.common import answered, finish
 from persona_factory.schema import QuarantineRow
 from persona_factory.teacher.client import TeacherUnavailable
+from persona_factory.teacher.embedded import EMBEDDED_SERVED_NAME
 from persona_factory.teacher.types import TeacherResult, TeacherStats
+from pipelines.definitions import build_definitions
+from pipelines.partitions import all_shards_tags
+from pipelines.resources import FactoryConfig
+
+try:
+    from tests.fake_openai import FakeOpenAI, Reply
+except ImportError:
+    from fake_openai import FakeOpenAI, Reply
 
 
 def rows(con, table: str) -> list[tuple]:
@@ -38,6 +49,26 @@ def test_bookkeeping_is_replaced_per_shard():
 def test_an_asset_whose_every_request_failed_stops_the_run():
     stats = TeacherStats(requests=3, failures=3, first_failure="transport: HTTP 400 at http://x/v1: bad schema")
     with pytest.raises(TeacherUnavailable, match="all 3 teacher requests failed.*bad schema"):
-        finish(duckdb.connect(), "timeline_plans", stats)
-    partly = TeacherStats(requests=3, failures=2, first_failure="schema: ...")
-    assert finish(duckdb.connect(), "timeline_plans", partly).metadata["teacher_failures"] == 2
+        answered("timeline_plans", stats)
+    answered("timeline_plans", TeacherStats(requests=3, failures=2, first_failure="schema: ..."))
+    answered("image_pool", TeacherStats())
+
+
+def test_a_run_whose_teacher_refuses_everything_keeps_the_rows_it_had(tmp_path):
+    """The stop comes before any write: a refused schema does not replace good personas with none."""
+    with FakeOpenAI(EMBEDDED_SERVED_NAME, responder=lambda body: Reply.status(400)) as fake:
+        settings = FactoryConfig(preset="tiny", output_dir=str(tmp_path), teacher_base_urls=[fake.base_url])
+        defs = build_definitions(settings)
+        with duckdb.connect(str(tmp_path / "pipeline.duckdb")) as con:
+            con.execute("CREATE TABLE personas (persona_id VARCHAR, split VARCHAR, shard VARCHAR, name VARCHAR, "
+                        "record JSON)")
+            con.execute("INSERT INTO personas VALUES ('p_kept', 'train', 'shard-000', 'Ana', '{}')")
+        with dg.instance_for_test() as instance:
+            result = dg.materialize([a for a in defs.assets if isinstance(a, dg.AssetsDefinition)],
+                                    selection=["personas"], instance=instance, resources=defs.resources,
+                                    tags=all_shards_tags(settings.load()), raise_on_error=False)
+        assert not result.success
+        [failure] = result.get_step_failure_events()
+        assert "teacher requests failed" in failure.event_specific_data.error.to_string()
+        with duckdb.connect(str(tmp_path / "pipeline.duckdb"), read_only=True) as con:
+            assert con.execute("SELECT persona_id FROM personas").fetchall() == [("p_kept",)]

@@ -9,6 +9,7 @@ from collections import Counter
 import pytest
 
 from persona_factory.config import load_config
+from persona_factory.schema import bucket_of
 from persona_factory.stages import dialogues as D
 from persona_factory.stages import personas as P
 from persona_factory.stages import plans as PL
@@ -35,7 +36,7 @@ def histories(cfg, images, teacher=None):
     teacher = teacher or SchemaTeacher()
     assigned = P.assign_splits(P.load_seeds(cfg.persona_source), cfg)
     personas, _ = P.build_personas(cfg, assigned, teacher.generate(
-        [P.enrichment_request(cfg, s, P.sample_big_five(cfg, s)) for s, _, _ in assigned]))
+        [P.enrichment_request(cfg, a.seed, P.sample_big_five(cfg, a.seed)) for a in assigned]))
     plans, _ = PL.build_plans(cfg, personas, teacher.generate([PL.plan_request(cfg, p) for p in personas]), images)
     return personas, plans
 
@@ -171,7 +172,8 @@ UNITS = ["session", "turn"]
 
 def unit_config(unit: str, **overrides):
     dialogue = {"draft_unit": unit, **overrides.pop("dialogue", {})}
-    return load_config("tiny", overrides={"dialogue": dialogue, **overrides})
+    teacher = {"max_model_len": 4096, **overrides.pop("teacher", {})}  # room for whole-session drafts
+    return load_config("tiny", overrides={"dialogue": dialogue, "teacher": teacher, **overrides})
 
 
 @pytest.mark.parametrize("unit", UNITS)
@@ -316,3 +318,20 @@ def test_image_teachers_see_every_shared_photo(images, unit):
         r.messages[1].content, str)]
     photos = sum(1 for p in plans for i in p.items if i.kind == "photo_share")
     assert sum(len(r.messages[1].content) - 1 for r in with_photos) == photos > 0
+
+
+def test_paper_scale_plans_fit_their_sessions_and_buckets(images):
+    """At the paper preset's sizes every item is told in the session it is dated for (photos included) and each
+    benchmark history is sized for the Persona-MME bucket its persona was assigned."""
+    cfg = load_config("paper", overrides={"personas": {"train": 3, "bench_32k": 4, "bench_128k": 4}})
+    personas, plans = histories(cfg, images)
+    by_image = {i.image_id: i for i in images}
+    assert {p.bucket for p in personas if p.split != "train"} == {"50", "100", "200", "500"}
+    for persona, plan in zip(personas, plans):
+        if persona.bucket is not None:
+            assert bucket_of(persona.split, sum(s.n_turns for s in plan.sessions)) == persona.bucket
+        slots, unplaced = D.plan_slots(cfg, persona, plan, by_image)
+        assert unplaced == []
+        for session in slots:
+            for slot in (s for s in session if s.item is not None):
+                assert PL.told_in(plan.sessions, slot.item) == slot.session_index

@@ -6,22 +6,41 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from collections import Counter
 
 import pytest
 from datasets import Dataset, Features, Image, Value
 from PIL import Image as PILImage
 
-from persona_factory.config import ConfigError, ImageSourceSettings, SourceSettings
+from persona_factory.config import ConfigError, ImageSourceSettings, SourceSettings, load_config
 from persona_factory.stages.images import load_image_pool
-from persona_factory.stages.personas import BUNDLED_SEEDS, load_seeds
+from persona_factory.stages.personas import BUNDLED_SEEDS, assign_splits, load_seeds
 
 
-def test_bundled_seeds_are_distinct_and_stable():
+def test_bundled_seeds_are_distinct_stable_and_enough_for_the_paper_preset():
     seeds = load_seeds(SourceSettings())
-    texts = [line.strip() for line in BUNDLED_SEEDS.read_text().splitlines() if line.strip()]
-    assert [s.text for s in seeds] == list(dict.fromkeys(texts))
-    assert len({s.seed_id for s in seeds}) == len(seeds) >= 20
+    written = [line.strip() for line in BUNDLED_SEEDS.read_text().splitlines() if line.strip()]
+    assert [s.text for s in seeds[:len(written)]] == written  # the hand-written ones first
+    assert len({s.seed_id for s in seeds}) == len(seeds) >= load_config("paper").personas.total
     assert [s.seed_id for s in load_seeds(SourceSettings())] == [s.seed_id for s in seeds]
+
+
+def test_benchmark_personas_fill_both_buckets_of_their_config_equally():
+    assigned = assign_splits(load_seeds(SourceSettings()), load_config("paper"))
+    counts = Counter((a.split, a.bucket) for a in assigned)
+    assert counts == {("train", None): 500, ("bench_32k", "50"): 50, ("bench_32k", "100"): 50,
+                      ("bench_128k", "200"): 50, ("bench_128k", "500"): 50}
+
+
+def test_too_few_seeds_fail_before_a_run_starts(tmp_path, capsys):
+    seeds = tmp_path / "seeds.txt"
+    seeds.write_text("A beekeeper.\nA nurse.\n")
+    config = tmp_path / "run.yaml"
+    config.write_text(f"persona_source: {{kind: file, path: {seeds}}}\n")
+    from pipelines.cli import main
+
+    assert main(["materialize", "--preset", "tiny", "--config", str(config), "--estimate-only"]) == 2
+    assert "4 personas" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("suffix", ["txt", "jsonl", "csv"])

@@ -614,3 +614,14 @@ def test_a_bad_answer_is_asked_again_while_slower_requests_still_run(fake, make_
     results = make_teacher(fake.base_url).generate([req(f"q{i}") for i in range(4)])
     assert all(r.ok for r in results) and results[0].value.text == "retried" and results[0].attempts == 2
     assert waited == [True, True, True]
+
+
+def test_the_model_id_is_known_without_preparing_anything(tmp_path):
+    from persona_factory.config import TeacherSettings
+    from persona_factory.teacher.embedded import EMBEDDED_SERVED_NAME, model_id
+
+    folder = tmp_path / "my-teacher"
+    folder.mkdir()
+    assert model_id(TeacherSettings()) == EMBEDDED_SERVED_NAME
+    assert model_id(TeacherSettings(model=f"{folder}/../my-teacher/.")) == "my-teacher"
+    assert model_id(TeacherSettings(model="Qwen/Qwen2.5-VL-7B-Instruct")) == "Qwen/Qwen2.5-VL-7B-Instruct"

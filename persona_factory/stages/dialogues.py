@@ -168,9 +168,12 @@ def current_personality(persona: Persona, plan: TimelinePlan, time: str) -> dict
 
 
 def _photos(cfg: PipelineConfig, slots: list[TurnSlot]) -> list[bytes]:
+    """The photos a vision-language teacher sees, up to the engine's per-prompt limit (every photo's caption is
+    in its round's instruction, so one past the limit is still described)."""
     if not cfg.teacher.supports_images:
         return []
-    return [open(s.image.path, "rb").read() for s in slots if s.image is not None]
+    shown = [s for s in slots if s.image is not None][:cfg.teacher.max_images_per_prompt]
+    return [open(s.image.path, "rb").read() for s in shown]
 
 
 def session_request(cfg: PipelineConfig, st: PersonaState, k: int) -> TeacherRequest:
@@ -271,7 +274,8 @@ def generate_dialogues(cfg: PipelineConfig, teacher: TeacherLike, personas: list
                                              rule=d.failure.split(":")[0], value=f"{d.slot.instruction()} | {d.failure}"))
         for st in active:
             kept = [s for s in st.sessions[k] if s.key in st.kept]
-            st.recent = (st.recent + [(s.time, *st.kept[s.key]) for s in kept])[-cfg.dialogue.recent_window:]
+            window = cfg.dialogue.recent_window
+            st.recent = (st.recent + [(s.time, *st.kept[s.key]) for s in kept])[-window:] if window else []
     dialogues = []
     for st in states:
         told = {s.item.item_id for ss in st.sessions for s in ss if s.item and s.key in st.kept}
@@ -338,8 +342,8 @@ def _accept(cfg: PipelineConfig, teacher: TeacherLike, drafts: list[Draft], stat
         answers = [next(verdicts) for _ in facts]
         if all(a.ok and a.value.consistent for a in answers):  # type: ignore[union-attr]
             d.st.kept[d.slot.key] = (d.user, d.assistant)
-        else:
-            d.failure = "contradiction"
+        else:  # an unanswered judge cannot clear the turn either, but says so
+            d.failure = next((f"judge_failure: {a.failure}" for a in answers if not a.ok), "contradiction")
             rejected.append(d)
     return rejected
 

@@ -5,18 +5,25 @@ from __future__ import annotations
 
 import csv
 import json
+import random
+from collections import Counter
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from ..config import ConfigError, PipelineConfig, SourceSettings
-from ..schema import BIG_FIVE_TRAITS, BigFive, Persona, PersonaSeed, Profile, QuarantineRow, Split, fmt_time
+from ..schema import (
+    BIG_FIVE_TRAITS, BUCKET_MAX_TURNS, BigFive, Persona, PersonaSeed, Profile, QuarantineRow, Split, fmt_time,
+)
 from ..teacher.types import TeacherRequest, TeacherResult
 from .common import chat, personality_text, rng_for, sampling, stable_id
 
 BUNDLED_SEEDS = Path(__file__).resolve().parent.parent / "data" / "persona_seeds.txt"
+BUNDLED_SEED_PARTS = Path(__file__).resolve().parent.parent / "data" / "persona_seed_parts.yaml"
 FIRST_DAY = datetime(2024, 4, 1, 9, 0)  # simulated calendars start within 120 days of this
 
 Short = Annotated[str, StringConstraints(min_length=2, max_length=40)]
@@ -37,7 +44,7 @@ class PersonaDraft(BaseModel):
 
 def load_seeds(source: SourceSettings) -> list[PersonaSeed]:
     if source.kind == "bundled":
-        texts, origin = BUNDLED_SEEDS.read_text().splitlines(), "bundled"
+        texts, origin = bundled_seed_texts(), "bundled"
     elif source.kind == "file":
         texts, origin = _read_seed_file(Path(source.path), source.column), f"file:{source.path}"
     else:
@@ -49,6 +56,16 @@ def load_seeds(source: SourceSettings) -> list[PersonaSeed]:
             seen.add(text)
             seeds.append(PersonaSeed(seed_id=stable_id("s_", text), text=text, source=origin))
     return seeds
+
+
+def bundled_seed_texts() -> list[str]:
+    """The hand-written seeds, then every occupation paired with every pursuit, in a fixed shuffled order (so the
+    first few hundred mix occupations and pursuits)."""
+    parts = yaml.safe_load(BUNDLED_SEED_PARTS.read_text())
+    combined = [f"{'An' if job[0] in 'aeiou' else 'A'} {job} who {pursuit}." for job in parts["occupations"]
+                for pursuit in parts["pursuits"]]
+    random.Random(0).shuffle(combined)
+    return BUNDLED_SEEDS.read_text().splitlines() + combined
 
 
 def _read_seed_file(path: Path, column: str) -> list[str]:
@@ -76,9 +93,18 @@ def shard_keys(cfg: PipelineConfig) -> list[str]:
     return [f"shard-{i:03d}" for i in range(cfg.personas.shards)]
 
 
-def assign_splits(seeds: list[PersonaSeed], cfg: PipelineConfig) -> list[tuple[PersonaSeed, Split, str]]:
-    """Deterministic, disjoint assignment of seeds to train and the two benchmark buckets, and to shards
-    (round robin over the assignment order, so shards are balanced and every split is spread over them)."""
+@dataclass(frozen=True)
+class Assignment:
+    seed: PersonaSeed
+    split: Split
+    shard: str
+    bucket: str | None  # benchmark personas: the Persona-MME bucket their history is sized for
+
+
+def assign_splits(seeds: list[PersonaSeed], cfg: PipelineConfig) -> list[Assignment]:
+    """Deterministic, disjoint assignment of seeds to train and the two benchmark configs, to shards (round robin
+    over the assignment order, so shards are balanced and every split is spread over them) and, within each
+    benchmark config, alternately to its two buckets, so each bucket gets half of the config's personas."""
     counts = cfg.personas
     need = counts.train + counts.bench_32k + counts.bench_128k
     if need > len(seeds):
@@ -87,7 +113,12 @@ def assign_splits(seeds: list[PersonaSeed], cfg: PipelineConfig) -> list[tuple[P
     rng_for(cfg.seed, "split").shuffle(order)
     splits: list[Split] = ["train"] * counts.train + ["bench_32k"] * counts.bench_32k + ["bench_128k"] * counts.bench_128k
     keys = shard_keys(cfg)
-    return [(seed, split, keys[i % len(keys)]) for i, (seed, split) in enumerate(zip(order, splits))]
+    out, within = [], Counter[str]()
+    for i, (seed, split) in enumerate(zip(order, splits)):
+        bucket = str(BUCKET_MAX_TURNS[split][within[split] % 2]) if split in BUCKET_MAX_TURNS else None
+        within[split] += 1
+        out.append(Assignment(seed, split, keys[i % len(keys)], bucket))
+    return out
 
 
 def sample_big_five(cfg: PipelineConfig, seed: PersonaSeed) -> BigFive:
@@ -105,10 +136,11 @@ def enrichment_request(cfg: PipelineConfig, seed: PersonaSeed, big_five: BigFive
 
 
 def build_personas(
-    cfg: PipelineConfig, assigned: list[tuple[PersonaSeed, Split, str]], results: list[TeacherResult]
+    cfg: PipelineConfig, assigned: list[Assignment], results: list[TeacherResult]
 ) -> tuple[list[Persona], list[QuarantineRow]]:
     personas, quarantined = [], []
-    for (seed, split, shard), res in zip(assigned, results):
+    for a, res in zip(assigned, results):
+        seed = a.seed
         if not res.ok:
             quarantined.append(QuarantineRow(table_name="personas", row_key=seed.seed_id, rule="teacher_failure",
                                              value=res.failure or ""))
@@ -122,7 +154,7 @@ def build_personas(
                "requirements or expectations": draft.requirements.strip(), "update time": fmt_time(start)},
         )
         personas.append(Persona(
-            persona_id=stable_id("p_", seed.seed_id), seed=seed, split=split, shard=shard,
+            persona_id=stable_id("p_", seed.seed_id), seed=seed, split=a.split, shard=a.shard, bucket=a.bucket,
             role_description=draft.role_description.strip(), profile=profile,
             big_five=sample_big_five(cfg, seed), start_time=fmt_time(start),
         ))

@@ -21,8 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from ..config import PipelineConfig, TurnRange
 from ..schema import (
-    BIG_FIVE_TRAITS, GOAL_OUTCOMES, SKILL_LEVELS, ImageRecord, Persona, PlanItem, PlannedSession, QuarantineRow,
-    TimelinePlan, fmt_time,
+    BIG_FIVE_TRAITS, BUCKET_MAX_TURNS, GOAL_OUTCOMES, SKILL_LEVELS, ImageRecord, Persona, PlanItem, PlannedSession,
+    QuarantineRow, TimelinePlan, fmt_time,
 )
 from ..teacher.types import TeacherRequest, TeacherResult
 from .common import chat, normalize, parse_time, rng_for, sampling, stable_id
@@ -67,8 +67,15 @@ def span_days(cfg: PipelineConfig, persona: Persona) -> int:
 
 
 def turn_range(cfg: PipelineConfig, persona: Persona) -> TurnRange:
+    """The preset's turn range for the persona's split, narrowed to its Persona-MME bucket where it has one (the
+    small bucket holds histories up to its size, the large one longer ones), as far as the range allows."""
     d = cfg.dialogue
-    return {"train": d.turns_train, "bench_32k": d.turns_32k, "bench_128k": d.turns_128k}[persona.split]
+    full = {"train": d.turns_train, "bench_32k": d.turns_32k, "bench_128k": d.turns_128k}[persona.split]
+    if persona.bucket is None:
+        return full
+    small, _ = BUCKET_MAX_TURNS[persona.split]
+    lo, hi = (full.min, min(full.max, small)) if int(persona.bucket) == small else (max(full.min, small + 1), full.max)
+    return TurnRange(min=lo, max=hi) if lo <= hi else full
 
 
 def plan_request(cfg: PipelineConfig, persona: Persona) -> TeacherRequest:
@@ -90,7 +97,8 @@ def schedule_sessions(cfg: PipelineConfig, persona: Persona) -> list[PlannedSess
     while sum(sizes) < total:
         sizes.append(min(rng.randint(per.min, per.max), total - sum(sizes)))
     if len(sizes) > 1 and sizes[-1] < 2:  # a one-turn tail joins the previous session
-        sizes[-2] += sizes.pop()
+        tail = sizes.pop()
+        sizes[-1] += tail
     days = span_days(cfg, persona)
     offsets = sorted(rng.sample(range(days), k=min(len(sizes), days)))
     while len(offsets) < len(sizes):  # more sessions than days: later ones share the last day, hours apart
@@ -170,11 +178,15 @@ def build_plan(cfg: PipelineConfig, persona: Persona, draft: PlanDraft, images: 
     p, vocab, pid = cfg.plan, vocabulary(), persona.persona_id
     sessions = schedule_sessions(cfg, persona)
     total_turns = sum(s.n_turns for s in sessions)
-    n_photos = round(cfg.dialogue.image_turn_share * total_turns) if images else 0
+    side = "train" if persona.split == "train" else "bench"
+    photo_pool = sorted((i for i in images if image_side(i.image_id) == side), key=lambda i: i.image_id)
+    n_photos = round(cfg.dialogue.image_turn_share * total_turns) if photo_pool else 0
     facts = total_turns - n_photos - round(p.small_talk_share * total_turns)
     free = [s.n_turns for s in sessions]
+    photo_sessions = []
     for _ in range(n_photos):  # photos first: their share of turns is fixed by the config
-        free[rng.choice([i for i, f in enumerate(free) if f > 0])] -= 1
+        photo_sessions.append(rng.choice([i for i, f in enumerate(free) if f > 0]))
+        free[photo_sessions[-1]] -= 1
     cal = _Calendar(sessions, free)
     for _ in range(max(0, sum(free) - facts)):  # keep the small-talk share free
         free[rng.choice([i for i, f in enumerate(free) if f > 0])] -= 1
@@ -308,7 +320,7 @@ def build_plan(cfg: PipelineConfig, persona: Persona, draft: PlanDraft, images: 
         if not any(i.kind == "event" and i.value == person_events[k] for i in items):
             add_person_event(k)
 
-    _add_photos(cfg, persona, sessions, images, n_photos, add, rng)
+    _add_photos(photo_pool, photo_sessions, add, rng)
     events_told = [i for i in items if i.kind == "event"]
     if events_told and rng.random() < p.personality_drift_prob:
         cause = rng.choice(events_told)
@@ -325,18 +337,12 @@ def image_side(image_id: str) -> str:
     return "train" if int(image_id[:8], 16) % 2 == 0 else "bench"
 
 
-def _add_photos(cfg: PipelineConfig, persona: Persona, sessions: list[PlannedSession], images: list[ImageRecord],
-                n_photos: int, add: Callable, rng: random.Random) -> None:
-    side = "train" if persona.split == "train" else "bench"
-    pool = sorted((i for i in images if image_side(i.image_id) == side), key=lambda i: i.image_id)
-    if not pool:
-        return
+def _add_photos(pool: list[ImageRecord], photo_sessions: list[int], add: Callable, rng: random.Random) -> None:
+    """A photo_share item in each session reserved for one, with distinct photos until the pool runs out."""
     order = rng.sample(pool, k=len(pool))
     purposes = list(vocabulary()["photo_purposes"])
-    weights = [s.n_turns for s in sessions]
-    for k in range(n_photos):
-        image = order[k % len(order)]  # distinct photos until the pool runs out
-        session = rng.choices(range(len(sessions)), weights=weights)[0]
+    for k, session in enumerate(photo_sessions):
+        image = order[k % len(order)]
         add("photo_share", session, image.labels[0], rng.choice(purposes), image_id=image.image_id)
 
 

