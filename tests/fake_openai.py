@@ -26,6 +26,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
 
+class _Server(ThreadingHTTPServer):
+    # the client opens up to max_concurrency connections at once; the stdlib's listen backlog of 5 would reset
+    # the rest (uvicorn, which vllm serve runs on, listens with a backlog of 2048)
+    request_queue_size = 2048
+    daemon_threads = True
+
+
 @dataclass(frozen=True)
 class Reply:
     """One scripted behaviour of the fake for one request."""
@@ -164,8 +171,7 @@ class FakeOpenAI:
             def do_POST(self) -> None:
                 fake._post(self)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name=f"fake-openai-{self.port}", daemon=True)
         self._thread.start()
