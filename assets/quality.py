@@ -18,8 +18,9 @@ def dedup_decisions(settings: FactoryConfig, duckdb: DuckDBResource) -> dg.Mater
 
 
 @dg.asset(group_name=QUALITY, deps=["dedup_decisions", "memory_db", "personality_trajectories"],
-          description="What will be published: personas whose histories pass the structural rules and the dedup "
-                      "rules, their items and records. Blocking checks validate it before publishing.")
+          description="What will be published: personas whose histories pass the structural rules, whose image "
+                      "files are present and match their checksums, and who pass the dedup rules, with their items "
+                      "and records. Blocking checks validate it before publishing.")
 def release_splits(settings: FactoryConfig, duckdb: DuckDBResource) -> dg.MaterializeResult:
     cfg = settings.load()
     with duckdb.get_connection() as con:

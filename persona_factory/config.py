@@ -243,6 +243,18 @@ class RegenerationSettings(Strict):
     seed: Literal["per_run", "fixed"] = "per_run"
 
 
+# settings that say where a run writes, which engine serves it and how fast, not what data it makes: the
+# provenance hash leaves them out, so the same data keeps its hash when moved or served differently
+RUN_ONLY_SETTINGS: dict[str, Any] = {
+    "output_dir": True,
+    "publish": True,
+    "regeneration": True,
+    "teacher": {"backend", "base_urls", "api_key_env", "max_concurrency", "request_timeout_s", "connect_timeout_s",
+                "enforce_eager", "tensor_parallel_size", "gpu_memory_utilization", "max_num_seqs", "kv_cache_gib",
+                "embedded_port", "startup_timeout_s"},
+}
+
+
 class PipelineConfig(Strict):
     preset: str
     seed: int = 0
@@ -259,11 +271,6 @@ class PipelineConfig(Strict):
     publish: PublishSettings = PublishSettings()
     regeneration: RegenerationSettings = RegenerationSettings()
 
-    @property
-    def output_path(self) -> Path:
-        p = Path(self.output_dir)
-        return p if p.is_absolute() else REPO_ROOT / p
-
     @model_validator(mode="after")
     def _sessions_fit_the_context(self) -> "PipelineConfig":
         """A whole-session draft must fit the teacher's context: room for its longest session at the text limits
@@ -279,11 +286,17 @@ class PipelineConfig(Strict):
         return self
 
     @property
+    def output_path(self) -> Path:
+        p = Path(self.output_dir)
+        return p if p.is_absolute() else REPO_ROOT / p
+
+    @property
     def duckdb_path(self) -> Path:
         return self.output_path / "pipeline.duckdb"
 
     def config_hash(self) -> str:
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+        """Hash of the settings that shape the data (all but RUN_ONLY_SETTINGS)."""
+        return hashlib.sha256(self.model_dump_json(exclude=RUN_ONLY_SETTINGS).encode()).hexdigest()[:16]
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -22,7 +22,8 @@ def write_records(con: duckdb.DuckDBPyConnection, table: str, records: Sequence[
     """Replace `table` with these records (idempotent re-runs), in their given order.
 
     With `partition=(column, keys)` only the rows whose `column` is in `keys` are replaced, so one shard re-runs
-    without touching the others; a table whose columns changed is recreated (its other shards are then stale).
+    without touching the others; a table whose columns changed is recreated, which drops its other shards' rows
+    (those shards must re-run to come back).
     """
     arrays = {name: pa.array([fn(r) for r in records], type=ARROW[sql_type]) for name, (sql_type, fn) in columns.items()}
     arrays["record"] = pa.array([r.model_dump_json(by_alias=True) for r in records], type=pa.string())
@@ -68,8 +69,6 @@ def replace_bookkeeping(con: duckdb.DuckDBPyConnection, asset: str, quarantined:
                 " rule VARCHAR, value VARCHAR, partition VARCHAR DEFAULT '')")
     con.execute("CREATE TABLE IF NOT EXISTS teacher_failures (asset VARCHAR, request_key VARCHAR, tag VARCHAR,"
                 " reason VARCHAR, attempts INTEGER, partition VARCHAR DEFAULT '')")
-    for table in ("quarantine", "teacher_failures"):  # databases written before partitions existed
-        con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS partition VARCHAR DEFAULT ''")
     where = "asset = ? AND partition IN (SELECT unnest(?::VARCHAR[]))"
     con.execute(f"DELETE FROM quarantine WHERE {where}", [asset, list(partitions)])
     con.execute(f"DELETE FROM teacher_failures WHERE {where}", [asset, list(partitions)])

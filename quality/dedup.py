@@ -158,9 +158,10 @@ class Pair:
 
 @dataclass(frozen=True)
 class Exclusion:
-    """One unit the release leaves out: a persona (its history and every record of it) or a benchmark item."""
+    """One unit the release leaves out: a persona (its history and every record of it), a benchmark item, or a
+    training record."""
 
-    unit: str  # "persona" | "item"
+    unit: str  # "persona" | "item" | "record"
     key: str
     persona_id: str
     reason: str

@@ -35,24 +35,28 @@ class ReleaseSummary:
     rl_records: int
     excluded_personas: dict[str, int] = field(default_factory=dict)  # reason -> personas
     dropped_items: dict[str, int] = field(default_factory=dict)  # reason -> items
+    dropped_records: dict[str, int] = field(default_factory=dict)  # reason -> SFT/RL records
     unparsed_records: int = 0  # rows failing their schema; the record_schemas check reports them
 
     def as_metadata(self) -> dict:
         return {"personas": self.personas, "turns": self.turns, "benchmark_items": self.benchmark_items,
                 "sft_records": self.sft_records, "rl_records": self.rl_records,
                 "excluded_personas": self.excluded_personas, "dropped_items": self.dropped_items,
-                "unparsed_records": self.unparsed_records}
+                "dropped_records": self.dropped_records, "unparsed_records": self.unparsed_records}
 
 
 def build_release(con: duckdb.DuckDBPyConnection, cfg: PipelineConfig) -> tuple[ReleaseSummary, list[QuarantineRow]]:
-    """Write the release tables; return the summary and the structural quarantine rows.
+    """Write the release tables; return the summary and the structural and image-file quarantine rows.
 
-    A persona is left out when it has no valid history, when its history breaks a structural rule, or when a
-    dedup rule says so (dedup.release_exclusions); items and records go with their persona. Rows that fail
-    their schema are not released, and the record_schemas check blocks publishing until they are fixed.
+    A persona is left out when it has no valid history, when its history breaks a structural rule (too short
+    included), when an image it shows is not in the pool or its file is missing or no longer matches its id, or
+    when a dedup rule says so (dedup.release_exclusions); items and records go with their persona, and a training
+    record citing such an image is left out on its own. Rows that fail their schema are not released, and the
+    record_schemas check blocks publishing until they are fixed.
     """
     parsed, unparsed = {}, 0
-    for table in ("personas", "timeline_plans", "dialogues", "benchmark_items", "sft_records", "rl_records"):
+    for table in ("personas", "timeline_plans", "dialogues", "image_pool", "benchmark_items", "sft_records",
+                  "rl_records"):
         parsed[table], invalid = validate.parse_records(con, table)
         unparsed += len(invalid)
     personas: dict[str, Persona] = {p.persona_id: p for p in parsed["personas"]}
@@ -60,19 +64,22 @@ def build_release(con: duckdb.DuckDBPyConnection, cfg: PipelineConfig) -> tuple[
     dialogues: dict[str, Dialogue] = {d.persona_id: d for d in parsed["dialogues"]}
     items: list[BenchmarkItem] = parsed["benchmark_items"]
 
-    quarantined: list[QuarantineRow] = []
+    pool_ids = {i.image_id for i in parsed["image_pool"]}
+    broken = validate.image_file_problems(parsed["image_pool"])
+    quarantined = [QuarantineRow(table_name="image_pool", row_key=image_id, rule=rule, value=found)
+                   for image_id, (rule, found) in sorted(broken.items())]
     excluded: dict[str, Exclusion] = {}
     for pid in sorted(personas):
         if pid not in dialogues:
             excluded[pid] = Exclusion("persona", pid, pid, "no_history", "no valid dialogue record")
             continue
-        violations = validate.structural_violations(dialogues[pid], {i.item_id for i in plans[pid].items}
+        structural = validate.structural_violations(dialogues[pid], {i.item_id for i in plans[pid].items}
                                                     if pid in plans else set(), cfg.dialogue.session_gap_minutes)
-        quarantined += violations
-        if violations:
-            first = violations[0]
-            excluded[pid] = Exclusion("persona", pid, pid, f"structural:{first.rule}",
-                                      f"{first.row_key}: {first.value}")
+        images = validate.image_violations(dialogues[pid], pool_ids, broken)
+        quarantined += structural + images
+        if structural or images:
+            family, first = ("structural", structural[0]) if structural else ("image", images[0])
+            excluded[pid] = Exclusion("persona", pid, pid, f"{family}:{first.rule}", f"{first.row_key}: {first.value}")
     evidence = {i.item_id: (i.persona_id, list(i.evidence_images)) for i in items}
     exclusions = [*excluded.values(), *dedup.release_exclusions(dedup.read_pairs(con), evidence, excluded)]
     gone = {e.key for e in exclusions if e.unit == "persona"}
@@ -86,9 +93,19 @@ def build_release(con: duckdb.DuckDBPyConnection, cfg: PipelineConfig) -> tuple[
                                         "benchmark items are asked on benchmark histories only"))
             dropped.add(i.item_id)
     kept_items = [i for i in items if i.persona_id in split_of and i.item_id not in dropped]
-    trainable = lambda r: split_of.get(r.persona_id) == "train"  # noqa: E731
-    sft = [r for r in parsed["sft_records"] if trainable(r)]
-    rl = [r for r in parsed["rl_records"] if trainable(r)]
+
+    def trainable(r: SFTRecord | RLRecord, image_ids: list[str]) -> bool:
+        if split_of.get(r.persona_id) != "train":
+            return False
+        for image_id in image_ids:
+            if problem := validate.image_problem(image_id, pool_ids, broken):
+                exclusions.append(Exclusion("record", r.record_id, r.persona_id, f"image:{problem[0]}",
+                                            f"image {image_id}: {problem[1]}"))
+                return False
+        return True
+
+    sft = [r for r in parsed["sft_records"] if trainable(r, r.image)]
+    rl = [r for r in parsed["rl_records"] if trainable(r, r.images)]
     histories = [dialogues[pid] for pid in released]
     turns = [t for d in histories for t in d.turns]
 
@@ -97,7 +114,8 @@ def build_release(con: duckdb.DuckDBPyConnection, cfg: PipelineConfig) -> tuple[
         personas=dict(Counter(split_of.values())), turns=len(turns), benchmark_items=len(kept_items),
         sft_records=len(sft), rl_records=len(rl),
         excluded_personas=dict(Counter(e.reason for e in exclusions if e.unit == "persona")),
-        dropped_items=dict(Counter(e.reason for e in exclusions if e.unit == "item")), unparsed_records=unparsed)
+        dropped_items=dict(Counter(e.reason for e in exclusions if e.unit == "item")),
+        dropped_records=dict(Counter(e.reason for e in exclusions if e.unit == "record")), unparsed_records=unparsed)
     return summary, quarantined
 
 
@@ -190,7 +208,7 @@ def curation_sections(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
         "Deduplication and leakage": "\n\n".join([
             "Pairs found (each pair is recorded with both keys in the `dedup_decisions` table):",
             markdown_table(("reason", "meaning", "pairs"), pairs),
-            "Left out of this release because of them, or of a structural rule:",
+            "Left out of this release because of them, or of a structural or image-file rule:",
             markdown_table(("unit", "reason", "count"), left_out)]),
         "Quarantine": markdown_table(("asset", "rule", "rows"), quarantine),
         "Teacher failures (after retries)": markdown_table(("asset", "kind", "requests"), failures),

@@ -4,8 +4,10 @@ and great-expectations suites kept as JSON files under quality/suites/, run on p
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -52,14 +54,25 @@ RECORD_TABLES: dict[str, tuple[type[BaseModel], tuple[str, ...]]] = {
 }
 
 
+# the least a released history holds: one session with an exchange to remember and one after it; the
+# release_personas suite reads the same values
+MIN_HISTORY_TURNS = 2
+MIN_HISTORY_SESSIONS = 1
+
+
 # ---------------------------------------------------------------------------------------------- structure
 
 
 def structural_violations(dialogue: Dialogue, plan_item_ids: set[str], gap_minutes: int) -> list[QuarantineRow]:
-    """Alternation (every turn has a user and an assistant side), readable and monotonic time, the session-gap
-    rule, exactly one <img> per image turn and none elsewhere, and evidence links that exist in the plan."""
+    """Length (at least MIN_HISTORY_TURNS turns in MIN_HISTORY_SESSIONS sessions), alternation (every turn has a
+    user and an assistant side), readable and monotonic time, the session-gap rule, exactly one <img> per image
+    turn and none elsewhere, and evidence links that exist in the plan."""
     out = []
     gap = timedelta(minutes=gap_minutes)
+    n_turns, n_sessions = len(dialogue.turns), len(dialogue.sessions)
+    if n_turns < MIN_HISTORY_TURNS or n_sessions < MIN_HISTORY_SESSIONS:
+        out.append(QuarantineRow(table_name="dialogues", row_key=dialogue.persona_id, rule="short_history",
+                                 value=f"{n_turns} turns in {n_sessions} sessions"))
 
     def bad(turn, rule: str, value: str) -> None:
         out.append(QuarantineRow(table_name="dialogue_turns", row_key=f"{turn.persona_id}:{turn.turn_index}",
@@ -90,6 +103,44 @@ def structural_violations(dialogue: Dialogue, plan_item_ids: set[str], gap_minut
                     bad(turn, "session_gap", f"{dt} inside one session")
             previous = (turn, time)
     return out
+
+
+# ---------------------------------------------------------------------------------------------- image files
+
+
+def image_file_problems(pool: Iterable[ImageRecord]) -> dict[str, tuple[str, str]]:
+    """image_id -> (rule, what was found) for every pool image whose PNG is missing, unreadable, or whose bytes no
+    longer hash to its id (the id is the sha256 of the stored file, so an edited or swapped file shows here)."""
+    out = {}
+    for image in pool:
+        try:
+            data = Path(image.path).read_bytes()
+        except FileNotFoundError:
+            out[image.image_id] = ("image_file_missing", f"no file at {image.path}")
+            continue
+        except OSError as e:
+            out[image.image_id] = ("image_file_unreadable", f"{image.path}: {type(e).__name__}: {e}")
+            continue
+        if (digest := hashlib.sha256(data).hexdigest()) != image.image_id:
+            out[image.image_id] = ("image_checksum", f"{image.path} has sha256 {digest}")
+    return out
+
+
+def image_violations(dialogue: Dialogue, pool_ids: Container[str],
+                     problems: Mapping[str, tuple[str, str]]) -> list[QuarantineRow]:
+    """One row per image turn whose image is not in the pool or whose file has a problem (image_file_problems)."""
+    return [QuarantineRow(table_name="dialogue_turns", row_key=f"{turn.persona_id}:{turn.turn_index}",
+                          rule=problem[0], value=f"image {turn.image_id}: {problem[1]}")
+            for turn in dialogue.turns
+            if turn.image_id is not None and (problem := image_problem(turn.image_id, pool_ids, problems))]
+
+
+def image_problem(image_id: str, pool_ids: Container[str],
+                  problems: Mapping[str, tuple[str, str]]) -> tuple[str, str] | None:
+    """(rule, what was found) when a cited image cannot be published, else None."""
+    if image_id not in pool_ids:
+        return "image_not_in_pool", "no image_pool record"
+    return problems.get(image_id)
 
 
 # ---------------------------------------------------------------------------------------------- schemas
@@ -157,7 +208,7 @@ class SuiteResult:
 
 def load_suite(name: str) -> dict:
     """A suite file; a kwarg written "@module:ATTR" takes the value the code defines (a dict becomes its
-    [key, value] pairs), so task lists and letters have one source of truth."""
+    [key, value] pairs, a collection a list), so task lists, letters and limits have one source of truth."""
     spec = json.loads((SUITES_DIR / f"{name}.json").read_text())
     for e in spec["expectations"]:
         e["kwargs"] = {k: _resolve(v) for k, v in e["kwargs"].items()}
@@ -169,7 +220,9 @@ def _resolve(value: object) -> object:
         return value
     module, attr = value[1:].split(":")
     found = getattr(importlib.import_module(module), attr)
-    return [list(kv) for kv in found.items()] if isinstance(found, dict) else list(found)
+    if isinstance(found, dict):
+        return [list(kv) for kv in found.items()]
+    return found if isinstance(found, (str, int, float)) else list(found)
 
 
 def run_suite(name: str, frame: pd.DataFrame) -> SuiteResult:

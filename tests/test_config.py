@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from persona_factory.config import PRESETS, ConfigError, PipelineConfig, load_config
+from persona_factory.config import PRESETS, RUN_ONLY_SETTINGS, ConfigError, PipelineConfig, load_config
 
 
 def write_yaml(tmp_path: Path, data: object, name: str = "pipeline.yaml") -> Path:
@@ -224,5 +224,31 @@ def test_output_path_resolution(tmp_path):
     assert absolute.duckdb_path == tmp_path / "pipeline.duckdb"
 
 
-def test_hash_follows_settings():
-    assert load_config("tiny").config_hash() != load_config("tiny", overrides={"seed": 1}).config_hash()
+@pytest.mark.parametrize("overrides", [
+    {"seed": 1}, {"personas": {"train": 3}}, {"plan": {"events": 2}}, {"teacher": {"model": "Qwen/Qwen2.5-VL-7B"}},
+    {"teacher": {"temperature": 0.2}}, {"quality": {"image_max_hamming": 4}},
+])
+def test_hash_follows_the_settings_that_shape_the_data(overrides):
+    assert load_config("tiny").config_hash() != load_config("tiny", overrides=overrides).config_hash()
+
+
+@pytest.mark.parametrize("overrides", [
+    {"output_dir": "elsewhere"}, {"teacher": {"base_urls": ["http://10.0.0.1:8000/v1"]}},
+    {"teacher": {"max_concurrency": 7, "request_timeout_s": 9.0, "embedded_port": 9999, "api_key_env": "K"}},
+    {"publish": {"hub_repo": "org/data"}}, {"regeneration": {"enabled": True}},
+])
+def test_hash_ignores_where_and_how_fast_a_run_goes(overrides):
+    assert load_config("tiny").config_hash() == load_config("tiny", overrides=overrides).config_hash()
+
+
+def test_every_run_only_setting_exists():
+    for name, inner in RUN_ONLY_SETTINGS.items():
+        assert name in PipelineConfig.model_fields
+        if inner is not True:
+            assert inner <= set(PipelineConfig.model_fields[name].annotation.model_fields), name
+
+
+def test_whole_session_drafts_must_fit_the_teachers_context():
+    with pytest.raises(ConfigError, match="teacher.max_model_len"):
+        load_config("tiny", overrides={"dialogue": {"draft_unit": "session"}})
+    assert load_config("tiny", overrides={"dialogue": {"draft_unit": "session"}, "teacher": {"max_model_len": 4096}})

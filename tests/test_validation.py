@@ -17,11 +17,13 @@ import dagster as dg  # noqa: E402
 import datasets  # noqa: E402
 import duckdb  # noqa: E402
 import huggingface_hub  # noqa: E402
+import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import yaml  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from persona_factory.config import load_config  # noqa: E402
+from persona_factory.publish import export_hub_layout, export_native  # noqa: E402
 from persona_factory.schema import SFTRecord  # noqa: E402
 from pipelines.definitions import build_definitions  # noqa: E402
 from prompts import TEMPLATES  # noqa: E402
@@ -30,7 +32,7 @@ from pipelines.schedules import SEED_TAG  # noqa: E402
 from pipelines.sensors import republish_decision  # noqa: E402
 from quality import dedup, release, validate  # noqa: E402
 from tests.curation_world import (  # noqa: E402
-    CURATION, PROVENANCE, clean_world, make_dialogue, make_item, materialize, write_world,
+    CURATION, PROVENANCE, clean_world, make_item, materialize, write_world,
 )
 
 
@@ -78,12 +80,6 @@ def _bad_item(world):
                        .model_copy(update={"answer": "(e)"}))
 
 
-def _short_history(world):
-    d = make_dialogue("pbench2", "bench_128k", {})
-    world.dialogues["pbench2"] = d.model_copy(update={"sessions": [
-        d.sessions[0].model_copy(update={"turns": d.sessions[0].turns[:1]})]})
-
-
 def _empty_solution(world):
     world.rl[0] = world.rl[0].model_copy(update={"solution": ""})
 
@@ -92,7 +88,6 @@ def _empty_solution(world):
     (_bad_sft, "release_sft", "expect_column_pair_values_to_be_equal(n_images,n_image_tokens)", "sft-bad",
      "n_images=0; n_image_tokens=1"),
     (_bad_item, "release_benchmark", "expect_column_values_to_be_in_set(answer)", "q9", "answer='(e)'"),
-    (_short_history, "release_personas", "expect_column_values_to_be_between(n_turns)", "pbench2", "n_turns=1"),
     (_empty_solution, "release_rl", "expect_column_value_lengths_to_be_between(solution)", "rl-ptrain1",
      "solution=''"),
 ])
@@ -102,6 +97,73 @@ def test_a_row_breaking_a_suite_rule_fails_it_with_the_rule_and_the_value(tmp_pa
     result = suite_on(released_db(world, tmp_path), suite)
     assert not result.success
     assert (key, rule, value) in [(q.row_key, q.rule, q.value) for q in result.quarantined]
+
+
+def test_the_history_length_rule_is_also_a_suite_rule():
+    frame = pd.DataFrame({"persona_id": ["p1", "p2"], "split": ["train", "train"], "n_turns": [1, 6],
+                          "n_sessions": [1, 0]})
+    result = validate.run_suite("release_personas", frame)
+    assert not result.success
+    assert {(q.row_key, q.rule, q.value) for q in result.quarantined} == {
+        ("p1", "expect_column_values_to_be_between(n_turns)", "n_turns=1"),
+        ("p2", "expect_column_values_to_be_between(n_sessions)", "n_sessions=0")}
+
+
+@pytest.mark.parametrize("sessions, value", [(1, "1 turns in 1 sessions"), (0, "0 turns in 0 sessions")])
+def test_a_short_history_is_left_out_and_the_rest_is_released(tmp_path, sessions, value):
+    world = clean_world(tmp_path / "images")
+    d = world.dialogues["pbench2"]
+    world.dialogues["pbench2"] = d.model_copy(update={"sessions": [
+        d.sessions[0].model_copy(update={"turns": d.sessions[0].turns[:1]})][:sessions]})
+    con = duckdb.connect(str(write_world(world, tmp_path / "w.duckdb")))
+    dedup.find_duplicates(con, load_config("tiny").quality)
+    summary, quarantined = release.build_release(con, load_config("tiny"))
+    assert ("dialogues", "pbench2", "short_history", value) in [
+        (q.table_name, q.row_key, q.rule, q.value) for q in quarantined]
+    assert con.execute("SELECT key, reason FROM release_exclusions WHERE unit = 'persona'").fetchall() == [
+        ("pbench2", "structural:short_history")]
+    assert summary.personas == {"train": 2, "bench_32k": 1} and summary.excluded_personas == {
+        "structural:short_history": 1}
+    assert "| persona | structural:short_history | 1 |" in release.curation_sections(con)["Deduplication and leakage"]
+    for suite in validate.SUITES:
+        assert suite_on(con, suite).success, suite
+
+
+def test_a_history_with_a_missing_or_altered_image_is_left_out_and_the_rest_publishes(tmp_path):
+    world = clean_world(tmp_path / "images")
+    missing, altered, unused = (world.image(f"shape{n}") for n in (2, 0, 5))  # pbench1, ptrain1, no history
+    Path(missing.path).unlink()
+    Path(unused.path).unlink()
+    Image.open(altered.path).rotate(90).save(altered.path)
+    world.sft.append(world.sft[1].model_copy(update={"record_id": "sft-ghost", "image": ["f" * 64]}))
+    con = duckdb.connect(str(write_world(world, tmp_path / "w.duckdb")))
+    dedup.find_duplicates(con, load_config("tiny").quality)
+    summary, quarantined = release.build_release(con, load_config("tiny"))
+
+    rows = {(q.table_name, q.row_key, q.rule): q.value for q in quarantined}
+    assert rows[("dialogue_turns", "pbench1:1", "image_file_missing")] == \
+        f"image {missing.image_id}: no file at {missing.path}"
+    assert rows[("dialogue_turns", "ptrain1:1", "image_checksum")].startswith(
+        f"image {altered.image_id}: {altered.path} has sha256 ")
+    assert {k for k in rows if k[0] == "image_pool"} == {
+        ("image_pool", missing.image_id, "image_file_missing"), ("image_pool", unused.image_id, "image_file_missing"),
+        ("image_pool", altered.image_id, "image_checksum")}
+    checksum = rows[("dialogue_turns", "ptrain1:1", "image_checksum")]
+    assert con.execute("SELECT unit, key, reason, cause FROM release_exclusions ORDER BY key").fetchall() == [
+        ("persona", "pbench1", "image:image_file_missing", f"pbench1:1: image {missing.image_id}: no file at "
+                                                            f"{missing.path}"),
+        ("persona", "ptrain1", "image:image_checksum", f"ptrain1:1: {checksum}"),
+        ("record", "sft-ghost", "image:image_not_in_pool", f"image {'f' * 64}: no image_pool record")]
+    assert summary.personas == {"train": 1, "bench_128k": 1} and summary.dropped_records == {
+        "image:image_not_in_pool": 1}
+    assert con.execute("SELECT record_id FROM release_sft").fetchall() == [("sft-ptrain2",)]
+    for suite in validate.SUITES:
+        assert suite_on(con, suite).success, suite
+
+    bundle = release.release_bundle(con, PROVENANCE)
+    manifest = export_hub_layout(bundle, tmp_path / "hub", pretty_name="T", license="mit")
+    assert {split: v["rows"] for split, v in manifest["histories"].items()} == {"train": 1, "bench_128k": 1}
+    assert export_native(bundle, tmp_path / "native")["persona_mme"]["samples"] == 1
 
 
 def test_a_record_breaking_its_schema_is_reported_and_not_released(tmp_path):

@@ -31,7 +31,8 @@ class PublishBundle:
     personas: list[Persona]
     dialogues: list[Dialogue]
     images: dict[str, ImageRecord]  # image_id -> record; the PNG lies at ImageRecord.path
-    memory_dbs: dict[str, dict[str, Any]]  # training persona_id -> user_data.json (spec §1.3), `imgs` = image ids
+    # training persona_id -> PersonaVLM's per-user memory database (`user_data.json`); its `imgs` hold image ids
+    memory_dbs: dict[str, dict[str, Any]]
     sft: list[SFTRecord]
     rl: list[RLRecord]
     benchmark: list[BenchmarkItem]

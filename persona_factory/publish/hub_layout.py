@@ -1,7 +1,8 @@
 """Write a release as a Hugging Face Hub dataset folder that `datasets.load_dataset(folder, config)` reads offline.
 
-Parquet shards plus a README whose `configs:` / `dataset_info:` YAML comes from datasets' own helpers
-(stack_notes §4a), so the folder can be pushed with `upload_folder` unchanged. Images are embedded as PNG bytes.
+Parquet shards plus a README whose `configs:` / `dataset_info:` YAML is written by datasets' own helpers
+(MetadataConfigs, DatasetInfosDict), so the folder is a dataset repo as is and push.py commits it unchanged.
+Images are embedded as PNG bytes.
 """
 
 from __future__ import annotations

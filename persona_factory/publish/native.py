@@ -1,4 +1,6 @@
-"""Write a release in PersonaVLM's own file layout (spec §2.4, §3.2, §3.3), so its eval and training code can run."""
+"""Write a release in PersonaVLM's own file layout, so its eval and training code can run: Persona-MME's
+`Persona-MME.json` question list with one `user_data.json` history per sample folder, Qwen2.5-VL SFT json, ms-swift
+RL jsonl, and per-user memory databases."""
 
 from __future__ import annotations
 
