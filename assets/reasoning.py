@@ -30,7 +30,7 @@ def reasoning_trajectories(settings: FactoryConfig, teacher: TeacherResource,
         user_data = {pid: json.loads(u) for pid, u in con.execute(
             "SELECT persona_id, user_data FROM memory_db WHERE split = 'train' ORDER BY persona_id").fetchall()}
     by_image = {i.image_id: i for i in images}
-    pools = stage.distractor_pools(list(plans.values()), images)
+    pools = stage.question_kind_pools(list(plans.values()), images)
     jobs = {pid: stage.prepare_jobs(cfg, personas[pid], dialogues[pid], plans[pid], semantic.get(pid, []),
                                     user_data[pid], pools, by_image) for pid in sorted(user_data) if pid in plans}
     stats = TeacherStats()

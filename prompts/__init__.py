@@ -23,7 +23,8 @@ TEMPLATES = {
     "personality_inference": "personality_inference.v2.j2",
     "reasoning_answer": "reasoning_answer.v2.j2",
     "alignment_reply": "alignment_reply.v2.j2",
-    "benchmark_tips": "benchmark_tips.v1.j2",
+    "benchmark_tips": "benchmark_tips.v2.j2",
+    "benchmark_tip_tier": "benchmark_tip_tier.v1.j2",
     "benchmark_blind": "benchmark_blind.v1.j2",
     # what the trained assistant sees (SFT/RL inputs), PersonaVLM's task formats
     "sft_reasoning_start": "sft_reasoning_start.v2.j2",

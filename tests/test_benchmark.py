@@ -4,6 +4,8 @@ an oracle), and each gate on handmade good and bad items."""
 
 from __future__ import annotations
 
+import itertools
+import json
 from collections import Counter
 from datetime import timedelta
 from types import SimpleNamespace
@@ -21,7 +23,7 @@ from persona_factory.stages import benchmark as B
 from persona_factory.stages import benchmark_gates as G
 from persona_factory.stages import dialogues as D
 from persona_factory.stages import plans as PL
-from persona_factory.stages.benchmark_build import build_benchmark
+from persona_factory.stages.benchmark_build import build_benchmark, tiered_tips
 from persona_factory.stages.common import parse_time, personality_text
 from persona_factory.stages.images import load_image_pool
 from persona_factory.teacher.types import TeacherResult, TeacherStats
@@ -135,6 +137,21 @@ def test_rebuild_is_identical(tiny):
     assert again.gate_counts == tiny.build.gate_counts
 
 
+def test_tiered_tips_stand_on_their_templates_when_the_teacher_fails_every_tips_request(tiny):
+    failing = SchemaTeacher(override=lambda r: "no tips today" if r.tag.startswith("tips:") else None)
+    build = build_benchmark(tiny.cfg, failing, {"teacher": failing}, tiny.personas, tiny.plans, tiny.dialogues,
+                            tiny.images, TeacherStats())
+    published = {i.item_id for i in build.items}
+    ted = [c for c in build.candidates if c.item.question_type == B.TED and c.item.item_id in published]
+    assert ted and not any(r.tag.startswith("tip-tier:") for r in failing.requests)  # nothing reworded to check
+    assert set(build.tip_wording) == {"teacher_failure"}
+    for c in ted:
+        skill = c.option_facts[B.gold_text(c)].args[0]
+        templates = B.tip_templates(tiny.cfg, [skill])[skill]
+        assert {text: fact.args[1] for text, fact in c.option_facts.items()} \
+            == {B.shown(tip): tier for tier, tip in templates.items()}
+
+
 # ---------------------------------------------------------------------------------------------- a handmade history
 
 PID = "p1"
@@ -199,8 +216,8 @@ GOOD = suggest("Chess", "Pottery", "Knitting", "Archery")
 
 def consistency(c: BenchmarkCandidate, user_turns=USER_TURNS) -> str | None:
     dialogue, plan, images = history(user_turns)
-    return G.consistency_problem(c, dialogue, plan, G.HistoryState.replay(dialogue, plan, PROBE, ["birdwatching"]),
-                                 images)
+    return G.consistency_problem(c, dialogue, plan,
+                                 G.HistoryState.replay(dialogue, plan, PROBE, _persona(("birdwatching",))), images)
 
 
 def test_a_good_item_passes_every_item_gate():
@@ -265,6 +282,19 @@ def test_time_gate_catches_a_wrong_relative_date():
     early = photo_question("on Monday", "on Monday")
     early = early.model_copy(update={"item": early.item.model_copy(update={"time": "2024-05-12 09:00"})})
     assert G.time_problem(early, dialogue) == "probe_not_after_last_turn"
+
+
+def test_time_gate_judges_only_the_phrases_the_item_adds():
+    """A weekday inside the routine asked about ("on Thursday nights") is the plan's wording, not a date."""
+    q = questions([_plan_item("games", "routine", "2024-05-01 08:00", "on Thursday nights",
+                              "play board games with friends")],
+                  [("2024-05-12 09:06", "On Thursday nights I play board games with friends.", ["games"], None)])
+    routine = q.candidate(next(d for d in q.drafts() if d.task == B.BPR))
+    assert routine.item.query == "What do I usually do on Thursday nights?" and routine.time_phrase is None
+    assert G.time_problem(routine, q.dialogue) is None
+    added = routine.item.model_copy(update={"query": "What do I usually do on Thursday nights since last week?"})
+    assert G.time_problem(routine.model_copy(update={"item": added}), q.dialogue) \
+        == "unverified_time_reference: ['last week']"
 
 
 @pytest.mark.parametrize("event, phrase", [
@@ -418,11 +448,11 @@ def test_letters_are_balanced_by_construction_and_verified():
 # ---------------------------------------------------------------------------------------------- alignment
 
 
-def _persona() -> Persona:
+def _persona(likes: tuple[str, ...] = ("birds",)) -> Persona:
     return Persona(
         persona_id=PID, seed=PersonaSeed(seed_id="s", text="A birdwatcher.", source="test"), split="bench_32k",
         shard="shard-000", role_description="Watches birds.",
-        profile=Profile.model_validate({"name": "Ana", "gender": "female", "age": 30, "preferences": ["birds"],
+        profile=Profile.model_validate({"name": "Ana", "gender": "female", "age": 30, "preferences": list(likes),
                                         "recent matters": [], "requirements or expectations": "brief",
                                         "update time": "2024-05-01 09:00"}),
         big_five=BigFive(openness=4, conscientiousness=3, extraversion=2, agreeableness=3, neuroticism=2),
@@ -487,7 +517,7 @@ def questions(extra_items: list[PlanItem], extra_turns: list) -> B.PersonaQuesti
     dialogue, plan, images = history(USER_TURNS + extra_turns)
     plan = plan.model_copy(update={"items": [*plan.items, *extra_items]})
     return B.PersonaQuestions(load_config("tiny"), _persona(), dialogue, plan, images,
-                              B.distractor_pools([plan], list(images.values())), TIPS)
+                              B.answer_type_pools([plan], list(images.values())), TIPS)
 
 
 def test_goals_and_skills_told_only_by_a_later_report_are_still_asked():
@@ -504,7 +534,7 @@ def test_goals_and_skills_told_only_by_a_later_report_are_still_asked():
     assert drafts[B.LGT].options[0] == ("No, you gave it up", ["run a marathon", "gave up"])
     assert [t.turn_index for t in drafts[B.LGT].evidence] == [7]
     assert drafts[B.TED].options[0] == ("Practise barre chord changes", ["guitar", "intermediate"])
-    state = G.HistoryState.replay(q.dialogue, q.plan, PROBE, [])
+    state = G.HistoryState.replay(q.dialogue, q.plan, PROBE, _persona(()))
     for c in (q.candidate(drafts[B.LGT]), q.candidate(drafts[B.TED])):
         assert G.form_problem(c, 1.5) is None and G.time_problem(c, q.dialogue) is None
         assert G.consistency_problem(c, q.dialogue, q.plan, state, q.images) is None
@@ -520,7 +550,7 @@ def test_the_most_present_person_counts_events_without_a_relationship_turn():
         ("2024-05-12 09:10", "I baked bread for the first time with Maya.", ["maya1"], None)])
     most = next(d for d in q.drafts() if d.fact == "most_present")
     assert most.options[0] == ("Omar", ["Omar"]) and "Maya" in [o[0] for o in most.options]
-    state = G.HistoryState.replay(q.dialogue, q.plan, PROBE, [])
+    state = G.HistoryState.replay(q.dialogue, q.plan, PROBE, _persona(()))
     assert G.consistency_problem(q.candidate(most), q.dialogue, q.plan, state, q.images) is None
 
 
@@ -532,3 +562,72 @@ def test_distractors_are_never_nested_in_each_other():
         picked = q.choose("went to a jazz concert", [], pool)
         keys = [f" {v} " for v in ["went to a jazz concert", *picked]]
         assert not any(a != b and a in b for a in keys for b in keys)
+
+
+def test_likes_at_applies_the_shifts_dated_by_then_and_with_told_only_the_told_ones():
+    """One answer to "what does the user like at this time" for the dialogue checks, alignment replies and the
+    benchmark's questions and gates."""
+    dialogue, plan, _ = history()
+    persona = _persona()
+    assert PL.likes_at(persona, plan, "2024-05-09 00:00") == ("birds", "pottery", "chess")
+    assert PL.likes_at(persona, plan, PROBE) == ("birds", "chess", "bouldering")
+    assert PL.likes_at(persona, plan, PROBE, told={"pot", "chess"}) == ("birds", "pottery", "chess")
+    likes_then = lambda time: {i.item_id for i in D.standing_facts(persona, plan, time)  # noqa: E731
+                               if i.kind.startswith("preference")}
+    assert likes_then("2024-05-09 00:00") == {"pot", "chess"} and likes_then(PROBE) == {"chess", "shift"}
+    told = {i for t in dialogue.turns for i in t.realizes}
+    assert G.HistoryState.replay(dialogue, plan, PROBE, persona).likes == set(PL.likes_at(persona, plan, PROBE, told))
+    liked, replaced = questions([], []).likes_now()
+    assert [i.item_id for i in liked] == ["chess", "shift"] and replaced == ["pottery"]
+
+
+REWORDED = {
+    "guitar": {"beginner": "Learn three open chords slowly", "intermediate": "Practise smooth barre chord changes",
+               "advanced": "Improvise over jazz chord changes", "expert": "Shape your vibrato purely by ear"},
+    "chess": {"beginner": "Learn how every chess piece moves", "intermediate": "Study common chess opening traps",
+              "advanced": "Analyse your lost games move by move", "expert": "Prepare deep novelties for rivals"},
+    "piano": {"beginner": "Start as a beginner with scales", "intermediate": "Practise hands apart, then together",
+              "advanced": "Voice chords to bring out the melody", "expert": "Colour tone with half-pedalling"},
+}
+
+
+def rewording_teacher(agrees: set[str]) -> SchemaTeacher:
+    """Rewords every skill's tips as REWORDED; asked blind, names each tip's own tier for the skills in `agrees`
+    and the next tier up for the others."""
+    tiers = B.bench_vocabulary()["tip_tiers"]
+
+    def answer(request) -> str:
+        kind, skill = request.tag.split(":")
+        if kind == "tips":
+            return json.dumps(REWORDED[skill])
+        shown = dict(line.split(": ", 1) for line in request.messages[-1].content.splitlines()
+                     if line[:3] in {f"{k}: " for k in B.TIP_KEYS})
+        tier_of = {tip: tier for tier, tip in REWORDED[skill].items()}
+        return json.dumps({k: tiers[(tiers.index(tier_of[tip]) + (skill not in agrees)) % len(tiers)]
+                           for k, tip in shown.items()})
+    return SchemaTeacher(override=answer)
+
+
+def test_reworded_tips_are_kept_only_where_the_blind_tier_check_agrees_with_every_label():
+    cfg = load_config("tiny")
+    teacher = rewording_teacher(agrees={"guitar"})
+    tips, ways, results = tiered_tips(cfg, teacher, ["chess", "guitar", "piano"], TeacherStats())
+    templates = B.tip_templates(cfg, ["chess", "guitar", "piano"])
+    assert tips == {"guitar": REWORDED["guitar"], "chess": templates["chess"], "piano": templates["piano"]}
+    assert ways == Counter({"teacher": 1, "tier_disagreement": 1, "names_a_tier": 1})
+    checks = [r for r in teacher.requests if r.tag.startswith("tip-tier:")]
+    assert [r.tag for r in checks] == ["tip-tier:chess", "tip-tier:guitar"]  # the piano tips named a tier: unasked
+    for r in checks:
+        assert r.sampling.temperature == 0.0
+        listed = [line for line in r.messages[-1].content.splitlines() if line[:3] in {"a: ", "b: ", "c: ", "d: "}]
+        assert len(listed) == 4 and not any(B.names_a_tier(line, list(REWORDED["chess"])) for line in listed)
+    assert len(results) == 5
+
+
+def test_tip_templates_give_every_tier_a_label_free_tip_within_the_length_ratio():
+    cfg, vocab = load_config("tiny"), B.bench_vocabulary()
+    tiers = vocab["tip_tiers"]
+    for skill in PL.vocabulary()["skills"]:
+        for combo in itertools.product(*(vocab["tip_templates"][t] for t in tiers)):
+            texts = [B.shown(v.format(skill=skill)) for v in combo]
+            assert B.rewording_problem(dict(zip(tiers, texts)), cfg.benchmark.max_option_length_ratio) is None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import re
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -17,7 +18,7 @@ from assets.common import provenance
 from assets.training import TASK_TEMPLATES
 from persona_factory.config import load_config
 from persona_factory.schema import (
-    BIG_FIVE_TRAITS, AlignmentPair, Dialogue, PersonalityStep, PlanItem, ReasoningStep, ReasoningTrajectory,
+    BIG_FIVE_TRAITS, GOAL_OUTCOMES, SKILL_LEVELS, AlignmentPair, Dialogue, PersonalityStep, PlanItem, ReasoningStep, ReasoningTrajectory,
     RetrieveCall, SemanticMemoryTarget, Session, SessionMemoryTarget, Turn,
 )
 from persona_factory.stages import alignment as A
@@ -83,7 +84,7 @@ def supervise(cfg, images, personas, plans, dialogues) -> dict[str, Labelled]:
     """What the supervision assets do, persona by persona."""
     teacher = SchemaTeacher()
     by_image = {i.image_id: i for i in images}
-    pools = R.distractor_pools(plans, images)
+    pools = R.question_kind_pools(plans, images)
     prov = {task: provenance(cfg, teacher.model_id, *templates) for task, templates in TASK_TEMPLATES.items()}
     plan_of = {p.persona_id: p for p in plans}
     out = {}
@@ -452,7 +453,7 @@ def test_probes_cover_many_kinds_both_modes_and_answers_state_the_plans_gold(wor
     verified = [(lab, t) for lab in training(world) for t in lab.trajectories if t.verdict == "verified"]
     assert len({t.question_kind for _, t in verified}) >= 6
     assert {t.question_kind for _, t in verified} <= set(R.QUESTION_KINDS)
-    assert set(R.distractor_pools(world[2][1], world[1])) == set(R.QUESTION_KINDS)
+    assert set(R.question_kind_pools(world[2][1], world[1])) == set(R.QUESTION_KINDS)
     assert {t.mode for _, t in verified} == {"direct", "retrieve"}
     for lab, t in verified:
         turns = lab.dialogue.turns
@@ -484,6 +485,23 @@ def test_the_gold_is_the_latest_state_at_probe_time():
     late = {q.kind: q for q in R.questions_at(told, told[3][0], "2024-05-04 10:05")}
     assert late["goal_status"].gold == "gave up" and "open_goal" not in late
     assert late["latest_preference"].gold == "pottery"
+
+
+def test_multiple_choice_offers_only_options_that_could_be_gold(world):
+    """Every option comes from the gold's own answer type; goal outcomes and skill levels have three values each,
+    so their probes get no multiple choice rather than a fourth option that is never right."""
+    pools = R.question_kind_pools(world[2][1], world[1])
+    plan = world[2][1][0]
+    turn = Turn(persona_id="p", session_index=0, turn_index=0, time="2024-05-01 10:00", user="u", assistant="a")
+    rng = random.Random(0)
+    for kind, plan_kind, values in (("goal_status", "goal_update", GOAL_OUTCOMES),
+                                    ("skill_level", "skill_update", SKILL_LEVELS)):
+        assert sorted(pools[kind]) == sorted(values)
+        q = R.Question(kind, "q?", values[0], item(plan_kind, "x", values[0], 1), turn, "x", "x", "x")
+        assert R.distractors_for(q, plan, pools, {}, rng) == []
+    q = R.Question("relationship", "q?", "sister", item("relationship", "Ana", "sister", 1), turn, "x", "x", "x")
+    options = R.distractors_for(q, plan, pools, {}, rng)
+    assert len(options) == 3 and set(options) <= set(pools["relationship"]) and "sister" not in options
 
 
 def test_a_probe_whose_evidence_is_not_in_memory_is_not_answered(world):

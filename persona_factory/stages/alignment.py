@@ -1,4 +1,4 @@
-"""M7 alignment pairs: for an in-situ query, a reply fitting the persona's planned personality at that moment
+"""Alignment pairs: for an in-situ query, a reply fitting the persona's planned personality at that moment
 (chosen) against one that is either generic or personalized for a *different* Big Five profile (rejected), half
 each, so a pair cannot be solved by spotting the generic reply. The personalized rejected reply sees the same
 interests as the chosen one: only the personality differs.
@@ -21,6 +21,7 @@ from ..schema import BIG_FIVE_TRAITS, AlignmentPair, Dialogue, Persona, Quaranti
 from ..teacher.types import TeacherRequest, TeacherResult
 from .common import chat, normalize, parse_time, personality_text, rng_for, sampling, stable_id
 from .dialogues import current_personality
+from .plans import likes_at
 
 QUERIES = [
     "Can you help me plan my weekend?",
@@ -76,15 +77,6 @@ def contrasting_profile(current: dict[str, float], rng) -> dict[str, float]:
     return {t: flip(current[t]) for t in BIG_FIVE_TRAITS}
 
 
-def interests_at(persona: Persona, plan: TimelinePlan, time: str) -> tuple[str, ...]:
-    """The profile's likes with the planned shifts up to `time` applied."""
-    likes = list(persona.profile.preferences)
-    for item in plan.items:
-        if item.kind == "preference_shift" and item.time <= time:
-            likes = [x for x in likes if normalize(x) != normalize(item.previous_value or "")] + [item.value]
-    return tuple(likes)
-
-
 def pair_specs(cfg: PipelineConfig, persona: Persona, plan: TimelinePlan, dialogue: Dialogue) -> list[PairSpec]:
     """In-situ queries after random turns; rejected kinds alternate from a random start (half generic)."""
     rng = rng_for(cfg.seed, "alignment", persona.persona_id)
@@ -99,7 +91,7 @@ def pair_specs(cfg: PipelineConfig, persona: Persona, plan: TimelinePlan, dialog
         kind = ("generic", "other_profile")[(start + k) % 2]
         specs.append(PairSpec(stable_id("a_", persona.persona_id, query, after.turn_index), after, time, query, kind,
                               current, contrasting_profile(current, rng) if kind == "other_profile" else None,
-                              interests_at(persona, plan, time)))
+                              likes_at(persona, plan, time)))
     return specs
 
 

@@ -1,13 +1,14 @@
-"""Persona-MME-style items (spec §2): first-person questions posed at the persona's single probe time (after the
-last turn), four short options, one gold letter, for the 13 primary tasks.
+"""Persona-MME-style items, as in PersonaVLM's Persona-MME release: first-person questions posed at the persona's
+single probe time (after the last turn), four short options, one gold letter, for the 13 primary tasks.
 
 Every gold answer is a plan fact the history realized (a turn's `realizes`), every distractor a value of the same
 answer type that is false for this persona: false by the history's own state (an outdated like, a goal given up,
 another person's relation, the other pole of a style) or never told at all (drawn from the vocabulary and the other
 plans). Each option carries the claim that makes it right or wrong (`OptionFact`), so the gates re-check every
 option against the whole history rather than trusting the generator. Relative time phrases are computed from the
-probe time and the evidence turn's time. The teacher only writes the tips of Tiered Explanation Delivery; which tip
-is gold is decided by the program from the tier it was asked for.
+probe time and the evidence turn's time. The tips of Tiered Explanation Delivery come from per-tier templates, so
+the program labels each; the teacher may reword a skill's tips, kept only where it, blind to the labels, puts every
+reworded tip back in its own tier.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Callable, Iterator
+from typing import Annotated, Callable, Iterator, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, StringConstraints, create_model
@@ -28,10 +29,10 @@ from ..schema import (
     Persona, PlanItem, Split, TimelinePlan, Turn, fmt_time,
 )
 from ..teacher.types import Sampling, TeacherRequest, TeacherResult
-from .common import chat, normalize, parse_time, request_seed, rng_for, stable_id
-from .alignment import PairSpec, contrasting_profile, interests_at
+from .common import chat, contains_phrase, normalize, parse_time, rng_for, sampling, stable_id
+from .alignment import PairSpec, contrasting_profile
 from .dialogues import current_personality
-from .plans import relation_tone, vocabulary
+from .plans import likes_at, relation_tone, vocabulary
 
 BENCH_VOCABULARY_FILE = Path(__file__).resolve().parent.parent / "data" / "benchmark_vocabulary.yaml"
 LETTERS = ("(a)", "(b)", "(c)", "(d)")
@@ -53,6 +54,7 @@ TASKS = {  # question_type -> type (aspect): Persona-MME's exact strings
 VDR, SIR, EII, IIR, LPR, IEA, IPR, BPR, LGT, RR, RDC, TED, GNS = TASKS
 MIN_OPTION_CHARS = 8  # shorter options count as this long: "Tom" vs "Elena" says nothing about the gold
 UNKNOWN_STATE = "unknown"  # a goal whose outcome the user never reported
+TIP_KEYS = ("a", "b", "c", "d")  # what the tier check calls the tips it shows, one per tier
 # LGT gold states the balance gate evens out: finished = done, gave up / making progress = not done
 GOAL_STATE_GROUPS = {"finished": "done", "gave up": "not done", "making progress": "not done", UNKNOWN_STATE: "unknown"}
 
@@ -69,8 +71,14 @@ def bench_vocabulary() -> dict:
             problems.append(f"style_poles.{dim} must phrase exactly the poles {poles}")
     if set(bench["goal_states"]) != {*GOAL_OUTCOMES, UNKNOWN_STATE}:
         problems.append(f"goal_states needs exactly the keys {[*GOAL_OUTCOMES, UNKNOWN_STATE]}")
-    if bench["tip_tiers"][:len(SKILL_LEVELS)] != list(SKILL_LEVELS) or len(bench["tip_tiers"]) != 4:
+    tiers = bench["tip_tiers"]
+    if tiers[:len(SKILL_LEVELS)] != list(SKILL_LEVELS) or len(tiers) != len(TIP_KEYS):
         problems.append(f"tip_tiers must be the skill levels {SKILL_LEVELS} plus one tier above them")
+    if list(bench["tip_templates"]) != tiers:
+        problems.append(f"tip_templates needs one list per tip tier, in the order {tiers}")
+    for tier, variants in bench["tip_templates"].items():
+        if len(variants) < 2 or any("{skill}" not in v or names_a_tier(v, tiers) for v in variants):
+            problems.append(f"tip_templates.{tier}: two or more variants, each with a {{skill}} slot and no tier name")
     if problems:
         raise ConfigError(f"{BENCH_VOCABULARY_FILE.name}: " + "; ".join(problems))
     return bench
@@ -116,9 +124,10 @@ def bucket(split: Split, n_turns: int) -> str:
 # ---------------------------------------------------------------------------------------------- pools
 
 
-def distractor_pools(plans: list[TimelinePlan], images: list[ImageRecord]) -> dict[str, list[str]]:
-    """Answer pools per type: the benchmark's own distractors, the plan vocabulary and what every plan holds (a
-    distractor is then taken only where it is false for the persona asked)."""
+def answer_type_pools(plans: list[TimelinePlan], images: list[ImageRecord]) -> dict[str, list[str]]:
+    """Option pools per answer type (event, routine, hobby, name, ...): the benchmark's own distractors, the plan
+    vocabulary and what every plan holds (a distractor is then taken only where it is false for the persona
+    asked)."""
     vocab, extra = vocabulary(), bench_vocabulary()["distractors"]
     of = lambda *kinds: [i.value for p in plans for i in p.items if i.kind in kinds]  # noqa: E731
     causes = {i.cause_item_id for p in plans for i in p.items if i.kind == "preference_shift"}
@@ -136,9 +145,14 @@ def distractor_pools(plans: list[TimelinePlan], images: list[ImageRecord]) -> di
             for k, values in pools.items()}
 
 
-# ---------------------------------------------------------------------------------------------- tips (teacher)
+# ---------------------------------------------------------------------------------------------- tips
 
 Tip = Annotated[str, StringConstraints(min_length=8, max_length=60)]
+
+
+def names_a_tier(text: str, tiers: list[str]) -> bool:
+    """A tip naming a tier gives its label away (to the user and to the tier check alike)."""
+    return any(contains_phrase(text, tier) for tier in tiers)
 
 
 @lru_cache(maxsize=1)
@@ -148,16 +162,93 @@ def tips_model() -> type[BaseModel]:
                         **{tier: (Tip, ...) for tier in bench_vocabulary()["tip_tiers"]})
 
 
-def tip_requests(cfg: PipelineConfig, skills: list[str]) -> list[TeacherRequest]:
-    """The teacher writes a tip per tier for each skill; the tier it was asked for labels each tip."""
+@lru_cache(maxsize=1)
+def tier_check_model() -> type[BaseModel]:
+    """The tier each shown tip suits, as a structured output."""
+    tiers = tuple(bench_vocabulary()["tip_tiers"])
+    return create_model("TipTiers", __config__=ConfigDict(extra="forbid"),
+                        **{key: (Literal[tiers], ...) for key in TIP_KEYS})  # type: ignore[valid-type]
+
+
+def tip_templates(cfg: PipelineConfig, skills: list[str]) -> dict[str, dict[str, str]]:
+    """Skill -> tier -> a template variant for that tier with the skill filled in."""
+    vocab = bench_vocabulary()
+    out = {}
+    for skill in skills:
+        rng = rng_for(cfg.seed, "tip-templates", skill)
+        out[skill] = {tier: rng.choice(vocab["tip_templates"][tier]).format(skill=skill) for tier in vocab["tip_tiers"]}
+    return out
+
+
+def rewording_requests(cfg: PipelineConfig, templates: dict[str, dict[str, str]]) -> list[TeacherRequest]:
+    """The teacher may reword each skill's tips, tier by tier, in the order of `templates`."""
+    return [TeacherRequest(chat("benchmark_tips", skill=skill, tips=tips),
+                           sampling(cfg, "tips", skill, schema=tips_model()), tips_model(), tag=f"tips:{skill}")
+            for skill, tips in templates.items()]
+
+
+def rewording_problem(tips: dict[str, str], max_ratio: float) -> str | None:
+    """Why reworded tips cannot be options at all: a repeat, a tier named, lengths too far apart."""
+    texts = [shown(t) for t in tips.values()]
+    if len({normalize(t) for t in texts}) < len(texts):
+        return "duplicate_tips"
+    if any(names_a_tier(t, list(tips)) for t in texts):
+        return "names_a_tier"
+    if length_ratio(texts) > max_ratio:
+        return "option_length_ratio"
+    return None
+
+
+def reworded_tips(cfg: PipelineConfig, skills: list[str],
+                  results: list[TeacherResult]) -> tuple[dict[str, dict[str, str]], Counter[str]]:
+    """The rewordings worth a tier check (skill -> tier -> tip), and why the other skills keep their templates."""
+    out, kept_templates = {}, Counter[str]()
+    for skill, res in zip(skills, results, strict=True):
+        tips = res.value.model_dump() if res.ok else None  # type: ignore[union-attr]
+        problem = "teacher_failure" if tips is None else rewording_problem(tips, cfg.benchmark.max_option_length_ratio)
+        if problem:
+            kept_templates[problem] += 1
+        else:
+            out[skill] = tips
+    return out, kept_templates
+
+
+@dataclass(frozen=True)
+class TierCheck:
+    """The teacher, at temperature 0 and blind to the labels, asked which tier each of a skill's tips suits."""
+
+    skill: str
+    shown: dict[str, str]  # key the tip is shown under -> the tier it was written for
+    request: TeacherRequest
+
+
+def tier_checks(cfg: PipelineConfig, rewordings: dict[str, dict[str, str]]) -> list[TierCheck]:
+    """One check per skill, the tips in a seeded shuffled order, so their order says nothing about their tier."""
     tiers = bench_vocabulary()["tip_tiers"]
-    return [TeacherRequest(chat("benchmark_tips", skill=skill, tiers=tiers),
-                           Sampling(0.0, 1.0, 40 * len(tiers) + 32, request_seed(cfg.seed, "tips", skill)),
-                           tips_model(), tag=f"tips:{skill}") for skill in skills]
+    out = []
+    for skill, tips in rewordings.items():
+        shown_as = dict(zip(TIP_KEYS, rng_for(cfg.seed, "tip-order", skill).sample(tiers, k=len(tiers))))
+        budget = sampling(cfg, "tip-tier", skill, schema=tier_check_model())
+        out.append(TierCheck(skill, shown_as, TeacherRequest(
+            chat("benchmark_tip_tier", skill=skill, tiers=tiers, tips={k: tips[t] for k, t in shown_as.items()}),
+            Sampling(0.0, 1.0, budget.max_tokens, budget.seed), tier_check_model(), tag=f"tip-tier:{skill}")))
+    return out
 
 
-def tips_by_skill(skills: list[str], results: list[TeacherResult]) -> dict[str, dict[str, str]]:
-    return {skill: res.value.model_dump() for skill, res in zip(skills, results) if res.ok}  # type: ignore[union-attr]
+def settle_tips(templates: dict[str, dict[str, str]], rewordings: dict[str, dict[str, str]], checks: list[TierCheck],
+                results: list[TeacherResult]) -> tuple[dict[str, dict[str, str]], Counter[str]]:
+    """Skill -> tier -> tip: the rewording where the check put every tip in the tier it was written for, else the
+    templates; and how many skills took each way ("teacher", or why the templates stayed)."""
+    tips, ways = dict(templates), Counter[str]()
+    for check, res in zip(checks, results, strict=True):
+        if not res.ok:
+            ways["check_failure"] += 1
+        elif all(getattr(res.value, key) == tier for key, tier in check.shown.items()):
+            tips[check.skill] = rewordings[check.skill]
+            ways["teacher"] += 1
+        else:
+            ways["tier_disagreement"] += 1
+    return tips, ways
 
 
 def realized_turns(dialogue: Dialogue) -> dict[str, Turn]:
@@ -274,11 +365,10 @@ class PersonaQuestions:
         return picked if len(picked) == n else None
 
     def likes_now(self) -> tuple[list[PlanItem], list[str]]:
-        """Told likes still held at the probe (by the plan's shifts), and the likes shifts replaced."""
-        shifts = self.realized("preference_shift")
-        replaced = {s.previous_value for s in shifts}
-        liked = [i for i in self.realized("preference") if i.value not in replaced] + shifts
-        return liked, sorted(v for v in replaced if v)
+        """The told likes the history leaves standing at the probe, and the likes its told shifts replaced."""
+        now = likes_at(self.persona, self.plan, fmt_time(self.probe), set(self.told))
+        return ([i for i in self.realized("preference", "preference_shift") if i.value in now],
+                sorted(s.previous_value for s in self.realized("preference_shift") if s.previous_value))
 
     def progress(self, kind: str, update_kind: str) -> Iterator[tuple[PlanItem, list[PlanItem], list[PlanItem]]]:
         """Goals or skills the history tells of, by their own turn or a later report: (item, its told reports,
@@ -456,13 +546,12 @@ class PersonaQuestions:
         """TED: the tip that fits my current level; GNS: a new activity that fits both my likes and my style."""
         tiers = self.vocab["tip_tiers"]
         for skill, updates, told in self.progress("skill", "skill_update"):
-            tips = self.tips.get(skill.subject)
+            tips = self.tips[skill.subject]
             level = updates[-1].value if updates else skill.value
-            if tips is not None:
-                yield from self.draft(TED, f"I'd like one tip for {skill.subject} that fits where I am now. "
-                                           "Which suits me best?", "skill_tier", level,
-                                      [t for t in tiers if t != level], lambda v: [skill.subject, v], "tip",
-                                      [self.turn(i) for i in told], told, lambda v: shown(tips[v]))
+            yield from self.draft(TED, f"I'd like one tip for {skill.subject} that fits where I am now. "
+                                       "Which suits me best?", "skill_tier", level,
+                                  [t for t in tiers if t != level], lambda v: [skill.subject, v], "tip",
+                                  [self.turn(i) for i in told], told, lambda v, tips=tips: shown(tips[v]))
         liked, replaced = self.likes_now()
         if not liked:
             return
@@ -595,7 +684,7 @@ def alignment_specs(cfg: PipelineConfig, persona: Persona, plan: TimelinePlan, d
     rng = rng_for(cfg.seed, "benchmark-alignment", persona.persona_id)
     ids = sorted(c.item.item_id for c in items)
     chosen = sorted(rng.sample(ids, k=round(cfg.benchmark.alignment_share * len(ids))))
-    current, interests = current_personality(persona, plan, probe), interests_at(persona, plan, probe)
+    current, interests = current_personality(persona, plan, probe), likes_at(persona, plan, probe)
     start = rng.randint(0, 1)
     query = {c.item.item_id: c.item.query for c in items}
     specs = {}

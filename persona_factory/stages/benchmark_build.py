@@ -1,6 +1,7 @@
-"""The benchmark build as one pure function over the histories: tiered tips from the teacher, candidates for
-every task, the per-item gates (form, time, consistency, near-duplicates, blind), selection, the balance gates,
-gold letters, Personality Alignment. The asset only loads its inputs and writes what this returns."""
+"""The benchmark build as one pure function over the histories: tiered tips (templates, or the teacher's rewording
+where a blind tier check agrees), candidates for every task, the per-item gates (form, time, consistency,
+near-duplicates, blind), selection, the balance gates, gold letters, Personality Alignment. The asset only loads
+its inputs and writes what this returns."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ class BenchmarkBuild:
     results: list[TeacherResult]  # every teacher and judge answer, for failure accounting
     users_per_bucket: dict[str, int]
     alignment_asked: int  # items a Personality Alignment pair was written for
+    tip_wording: dict[str, int]  # skills whose tips the teacher reworded ("teacher"), else why the templates stayed
 
     def summary(self) -> dict:
         items = self.items
@@ -45,12 +47,26 @@ class BenchmarkBuild:
             # pairs written for items that passed the pair checks (distinct, no trait names, no length give-away)
             "alignment_pairs": f"{sum(i.alignment is not None for i in items)}/{self.alignment_asked}",
             "users_per_bucket": self.users_per_bucket,
+            "tip_wording": self.tip_wording,
             # PersonaVLM's eval.py reads the first 50 folders a bucket lists: more users there go unevaluated
             "buckets_over_50_users": sorted(b for b, n in self.users_per_bucket.items() if n > 50),
             "rejected_per_gate": {g: sum(r.rejected for r in self.gate_counts if r.gate == g) for g in gates.GATES},
             "blind_accuracy": {f"{r.judge}/{r.context}/{r.question_type}": round(r.correct / r.answered, 3)
                                for r in self.blind_accuracy if r.answered},
         }
+
+
+def tiered_tips(cfg: PipelineConfig, teacher: TeacherLike, skills: list[str],
+                stats: TeacherStats) -> tuple[dict[str, dict[str, str]], Counter[str], list[TeacherResult]]:
+    """Skill -> tier -> tip for Tiered Explanation Delivery, the program's templates unless the teacher's rewording
+    passes the blind tier check; how many skills took each way; every teacher answer."""
+    templates = stage.tip_templates(cfg, skills)
+    asked = teacher.generate(stage.rewording_requests(cfg, templates), stats) if skills else []
+    rewordings, kept_templates = stage.reworded_tips(cfg, skills, asked)
+    checks = stage.tier_checks(cfg, rewordings)
+    verdicts = teacher.generate([c.request for c in checks], stats) if checks else []
+    tips, ways = stage.settle_tips(templates, rewordings, checks, verdicts)
+    return tips, kept_templates + ways, [*asked, *verdicts]
 
 
 def build_benchmark(cfg: PipelineConfig, teacher: TeacherLike, judges: dict[str, TeacherLike],
@@ -62,19 +78,15 @@ def build_benchmark(cfg: PipelineConfig, teacher: TeacherLike, judges: dict[str,
     by_image = {i.image_id: i for i in images}
 
     skills = stage.skills_to_explain([plans[pid] for pid in bench], bench)
-    tip_results = teacher.generate(stage.tip_requests(cfg, skills), stats) if skills else []
-    tips = stage.tips_by_skill(skills, tip_results)
-    untaught = [QuarantineRow(table_name="benchmark_items", row_key=f"tips:{s}", rule="teacher_failure",
-                              value=f"no tiered tips for {s}: Tiered Explanation Delivery skips it")
-                for s in skills if s not in tips]
-    pools = stage.distractor_pools(list(plans.values()), images)
+    tips, tip_wording, tip_results = tiered_tips(cfg, teacher, skills, stats)
+    pools = stage.answer_type_pools(list(plans.values()), images)
     candidates = [c for pid, d in bench.items()
                   for c in stage.persona_candidates(cfg, personas[pid], d, plans[pid], by_image, pools, tips)]
 
     run, b = gates.GateRun(), cfg.benchmark
     kept = run.apply_each("form", candidates, lambda c: gates.form_problem(c, b.max_option_length_ratio))
     kept = run.apply_each("time", kept, lambda c: gates.time_problem(c, bench[c.item.persona_id]))
-    states = {pid: gates.HistoryState.replay(d, plans[pid], probes[pid], personas[pid].profile.preferences)
+    states = {pid: gates.HistoryState.replay(d, plans[pid], probes[pid], personas[pid])
               for pid, d in bench.items()}
     kept = run.apply_each("consistency", kept, lambda c: gates.consistency_problem(
         c, bench[c.item.persona_id], plans[c.item.persona_id], states[c.item.persona_id], by_image))
@@ -100,8 +112,8 @@ def build_benchmark(cfg: PipelineConfig, teacher: TeacherLike, judges: dict[str,
     return BenchmarkBuild(
         items=[c.item for c in final],
         candidates=[*run.rejected, *final, *(c for c in kept if c.item.item_id not in done)],
-        gate_counts=run.counts(), blind_accuracy=accuracy, quarantined=[*run.quarantine_rows(), *untaught, *unpaired],
+        gate_counts=run.counts(), blind_accuracy=accuracy, quarantined=[*run.quarantine_rows(), *unpaired],
         results=[*tip_results, *(r for rs in answers.values() for r in rs), *reply_results],
         users_per_bucket=dict(sorted(Counter(stage.bucket(personas[pid].split, len(d.turns))
                                              for pid, d in bench.items() if pid in asked).items())),
-        alignment_asked=len(specs))
+        alignment_asked=len(specs), tip_wording=dict(sorted(tip_wording.items())))

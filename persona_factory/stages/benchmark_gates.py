@@ -1,8 +1,11 @@
-"""Automated quality gates for benchmark items, one per failure mode peer benchmarks shipped (spec §5):
+"""Automated quality gates for benchmark items, one per failure mode peer persona benchmarks shipped (items a model
+solves without the history, gold given away by its length, wrong date arithmetic, answers a later turn changed,
+duplicates):
 
 - form: four distinct, non-nested options of one answer type, within a length ratio, in one casing and
   punctuation style, with no name or number only the gold carries;
-- time: every relative time phrase in a query is the one computed from the probe and the evidence turn;
+- time: every relative time phrase the item adds to its query is the one computed from the probe and the evidence
+  turn (a phrase inside a plan value, like a routine's "on Thursday nights", is the plan's, not the item's);
 - consistency: evidence turns exist, precede the probe and are user turns stating the facts; every option's claim
   is re-evaluated against the state the *whole* history leaves (so a later turn that changes a fact sends the item
   back), the gold must hold and no distractor may; a later user turn negating the gold rejects it; a distractor
@@ -36,11 +39,11 @@ from ..schema import (
 )
 from ..teacher.types import Sampling, TeacherRequest, TeacherResult
 from .benchmark import (
-    LETTERS, LGT, TASKS, UNKNOWN_STATE, bench_vocabulary, gold_text, goal_state_group, length_ratio, option_length,
-    relative_phrase,
+    LETTERS, LGT, TASKS, UNKNOWN_STATE, bench_vocabulary, gold_text, goal_state_group, length_ratio, names_a_tier,
+    option_length, relative_phrase,
 )
 from .common import chat, contains_phrase, negates, normalize, parse_time, request_seed
-from .plans import realization, relation_tone, vocabulary
+from .plans import likes_at, realization, relation_tone, vocabulary
 
 GATES = ("form", "time", "consistency", "near_duplicate", "blind", "balance", "letters")
 BLIND_CONTEXTS = ("query_only", "profile_only")
@@ -136,7 +139,7 @@ def answer_type_problem(c: BenchmarkCandidate, texts: list[str]) -> str | None:
         return f"mixed_answer_types: {families} for {c.answer_type}"
     if len({bool(re.search(r"\d", t)) for t in texts}) > 1:
         return "mixed_answer_types: digits in some options only"
-    if c.answer_type == "tip" and any(contains_phrase(t, tier) for t in texts for tier in bench_vocabulary()["tip_tiers"]):
+    if c.answer_type == "tip" and any(names_a_tier(t, bench_vocabulary()["tip_tiers"]) for t in texts):
         return "tip_names_a_tier"
     return None
 
@@ -177,14 +180,26 @@ def form_problem(c: BenchmarkCandidate, max_ratio: float) -> str | None:
 # ---------------------------------------------------------------------------------------------- time
 
 
+def outside_own_values(c: BenchmarkCandidate) -> str:
+    """The query with the item's own plan values blanked out (its options and their claims' arguments): a time
+    phrase inside one of them, like a routine's "on Thursday nights", is the plan's wording, not a date the item
+    worked out."""
+    query = c.item.query
+    values = {a for f in c.option_facts.values() for a in f.args} | set(c.item.choices.values())
+    for v in sorted(filter(None, values), key=len, reverse=True):
+        query = re.sub(rf"(?<!\w){re.escape(v)}(?!\w)", " ", query, flags=re.IGNORECASE)
+    return query
+
+
 def time_problem(c: BenchmarkCandidate, dialogue: Dialogue) -> str | None:
-    """The probe follows the last turn, and every time reference in the query is the computed one."""
+    """The probe follows the last turn, and every time reference the item itself makes (outside its plan values)
+    is the computed one."""
     item = c.item
     turns = {t.turn_index: t for t in dialogue.turns}
     probe = parse_time(item.time)
     if dialogue.turns and probe <= parse_time(dialogue.turns[-1].time):
         return "probe_not_after_last_turn"
-    said = [m.group(0).lower() for m in TIME_REFERENCE.finditer(item.query)]
+    said = [m.group(0).lower() for m in TIME_REFERENCE.finditer(outside_own_values(c))]
     if c.time_phrase is None:
         return f"unverified_time_reference: {said}" if said else None
     if not item.evidence_turns or item.evidence_turns[0] not in turns:
@@ -204,11 +219,11 @@ def time_problem(c: BenchmarkCandidate, dialogue: Dialogue) -> str | None:
 
 @dataclass
 class HistoryState:
-    """What the whole history says by the probe: the profile's likes (the core memory it starts from), then the
-    plan facts its turns state, replayed in turn order (a later turn overrides an earlier one)."""
+    """What the whole history says by the probe: the plan facts its turns state, replayed in turn order (a later
+    turn overrides an earlier one); the likes are the profile's (the core memory it starts from) with the told
+    likes and shifts applied."""
 
     likes: set[str] = field(default_factory=set)
-    replaced: set[str] = field(default_factory=set)
     dislikes: set[str] = field(default_factory=set)
     goals: dict[str, str] = field(default_factory=dict)  # goal -> last reported outcome, or unknown
     skills: dict[str, str] = field(default_factory=dict)
@@ -222,32 +237,25 @@ class HistoryState:
     told: set[str] = field(default_factory=set)  # normalized values of every fact told
 
     @classmethod
-    def replay(cls, dialogue: Dialogue, plan: TimelinePlan, probe: str, profile_likes: list[str]) -> "HistoryState":
+    def replay(cls, dialogue: Dialogue, plan: TimelinePlan, probe: str, persona: Persona) -> "HistoryState":
         s, items, seen = cls(), {i.item_id: i for i in plan.items}, set()
-        s.likes |= set(profile_likes)
-        s.told |= {normalize(v) for v in profile_likes}
+        s.told |= {normalize(v) for v in persona.profile.preferences}
         for turn in dialogue.turns:
             if turn.time >= probe:
                 break
             for item in (items[i] for i in turn.realizes if i in items):
                 s.tell(item, turn, seen)
                 seen.add(item.item_id)
+        s.likes = set(likes_at(persona, plan, probe, seen))
         return s
 
     def tell(self, item: PlanItem, turn: Turn, seen: set[str]) -> None:
         v, subject, day = item.value, item.subject, turn.time[:10]
         self.told |= {normalize(x) for x in (v, subject, item.person or "", item.previous_value or "") if x}
         match item.kind:
-            case "preference":
-                self.likes.add(v)
-                self.replaced.discard(v)
             case "dislike":
                 self.dislikes.add(v)
-                self.likes.discard(v)
             case "preference_shift":
-                self.likes.add(v)
-                self.likes.discard(item.previous_value or "")
-                self.replaced.add(item.previous_value or "")
                 if item.cause_item_id in seen:
                     self.shifts.append((item.previous_value or "", v))
             case "event":

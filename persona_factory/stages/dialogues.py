@@ -29,7 +29,7 @@ from ..teacher.types import TeacherRequest, TeacherResult, TeacherStats
 from .common import (
     chat, contains_phrase, negates, parse_time, personality_text, phrase_pattern, rng_for, sampling,
 )
-from .plans import MINUTES_PER_TURN, Realization, realizable, realization, told_in
+from .plans import MINUTES_PER_TURN, Realization, likes_at, realizable, realization, told_in
 
 IMG = "<img>"
 KNOWN_FACTS = 8  # statements of what the user told before that a session prompt carries
@@ -222,14 +222,13 @@ class Check:
     ask_judge: list[PlanItem] = field(default_factory=list)  # facts a lexical check could not decide on
 
 
-def standing_facts(plan: TimelinePlan, time: str) -> list[PlanItem]:
-    """Lasting facts no turn at `time` may deny: the plan's likes, skills, goals and routines, less those a planned
-    change has replaced by then and new interests that have not started yet."""
-    replaced = {i.previous_value for i in plan.items if i.kind == "preference_shift" and i.time <= time}
+def standing_facts(persona: Persona, plan: TimelinePlan, time: str) -> list[PlanItem]:
+    """Lasting facts no turn at `time` may deny: the plan's likes held then, its skills and routines, and its goals
+    not given up by then."""
+    likes = set(likes_at(persona, plan, time))
     ended = {i.subject for i in plan.items if i.kind == "goal_update" and i.value == "gave up" and i.time <= time}
-    return [i for i in plan.items if i.kind in ("preference", "preference_shift", "skill", "goal", "routine")
-            and not (i.kind == "preference" and i.value in replaced) and not (i.kind == "goal" and i.subject in ended)
-            and not (i.kind == "preference_shift" and i.time > time)]
+    return [i for i in plan.items if i.kind in ("skill", "routine") or (i.kind == "goal" and i.subject not in ended)
+            or (i.kind in ("preference", "preference_shift") and i.value in likes)]
 
 
 def check_turn(st: PersonaState, slot: TurnSlot, user: str, assistant: str) -> Check:
@@ -241,7 +240,7 @@ def check_turn(st: PersonaState, slot: TurnSlot, user: str, assistant: str) -> C
     for shift in (i for i in st.plan.items if i.kind == "preference_shift" and i.time > slot.time):
         if contains_phrase(user, shift.value) and (slot.item is None or slot.item.item_id != shift.cause_item_id):
             return Check("premature_shift")
-    doubtful = [f for f in standing_facts(st.plan, slot.time)
+    doubtful = [f for f in standing_facts(st.persona, st.plan, slot.time)
                 if f != slot.item and negates(user, realization(f).phrases[0])]
     if slot.item is not None and slot.item.kind != "dislike" and any(negates(user, p) for p in slot.phrases):
         doubtful.append(slot.item)  # a dislike is told with a negative word by design

@@ -2,9 +2,9 @@
 format, built from the supervision targets and the replayed memory database, with task shares and provenance per
 row.
 
-Every prompt is PersonaVLM's task format (spec §1.4) filled with what the agent holds at that moment: the core
-profile valid in the session, the EMA personality after the last turn, the short-term context, and for reasoning
-the memories each `<retrieve>` call returned from the database as it was at probe time.
+Every prompt is one of PersonaVLM's task prompts, as its release writes them, filled with what the agent holds at
+that moment: the core profile valid in the session, the EMA personality after the last turn, the short-term
+context, and for reasoning the memories each `<retrieve>` call returned from the database as it was at probe time.
 """
 
 from __future__ import annotations

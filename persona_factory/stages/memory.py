@@ -1,4 +1,4 @@
-"""M4 memory targets, the replay into the per-user memory database (`user_data.json`), and that database's
+"""Memory targets, the replay into the per-user memory database (`user_data.json`), and that database's
 view at any moment (what an agent could retrieve then).
 
 Decisions come from the plan: a turn that realizes a plan fact must be remembered, small talk must not. Sessions
@@ -329,8 +329,12 @@ def update_procedural(current: dict[str, str], told: list[tuple[PlanItem, str]])
 
 
 def update_profile(profile: dict[str, Any], told: list[PlanItem], last_time: str, gap_minutes: int) -> dict[str, Any]:
-    """Core memory after a session: preferences after shifts (recency-ordered, 5-7 kept), dislikes, people,
-    recent matters and ways of doing things; identity fields stay; `update time` = last turn + the session gap."""
+    """Core memory after a session: preferences after shifts, dislikes, people, recent matters and ways of doing
+    things; identity fields stay; `update time` = last turn + the session gap.
+
+    Unlike `plans.likes_at` (the set of likes the plan gives at a time), the preferences here are the memory's own
+    list, as PersonaVLM's core-memory update keeps it: recency-ordered (a like told again moves to the end) and cut
+    to the last `PREFERENCES_MAX`, so an old like can drop out without any shift."""
     updated = {k: v for k, v in profile.items() if k != "update time"}  # re-added last, as the prompt writes it
     prefs = list(profile["preferences"])
     dislikes = list(profile.get("dislikes", []))
@@ -402,7 +406,7 @@ def session_targets(cfg: PipelineConfig, persona: Persona, dialogue: Dialogue, p
 
 def replay_user_data(persona: Persona, dialogue: Dialogue, semantic: list[SemanticMemoryTarget],
                      sessions: list[SessionMemoryTarget], personality: list[PersonalityStep]) -> dict[str, Any]:
-    """The memory database an agent would have built turn by turn (spec §1.3 `user_data.json`).
+    """The memory database an agent would have built turn by turn (the `user_data.json` PersonaVLM's agent writes).
 
     A session entry holds the core profile and procedural memory valid *during* it (written when it opened), its
     interactions with their semantic decisions and personality steps, and the episodic topics written when it

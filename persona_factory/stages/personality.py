@@ -1,4 +1,4 @@
-"""M6 personality: per-turn inferred Big Five states, PersonaVLM's EMA trajectory, and how well the inferred
+"""Personality: per-turn inferred Big Five states, PersonaVLM's EMA trajectory, and how well the inferred
 states follow the plan's personality (the sampled Big Five plus its planned drifts).
 
 p <- lambda_m * p + (1 - lambda_m) * p'_m with lambda_m = 0.7 - 0.2 cos(pi min(m, 50) / 50) (paper App. A.1).

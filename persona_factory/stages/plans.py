@@ -419,3 +419,16 @@ def realization(item: PlanItem) -> Realization:
 def told_in(sessions: list[PlannedSession], item: PlanItem) -> int:
     """The session an item is told in: the first one starting at or after the item's time."""
     return next(s.session_index for s in sessions if item.time <= s.start)
+
+
+def likes_at(persona: Persona, plan: TimelinePlan, time: str, told: set[str] | None = None) -> tuple[str, ...]:
+    """What the user likes at `time`: the profile's likes and the plan's, with every preference shift dated by then
+    applied (the replaced like out, the new one last). With `told` (the ids of the plan items a history has told),
+    only told likes and told shifts count: what the history says, where the plan may hold more."""
+    counts = lambda i: told is None or i.item_id in told  # noqa: E731
+    planned = [i.value for i in plan.items if i.kind == "preference" and counts(i)]
+    likes = list({normalize(v): v for v in [*persona.profile.preferences, *planned]}.values())
+    for shift in sorted((i for i in plan.items if i.kind == "preference_shift"), key=lambda i: i.time):
+        if shift.time <= time and counts(shift):
+            likes = [x for x in likes if normalize(x) != normalize(shift.previous_value or "")] + [shift.value]
+    return tuple(likes)

@@ -1,4 +1,4 @@
-"""M5 reasoning trajectories: in-situ probes whose gold comes from the plan's state at probe time.
+"""Reasoning trajectories: in-situ probes whose gold comes from the plan's state at probe time.
 
 A probe is a first-person question posed right after a random turn. When the turn that told the answer lies in the
 short-term context, the gold trajectory answers directly; otherwise it searches the replayed memory database as it
@@ -38,7 +38,6 @@ from .plans import vocabulary
 
 TOP_K = {"semantic": 4, "episodic": 2, "procedural": 2}  # PersonaVLM's inference k per memory type
 PROBE_DELAY_MINUTES = 5  # a probe is posed this long after its turn
-NOT_TOLD = "you never told me"
 THINK_MAX = 240
 QUESTION_KINDS = ("relationship", "person_event", "event", "routine", "goal_status", "open_goal", "skill_level",
                   "latest_preference", "dislike", "style", "photo_purpose", "photo_object")
@@ -401,8 +400,10 @@ def render_step(step: ReasoningStep) -> str:
 # ---------------------------------------------------------------------------------------------- distractors
 
 
-def distractor_pools(plans: list[TimelinePlan], images: list[ImageRecord]) -> dict[str, list[str]]:
-    """Type-consistent wrong answers per question kind: the closed vocabulary plus what other plans hold."""
+def question_kind_pools(plans: list[TimelinePlan], images: list[ImageRecord]) -> dict[str, list[str]]:
+    """Type-consistent wrong answers per probe question kind: the closed vocabulary plus what other plans hold. A
+    closed kind with fewer than four values (goal outcomes, skill levels) gets no multiple choice at all: a filler
+    fourth option would never be the gold, and a model would learn to skip it."""
     vocab = vocabulary()
     values = lambda *kinds: [i.value for p in plans for i in p.items if i.kind in kinds]  # noqa: E731
     subjects = lambda *kinds: [i.subject for p in plans for i in p.items if i.kind in kinds]  # noqa: E731
@@ -411,9 +412,9 @@ def distractor_pools(plans: list[TimelinePlan], images: list[ImageRecord]) -> di
         "relationship": sorted(vocab["relations"]),
         "person_event": events, "event": events,
         "routine": [r[1] for r in vocab["routines"]] + values("routine"),
-        "goal_status": [*GOAL_OUTCOMES, NOT_TOLD],
+        "goal_status": list(GOAL_OUTCOMES),
         "open_goal": list(vocab["goals"]) + subjects("goal"),
-        "skill_level": [*SKILL_LEVELS, NOT_TOLD],
+        "skill_level": list(SKILL_LEVELS),
         "latest_preference": list(vocab["interests"]) + values("preference", "preference_shift"),
         "dislike": list(vocab["dislikes"]) + values("dislike"),
         "style": [pole for poles in vocab["styles"].values() for pole in poles],
