@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, StringConstraints, create_model
 from ..config import ConfigError, PipelineConfig
 from ..schema import (
     GOAL_OUTCOMES, SKILL_LEVELS, AlignmentPair, BenchmarkCandidate, BenchmarkItem, Dialogue, ImageRecord, OptionFact,
-    Persona, PlanItem, Split, TimelinePlan, Turn, fmt_time,
+    Persona, PlanItem, TimelinePlan, Turn, bucket_of, fmt_time,
 )
 from ..teacher.types import Sampling, TeacherRequest, TeacherResult
 from .common import chat, contains_phrase, normalize, parse_time, rng_for, sampling, stable_id
@@ -112,13 +112,6 @@ def relative_phrase(probe: datetime, event: datetime) -> str:
 def probe_time(cfg: PipelineConfig, dialogue: Dialogue) -> datetime:
     """The persona's one probe time: after the last turn, past the session gap."""
     return parse_time(dialogue.turns[-1].time) + timedelta(minutes=cfg.benchmark.probe_gap_minutes)
-
-
-def bucket(split: Split, n_turns: int) -> str:
-    """Persona-MME's sample folders, named by their maximum turn count: 50 / 100 (32k), 200 / 500 (128k)."""
-    if split == "bench_32k":
-        return "50" if n_turns <= 50 else "100"
-    return "200" if n_turns <= 200 else "500"
 
 
 # ---------------------------------------------------------------------------------------------- pools
@@ -587,7 +580,7 @@ class PersonaQuestions:
         texts = [d.options[k][0] for k in order]
         item = BenchmarkItem(
             item_id=stable_id("q_", self.persona.persona_id, d.task, d.query, d.options[0][0]),
-            persona_id=self.persona.persona_id, bucket=bucket(self.persona.split, len(self.dialogue.turns)),
+            persona_id=self.persona.persona_id, bucket=bucket_of(self.persona.split, len(self.dialogue.turns)),
             type=TASKS[d.task], question_type=d.task, time=fmt_time(self.probe), query=d.query,
             choices=dict(zip(LETTERS, texts)), answer=LETTERS[order.index(0)],
             evidence_turns=[t.turn_index for t in d.evidence], evidence_images=list(d.images), source_item_ids=d.sources)

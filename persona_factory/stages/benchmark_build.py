@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from ..config import PipelineConfig
 from ..schema import (
     BenchmarkCandidate, BenchmarkGateCount, BenchmarkItem, BlindAccuracy, Dialogue, ImageRecord,
-    Persona, QuarantineRow, TimelinePlan, fmt_time,
+    Persona, QuarantineRow, TimelinePlan, bucket_of, fmt_time,
 )
 from ..teacher.types import TeacherResult, TeacherStats
 from . import alignment
@@ -114,6 +114,6 @@ def build_benchmark(cfg: PipelineConfig, teacher: TeacherLike, judges: dict[str,
         candidates=[*run.rejected, *final, *(c for c in kept if c.item.item_id not in done)],
         gate_counts=run.counts(), blind_accuracy=accuracy, quarantined=[*run.quarantine_rows(), *unpaired],
         results=[*tip_results, *(r for rs in answers.values() for r in rs), *reply_results],
-        users_per_bucket=dict(sorted(Counter(stage.bucket(personas[pid].split, len(d.turns))
+        users_per_bucket=dict(sorted(Counter(bucket_of(personas[pid].split, len(d.turns))
                                              for pid, d in bench.items() if pid in asked).items())),
         alignment_asked=len(specs), tip_wording=dict(sorted(tip_wording.items())))
