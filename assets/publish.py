@@ -53,7 +53,7 @@ def hub_push(context: dg.AssetExecutionContext, settings: FactoryConfig) -> dg.M
     if target is None:
         return dg.MaterializeResult(metadata={"pushed": False, "why": "publish.hub_repo is not set"})
     require_publishable(context.instance)
-    tag = f"release-{context.run_id[:8]}"
+    tag = f"release-{context.run.run_id[:8]}"
     result = push_folder(cfg.output_path / "hub", target, tag=tag,
                          message=f"Release {tag} (preset {cfg.preset}, seed {cfg.seed}, config {cfg.config_hash()})")
     context.log.info(f"pushed {result.files} files to {result.repo_id} as {result.commit}, tagged {result.tag}")
