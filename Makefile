@@ -35,7 +35,7 @@ $(UV):
 	.tools/bin/pip install --quiet uv==$(UV_VERSION)
 
 .venv/.synced: $(UV) uv.lock pyproject.toml
-	$(UV) sync --frozen --extra cpu --group dev
+	$(UV) sync --frozen --extra cpu --extra cluster --group dev
 	touch $@
 
 $(DAGSTER_HOME)/dagster.yaml:
