@@ -1,28 +1,19 @@
-"""What every asset does around its domain call: load records, account for the teacher, write, describe."""
+"""What every asset does around its domain call: account for the teacher, write its batch, describe."""
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence, TypeVar
+from typing import Any, Mapping, Sequence
 
 import dagster as dg
 
+from persona_factory.catalog import SHARD, Table
 from persona_factory.config import ConfigError, PipelineConfig, code_version
-from persona_factory.schema import (
-    Dialogue, ImageRecord, Persona, Provenance, QuarantineRow, TeacherFailure, TimelinePlan,
-)
+from persona_factory.schema import Provenance, QuarantineRow, TeacherFailure
 from persona_factory.stages.personas import shard_keys
-from persona_factory.store import read_records, replace_bookkeeping, write_records
+from persona_factory.store import Batch, Store
 from persona_factory.teacher.client import Teacher, TeacherUnavailable
 from persona_factory.teacher.types import TeacherRequest, TeacherResult, TeacherStats
 from prompts import template_hashes
-
-R = TypeVar("R")
-
-HISTORIES = "histories"
-SUPERVISION = "supervision"
-BENCHMARK = "benchmark"
-QUALITY = "quality"
-PUBLISH = "publish"
 
 
 def failures_of(asset: str, results: Sequence[TeacherResult]) -> list[TeacherFailure]:
@@ -30,13 +21,14 @@ def failures_of(asset: str, results: Sequence[TeacherResult]) -> list[TeacherFai
             for r in results if not r.ok]
 
 
-def finish(con, asset: str, stats: TeacherStats | None, quarantined: Sequence[QuarantineRow] = (),
-           results: Sequence[TeacherResult] = (), *, shards: Sequence[str] = ("",),
-           owner_shard: Mapping[str, str] | None = None, **metadata) -> dg.MaterializeResult:
-    """Records quarantine rows and teacher failures (of the run's shards, each row filed under its owner's
-    shard), and reports them with the teacher's accounting."""
-    replace_bookkeeping(con, asset, quarantined, failures_of(asset, results), partitions=shards,
-                        partition_of=None if owner_shard is None else owner_shard.__getitem__)
+def finish(store: Store, batch: Batch, stats: TeacherStats | None, quarantined: Sequence[QuarantineRow] = (),
+           results: Sequence[TeacherResult] = (), *, owner_shard: Mapping[str, str] | None = None,
+           **metadata) -> dg.MaterializeResult:
+    """Adds the quarantine rows and teacher failures (each filed under its owner's shard) to the asset's batch,
+    commits it, and reports them with the teacher's accounting."""
+    batch.add_bookkeeping(quarantined, failures_of(batch.writer, results),
+                          None if owner_shard is None else lambda o: owner_shard.get(o, batch.partitions[0]))
+    store.commit(batch)
     meta = dict(metadata)
     meta["quarantined_rows"] = len(quarantined)
     if stats is not None:
@@ -62,11 +54,17 @@ def run_shards(context: dg.AssetExecutionContext, cfg: PipelineConfig) -> list[s
     return keys
 
 
-def write_shards(con, table: str, records: Sequence, columns: dict, shards: Sequence[str], cfg: PipelineConfig) -> int:
-    """Replace the rows of these shards, and drop rows of shards the config no longer has."""
-    n = write_records(con, table, records, columns, partition=("shard", shards))
-    con.execute(f"DELETE FROM {table} WHERE shard NOT IN (SELECT unnest(?::VARCHAR[]))", [shard_keys(cfg)])
-    return n
+def shard_batch(asset: str, shards: Sequence[str], cfg: PipelineConfig) -> Batch:
+    """What a shard asset writes: the rows of these shards; rows of shards the config no longer has are dropped."""
+    return Batch(asset, tuple(shards), keep=tuple(shard_keys(cfg)))
+
+
+def add_rows(batch: Batch, table: Table, rows: Sequence[Any], shard_of: Mapping[str, str] | None = None) -> int:
+    """Adds records to the batch; a shard table's rows are filed under their persona's shard."""
+    if table.partition != SHARD:
+        return batch.add(table, rows)
+    owner = (lambda r: r[0]) if table.model is None else (lambda r: r.persona_id)  # noqa: E731
+    return batch.add(table, rows, {SHARD: [shard_of[owner(r)] for r in rows]})  # type: ignore[index]
 
 
 def provenance(cfg: PipelineConfig, teacher_model: str, *templates: str) -> Provenance:
@@ -75,24 +73,9 @@ def provenance(cfg: PipelineConfig, teacher_model: str, *templates: str) -> Prov
                       personality_skip_rule=cfg.supervision.personality_skip_rule)
 
 
-def by_persona(records: Sequence[R]) -> dict[str, list[R]]:
-    """Records grouped by their persona, in their given order."""
-    out: dict[str, list[R]] = {}
-    for r in records:
-        out.setdefault(r.persona_id, []).append(r)
-    return out
-
-
 def generate_batched(teacher: Teacher, stats: TeacherStats,
                      requests: Mapping[str, Sequence[TeacherRequest]]) -> dict[str, list[TeacherResult]]:
     """Every owner's requests in one teacher batch (so the engine stays busy), answers handed back per owner."""
     flat = [r for reqs in requests.values() for r in reqs]
     results = iter(teacher.generate(flat, stats) if flat else [])
     return {owner: [next(results) for _ in reqs] for owner, reqs in requests.items()}
-
-
-def load_histories(con) -> tuple[dict[str, Persona], dict[str, TimelinePlan], dict[str, Dialogue], list[ImageRecord]]:
-    personas = {p.persona_id: p for p in read_records(con, "personas", Persona)}
-    plans = {p.persona_id: p for p in read_records(con, "timeline_plans", TimelinePlan)}
-    dialogues = {d.persona_id: d for d in read_records(con, "dialogues", Dialogue)}
-    return personas, plans, dialogues, read_records(con, "image_pool", ImageRecord)

@@ -1,21 +1,20 @@
 import dagster as dg
-from dagster_duckdb import DuckDBResource
 
+from persona_factory.catalog import PERSONAS
 from persona_factory.stages import personas as stage
-from persona_factory.store import read_records
-from persona_factory.schema import Persona
 from persona_factory.teacher.types import TeacherStats
+from pipelines.jobs import HISTORIES
 from pipelines.partitions import SHARD_BACKFILL
-from pipelines.resources import FactoryConfig, TeacherResource
+from pipelines.resources import FactoryConfig, StoreResource, TeacherResource
 
-from .common import answered, HISTORIES, finish, run_shards, write_shards
+from .common import add_rows, answered, finish, run_shards, shard_batch
 
 
 def personas_asset(shards: dg.PartitionsDefinition) -> dg.AssetsDefinition:
     @dg.asset(name="personas", group_name=HISTORIES, partitions_def=shards, backfill_policy=SHARD_BACKFILL,
               description="Seeds enriched by the teacher into role, profile and Big Five, per persona shard.")
     def personas(context: dg.AssetExecutionContext, settings: FactoryConfig, teacher: TeacherResource,
-                 duckdb: DuckDBResource) -> dg.MaterializeResult:
+                 store: StoreResource) -> dg.MaterializeResult:
         cfg = settings.load()
         keys = run_shards(context, cfg)
         assigned = [a for a in stage.assign_splits(stage.load_seeds(cfg.persona_source), cfg) if a.shard in keys]
@@ -24,17 +23,10 @@ def personas_asset(shards: dg.PartitionsDefinition) -> dg.AssetsDefinition:
         results = teacher.get().generate(requests, stats)
         answered("personas", stats)
         rows, quarantined = stage.build_personas(cfg, assigned, results)
-        with duckdb.get_connection() as con:
-            write_shards(con, "personas", rows, {
-                "persona_id": ("VARCHAR", lambda p: p.persona_id), "split": ("VARCHAR", lambda p: p.split),
-                "shard": ("VARCHAR", lambda p: p.shard), "name": ("VARCHAR", lambda p: p.profile.name)}, keys, cfg)
-            return finish(con, "personas", stats, quarantined, results, shards=keys,
-                          owner_shard={a.seed.seed_id: a.shard for a in assigned}, personas=len(rows),
-                          per_split={s: sum(p.split == s for p in rows) for s in ("train", "bench_32k", "bench_128k")})
+        batch = shard_batch("personas", keys, cfg)
+        add_rows(batch, PERSONAS, rows, {p.persona_id: p.shard for p in rows})
+        return finish(store.get(), batch, stats, quarantined, results,
+                      owner_shard={a.seed.seed_id: a.shard for a in assigned}, personas=len(rows),
+                      per_split={s: sum(p.split == s for p in rows) for s in ("train", "bench_32k", "bench_128k")})
 
     return personas
-
-
-def shard_personas(con, keys: list[str]) -> list[Persona]:
-    """The personas of these shards, as the personas asset wrote them."""
-    return read_records(con, "personas", Persona, "WHERE shard IN (SELECT unnest(?::VARCHAR[]))", [keys])

@@ -1,15 +1,15 @@
 import dagster as dg
-from dagster_duckdb import DuckDBResource
 
-from persona_factory.schema import ImageRecord
+from persona_factory.catalog import IMAGE_POOL, PERSONAS, TIMELINE_PLANS
+from persona_factory.readers import read_shards
 from persona_factory.stages import plans as stage
 from persona_factory.store import read_records
 from persona_factory.teacher.types import TeacherStats
+from pipelines.jobs import HISTORIES
 from pipelines.partitions import SHARD_BACKFILL
-from pipelines.resources import FactoryConfig, TeacherResource
+from pipelines.resources import FactoryConfig, StoreResource, TeacherResource
 
-from .common import answered, HISTORIES, finish, run_shards, write_shards
-from .personas import shard_personas
+from .common import add_rows, answered, finish, run_shards, shard_batch
 
 
 def timeline_plans_asset(shards: dg.PartitionsDefinition) -> dg.AssetsDefinition:
@@ -17,27 +17,24 @@ def timeline_plans_asset(shards: dg.PartitionsDefinition) -> dg.AssetsDefinition
               deps=["personas", "image_pool"],
               description="Ground-truth timelines: dated items per session, planned shifts, outcomes and drifts.")
     def timeline_plans(context: dg.AssetExecutionContext, settings: FactoryConfig, teacher: TeacherResource,
-                       duckdb: DuckDBResource) -> dg.MaterializeResult:
+                       store: StoreResource) -> dg.MaterializeResult:
         cfg = settings.load()
         keys = run_shards(context, cfg)
-        with duckdb.get_connection() as con:
-            people = shard_personas(con, keys)
-            images = read_records(con, "image_pool", ImageRecord)
+        with store.get().reader() as con:
+            people = read_shards(con, PERSONAS, keys)
+            images = read_records(con, IMAGE_POOL)
         stats = TeacherStats()
         results = teacher.get().generate([stage.plan_request(cfg, p) for p in people], stats)
         answered("timeline_plans", stats)
         plans, quarantined = stage.build_plans(cfg, people, results, images)
         shard_of = {p.persona_id: p.shard for p in people}
-        with duckdb.get_connection() as con:
-            write_shards(con, "timeline_plans", plans, {
-                "persona_id": ("VARCHAR", lambda p: p.persona_id), "shard": ("VARCHAR", lambda p: shard_of[p.persona_id]),
-                "n_items": ("INTEGER", lambda p: len(p.items)), "n_sessions": ("INTEGER", lambda p: len(p.sessions)),
-                "n_turns": ("INTEGER", lambda p: sum(s.n_turns for s in p.sessions))}, keys, cfg)
-            kinds: dict[str, int] = {}
-            for plan in plans:
-                for item in plan.items:
-                    kinds[item.kind] = kinds.get(item.kind, 0) + 1
-            return finish(con, "timeline_plans", stats, quarantined, results, shards=keys, owner_shard=shard_of,
-                          plans=len(plans), items_by_kind=kinds)
+        batch = shard_batch("timeline_plans", keys, cfg)
+        add_rows(batch, TIMELINE_PLANS, plans, shard_of)
+        kinds: dict[str, int] = {}
+        for plan in plans:
+            for item in plan.items:
+                kinds[item.kind] = kinds.get(item.kind, 0) + 1
+        return finish(store.get(), batch, stats, quarantined, results, owner_shard=shard_of,
+                      plans=len(plans), items_by_kind=kinds)
 
     return timeline_plans

@@ -1,31 +1,31 @@
 import os
 
 import dagster as dg
-from dagster_duckdb import DuckDBResource
 
 from persona_factory.publish import export_hub_layout, export_native
 from persona_factory.publish.push import hub_target, push_folder
 from pipelines.checks import require_publishable
-from pipelines.resources import FactoryConfig, TeacherResource
+from pipelines.jobs import PUBLISH
+from pipelines.resources import FactoryConfig, StoreResource, TeacherResource
 from quality.release import release_bundle
 
-from .common import PUBLISH, provenance
+from .common import provenance
 
 
-def _load_release(settings: FactoryConfig, teacher: TeacherResource, duckdb: DuckDBResource):
+def _load_release(settings: FactoryConfig, teacher: TeacherResource, store: StoreResource):
     """The config and the release bundle; its provenance names every prompt template (histories, supervision and
     benchmark all went into it)."""
     cfg = settings.load()
-    with duckdb.get_connection() as con:
+    with store.get().reader() as con:
         return cfg, release_bundle(con, provenance(cfg, teacher.model_name()))
 
 
 @dg.asset(group_name=PUBLISH, deps=["release_splits"],
           description="Hub-layout folder (parquet with Image features, charts, dataset card) that load_dataset reads.")
 def hub_dataset(context: dg.AssetExecutionContext, settings: FactoryConfig, teacher: TeacherResource,
-                duckdb: DuckDBResource) -> dg.MaterializeResult:
+                store: StoreResource) -> dg.MaterializeResult:
     require_publishable(context.instance)
-    cfg, bundle = _load_release(settings, teacher, duckdb)
+    cfg, bundle = _load_release(settings, teacher, store)
     out = cfg.output_path / "hub"
     manifest = export_hub_layout(bundle, out, pretty_name=cfg.publish.pretty_name, license=cfg.publish.license)
     return dg.MaterializeResult(metadata={
@@ -36,9 +36,9 @@ def hub_dataset(context: dg.AssetExecutionContext, settings: FactoryConfig, teac
 @dg.asset(group_name=PUBLISH, deps=["release_splits"],
           description="PersonaVLM release layout: data/Persona-MME/... and data/training/...")
 def native_release(context: dg.AssetExecutionContext, settings: FactoryConfig, teacher: TeacherResource,
-                   duckdb: DuckDBResource) -> dg.MaterializeResult:
+                   store: StoreResource) -> dg.MaterializeResult:
     require_publishable(context.instance)
-    cfg, bundle = _load_release(settings, teacher, duckdb)
+    cfg, bundle = _load_release(settings, teacher, store)
     out = cfg.output_path / "native"
     manifest = export_native(bundle, out)
     return dg.MaterializeResult(metadata={"path": dg.MetadataValue.path(str(out)), "manifest": manifest})

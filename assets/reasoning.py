@@ -1,54 +1,59 @@
-import json
 from collections import Counter
 
 import dagster as dg
-from dagster_duckdb import DuckDBResource
 
-from persona_factory.schema import QuarantineRow, SemanticMemoryTarget
+from persona_factory.catalog import REASONING_TRAJECTORIES, SEMANTIC_MEMORY_TARGETS
+from persona_factory.readers import by_persona, load_histories, memory_databases, read_shards
+from persona_factory.schema import QuarantineRow
 from persona_factory.stages import reasoning as stage
-from persona_factory.store import read_records, write_records
 from persona_factory.teacher.types import TeacherStats
-from pipelines.resources import FactoryConfig, TeacherResource
+from pipelines.jobs import SUPERVISION
+from pipelines.partitions import SHARD_BACKFILL
+from pipelines.resources import FactoryConfig, StoreResource, TeacherResource
 
-from .common import SUPERVISION, answered, by_persona, finish, generate_batched, load_histories
+from .common import add_rows, answered, finish, generate_batched, run_shards, shard_batch
 
 
 def count(values) -> dict[str, int]:
     return dict(sorted(Counter(values).items()))
 
 
-@dg.asset(group_name=SUPERVISION, deps=["memory_db"],
-          description="In-situ probes of training histories: think/retrieve/answer trajectories with retrieval "
-                      "executed over the memory database as it was at probe time, answers regenerated from what "
-                      "was retrieved and checked against the plan.")
-def reasoning_trajectories(settings: FactoryConfig, teacher: TeacherResource,
-                           duckdb: DuckDBResource) -> dg.MaterializeResult:
-    cfg = settings.load()
-    with duckdb.get_connection() as con:
-        personas, plans, dialogues, images = load_histories(con)
-        semantic = by_persona(read_records(con, "semantic_memory_targets", SemanticMemoryTarget))
-        user_data = {pid: json.loads(u) for pid, u in con.execute(
-            "SELECT persona_id, user_data FROM memory_db WHERE split = 'train' ORDER BY persona_id").fetchall()}
-    by_image = {i.image_id: i for i in images}
-    pools = stage.question_kind_pools(list(plans.values()), images)
-    jobs = {pid: stage.prepare_jobs(cfg, personas[pid], dialogues[pid], plans[pid], semantic.get(pid, []),
-                                    user_data[pid], pools, by_image) for pid in sorted(user_data) if pid in plans}
-    stats = TeacherStats()
-    res = generate_batched(teacher.get(), stats,
-                           {pid: stage.answer_requests(cfg, personas[pid], jobs[pid]) for pid in jobs})
-    answered("reasoning_trajectories", stats)
-    rows = [t for pid in jobs for t in stage.build_trajectories(personas[pid], jobs[pid], res[pid])]
-    quarantined = [QuarantineRow(table_name="reasoning_trajectories", row_key=f"{t.persona_id}:{t.probe_id}",
-                                 rule=t.verdict, value=f"{t.query} | gold: {t.gold_value}")
-                   for t in rows if t.verdict != "verified"]
-    with duckdb.get_connection() as con:
-        write_records(con, "reasoning_trajectories", rows, {
-            "probe_id": ("VARCHAR", lambda r: r.probe_id), "persona_id": ("VARCHAR", lambda r: r.persona_id),
-            "question_kind": ("VARCHAR", lambda r: r.question_kind), "mode": ("VARCHAR", lambda r: r.mode),
-            "steps": ("INTEGER", lambda r: len(r.steps)), "verdict": ("VARCHAR", lambda r: r.verdict)})
+def reasoning_asset(shards: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+    @dg.asset(group_name=SUPERVISION, deps=["memory_db"], partitions_def=shards, backfill_policy=SHARD_BACKFILL,
+              description="In-situ probes of training histories: think/retrieve/answer trajectories with retrieval "
+                          "executed over the memory database as it was at probe time, answers regenerated from what "
+                          "was retrieved and checked against the plan.")
+    def reasoning_trajectories(context: dg.AssetExecutionContext, settings: FactoryConfig, teacher: TeacherResource,
+                               store: StoreResource) -> dg.MaterializeResult:
+        cfg = settings.load()
+        keys = run_shards(context, cfg)
+        with store.get().reader() as con:
+            personas, plans, dialogues, images = load_histories(con, keys)
+            semantic = by_persona(read_shards(con, SEMANTIC_MEMORY_TARGETS, keys))
+            user_data = memory_databases(con, "train", keys)
+        by_image = {i.image_id: i for i in images}
+        jobs = {}
+        for shard in keys:  # wrong answers come from the shard's own plans, so a shard's data never depends on others
+            pools = stage.question_kind_pools([p for pid, p in plans.items() if personas[pid].shard == shard], images)
+            jobs.update({pid: stage.prepare_jobs(cfg, personas[pid], dialogues[pid], plans[pid], semantic.get(pid, []),
+                                                 user_data[pid], pools, by_image)
+                         for pid in sorted(user_data) if pid in plans and personas[pid].shard == shard})
+        stats = TeacherStats()
+        res = generate_batched(teacher.get(), stats,
+                               {pid: stage.answer_requests(cfg, personas[pid], jobs[pid]) for pid in jobs})
+        answered("reasoning_trajectories", stats)
+        rows = [t for pid in jobs for t in stage.build_trajectories(personas[pid], jobs[pid], res[pid])]
+        quarantined = [QuarantineRow(table_name=REASONING_TRAJECTORIES.name, row_key=f"{t.persona_id}:{t.probe_id}",
+                                     rule=t.verdict, value=f"{t.query} | gold: {t.gold_value}")
+                       for t in rows if t.verdict != "verified"]
+        shard_of = {pid: p.shard for pid, p in personas.items()}
+        batch = shard_batch("reasoning_trajectories", keys, cfg)
+        add_rows(batch, REASONING_TRAJECTORIES, rows, shard_of)
         verified = [r for r in rows if r.verdict == "verified"]
-        return finish(con, "reasoning_trajectories", stats, quarantined, [r for rs in res.values() for r in rs],
-                      trajectories=len(rows), verified=len(verified), by_verdict=count(r.verdict for r in rows),
-                      verified_by_kind=count(r.question_kind for r in verified),
+        return finish(store.get(), batch, stats, quarantined, [r for rs in res.values() for r in rs],
+                      owner_shard=shard_of, trajectories=len(rows), verified=len(verified),
+                      by_verdict=count(r.verdict for r in rows), verified_by_kind=count(r.question_kind for r in verified),
                       verified_by_mode=count(r.mode for r in verified),
                       retrieval_steps=count(str(sum(s.action == "retrieve" for s in r.steps)) for r in verified))
+
+    return reasoning_trajectories

@@ -233,6 +233,24 @@ class PublishSettings(Strict):
     license: str = "cc-by-4.0"
 
 
+class StorageSettings(Strict):
+    """Where the working tables live: one local DuckDB file, or Parquet objects every machine of a cluster shares."""
+
+    backend: Literal["duckdb", "parquet"] = "duckdb"
+    # parquet: an fsspec URL (file:///data/run1, s3://bucket/run1, gs://...); default <output_dir>/tables
+    url: str | None = None
+    # fsspec filesystem options (e.g. {"endpoint_url": "http://minio:9000"}); credentials come from the environment
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class CacheSettings(Strict):
+    """Where teacher answers are cached: a SQLite file under output_dir, or a Postgres database shared by machines."""
+
+    backend: Literal["sqlite", "postgres"] = "sqlite"
+    url_env: str = "PERSONA_FACTORY_CACHE_URL"  # name of the env var holding the Postgres URL, never the URL itself
+    flush_interval_s: float = Field(0.5, gt=0, le=1)  # most time an answer waits before it is written
+
+
 class RegenerationSettings(Strict):
     """Periodic rebuild of the whole dataset; the republish sensor publishes a rebuild once its checks pass."""
 
@@ -249,6 +267,8 @@ RUN_ONLY_SETTINGS: dict[str, Any] = {
     "output_dir": True,
     "publish": True,
     "regeneration": True,
+    "storage": True,
+    "cache": True,
     "teacher": {"backend", "base_urls", "api_key_env", "max_concurrency", "request_timeout_s", "connect_timeout_s",
                 "enforce_eager", "tensor_parallel_size", "gpu_memory_utilization", "max_num_seqs", "kv_cache_gib",
                 "embedded_port", "startup_timeout_s"},
@@ -270,6 +290,8 @@ class PipelineConfig(Strict):
     quality: QualitySettings = QualitySettings()
     publish: PublishSettings = PublishSettings()
     regeneration: RegenerationSettings = RegenerationSettings()
+    storage: StorageSettings = StorageSettings()
+    cache: CacheSettings = CacheSettings()
 
     @model_validator(mode="after")
     def _sessions_fit_the_context(self) -> "PipelineConfig":

@@ -6,20 +6,24 @@ from __future__ import annotations
 from collections import Counter
 
 import dagster as dg
-from dagster_duckdb import DuckDBResource
 
+from persona_factory.catalog import DEDUP_DECISIONS, TABLES
 from persona_factory.schema import QuarantineRow
-from persona_factory.store import replace_bookkeeping
+from persona_factory.store import Batch, Store
 from quality import dedup, validate
+
+from .resources import StoreResource
 
 RELEASE = "release_splits"
 SHOWN = 20  # quarantine rows listed in a check's metadata; all of them are in the quarantine table
 
 
-def _result(con, check: str, quarantined: list[QuarantineRow], passed: bool | None = None,
+def _result(store: Store, check: str, quarantined: list[QuarantineRow], passed: bool | None = None,
             **metadata) -> dg.AssetCheckResult:
     """Replace the check's quarantine rows and report them; it passes when it rejected no row, unless told."""
-    replace_bookkeeping(con, f"check:{check}", quarantined)
+    batch = Batch(f"check:{check}")
+    batch.add_bookkeeping(quarantined)
+    store.commit(batch)
     return dg.AssetCheckResult(passed=not quarantined if passed is None else passed, metadata={
         "quarantined_rows": len(quarantined), "by_rule": dict(Counter(q.rule for q in quarantined)),
         "first_rows": [f"{q.table_name} {q.row_key}: {q.rule} = {q.value}" for q in quarantined[:SHOWN]],
@@ -29,32 +33,33 @@ def _result(con, check: str, quarantined: list[QuarantineRow], passed: bool | No
 def suite_check(suite: str) -> dg.AssetChecksDefinition:
     @dg.asset_check(asset=RELEASE, name=f"{suite}_suite", blocking=True,
                     description=f"great-expectations suite quality/suites/{suite}.json on the {suite} table.")
-    def _check(duckdb: DuckDBResource) -> dg.AssetCheckResult:
-        with duckdb.get_connection() as con:
-            frame = con.execute(f"SELECT * EXCLUDE (record) FROM {suite}").df()
-            result = validate.run_suite(suite, frame)
-            return _result(con, f"{suite}_suite", result.quarantined, result.success, rows=result.rows,
-                           failed_expectations=result.failed_expectations)
+    def _check(store: StoreResource) -> dg.AssetCheckResult:
+        with store.get().reader() as con:
+            frame = con.execute(f"SELECT {', '.join(TABLES[suite].flat_names)} FROM {suite} ORDER BY rowid").df()
+        result = validate.run_suite(suite, frame)
+        return _result(store.get(), f"{suite}_suite", result.quarantined, result.success, rows=result.rows,
+                       failed_expectations=result.failed_expectations)
 
     return _check
 
 
 @dg.asset_check(asset=RELEASE, blocking=True,
                 description="Every stored record parses under its model in persona_factory/schema.py.")
-def record_schemas(duckdb: DuckDBResource) -> dg.AssetCheckResult:
-    with duckdb.get_connection() as con:
+def record_schemas(store: StoreResource) -> dg.AssetCheckResult:
+    with store.get().reader() as con:
         violations, checked, unregistered = validate.schema_violations(con)
-        return _result(con, "record_schemas", violations, rows_checked=checked, tables_without_model=unregistered)
+    return _result(store.get(), "record_schemas", violations, rows_checked=checked,
+                   tables_without_model=unregistered)
 
 
 @dg.asset_check(asset=RELEASE, blocking=True,
                 description="No duplicate or leaking pair from dedup_decisions has both sides in the release.")
-def release_dedup(duckdb: DuckDBResource) -> dg.AssetCheckResult:
-    with duckdb.get_connection() as con:
-        rows = [QuarantineRow(table_name="dedup_decisions", row_key=f"{a} ~ {b}", rule=reason,
+def release_dedup(store: StoreResource) -> dg.AssetCheckResult:
+    with store.get().reader() as con:
+        rows = [QuarantineRow(table_name=DEDUP_DECISIONS.name, row_key=f"{a} ~ {b}", rule=reason,
                               value="both sides are released")
                 for reason, a, b in dedup.unresolved_pairs(con)]
-        return _result(con, "release_dedup", rows)
+    return _result(store.get(), "release_dedup", rows)
 
 
 release_checks = [record_schemas, release_dedup, *(suite_check(s) for s in validate.SUITES)]

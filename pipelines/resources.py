@@ -1,17 +1,17 @@
-"""Dagster resources: the pipeline config and the teacher (embedded CPU server by default)."""
+"""Dagster resources: the pipeline config, the working tables and the teacher (embedded CPU server by default)."""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Optional
 
 import dagster as dg
 from pydantic import PrivateAttr
 
 from persona_factory.config import PipelineConfig, load_config
+from persona_factory.store import Store, open_store
 from persona_factory.teacher.backends import OfflineBackend, ServerBackend
-from persona_factory.teacher.cache import ResponseCache
+from persona_factory.teacher.cache import open_cache
 from persona_factory.teacher.client import Backend, Teacher
 
 
@@ -33,6 +33,15 @@ class FactoryConfig(dg.ConfigurableResource):
         if self.teacher_base_urls:
             overrides["teacher"] = {"base_urls": list(self.teacher_base_urls)}
         return load_config(self.preset, self.config_path, overrides)
+
+
+class StoreResource(dg.ConfigurableResource):
+    """The working tables (`storage.*`): a local DuckDB file by default, Parquet on shared storage for a cluster."""
+
+    settings: FactoryConfig
+
+    def get(self) -> Store:
+        return open_store(self.settings.load())
 
 
 class TeacherResource(dg.ConfigurableResource):
@@ -57,7 +66,7 @@ class TeacherResource(dg.ConfigurableResource):
 
     def _build(self, cfg: PipelineConfig) -> Teacher:
         t = cfg.teacher
-        cache = ResponseCache(cfg.output_path / "teacher_cache.sqlite")
+        cache = open_cache(cfg)
         return Teacher(lambda: self._connect(cfg), cache, model_id=self.model_name(), max_retries=t.max_retries,
                        retry_cached_failures=t.retry_cached_failures)
 
@@ -100,8 +109,3 @@ def default_settings() -> FactoryConfig:
                          output_dir=env.get("PERSONA_FACTORY_OUTPUT") or None,
                          teacher_base_urls=urls or None)
 
-
-def duckdb_path(settings: FactoryConfig) -> Path:
-    path = settings.load().duckdb_path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path

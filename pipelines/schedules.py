@@ -10,8 +10,7 @@ from datetime import datetime
 
 import dagster as dg
 
-from assets.common import PUBLISH
-
+from .jobs import PUBLISH
 from .partitions import all_shards_tags
 from .resources import FactoryConfig
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets.common import PUBLISH
-
 from .checks import release_check_failures
+from .jobs import PUBLISH
 from .resources import FactoryConfig
 
 PUBLISHED = dg.AssetKey("hub_dataset")

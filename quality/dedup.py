@@ -15,10 +15,11 @@ from pathlib import Path
 
 import duckdb
 
+from persona_factory.catalog import DEDUP_DECISIONS
 from persona_factory.config import QualitySettings
 
 SQL_DIR = Path(__file__).parent / "sql"
-DECISIONS = "dedup_decisions"
+DECISIONS = DEDUP_DECISIONS.name
 BANDS_PER_PASS = 8  # LSH bands joined at once: bounds the memory of the candidate join
 # words that carry no content in a question; two paraphrases differ mostly in these
 STOP_WORDS = (
@@ -67,9 +68,9 @@ def find_duplicates(con: duckdb.DuckDBPyConnection, settings: QualitySettings) -
 
 
 def create_decisions(con: duckdb.DuckDBPyConnection) -> None:
-    """An empty `dedup_decisions`: one row per pair; key_a is the first occurrence (the training side for leakage)."""
-    con.execute(f"CREATE OR REPLACE TABLE {DECISIONS} (kind VARCHAR, reason VARCHAR, key_a VARCHAR, key_b VARCHAR,"
-                " persona_a VARCHAR, persona_b VARCHAR, similarity DOUBLE, hamming INTEGER)")
+    """An empty `dedup_decisions` in the connection (the asset stores it): one row per pair; key_a is the first
+    occurrence (the training side for leakage)."""
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {DECISIONS} ({DEDUP_DECISIONS.ddl()})")
 
 
 def text_duplicates(con: duckdb.DuckDBPyConnection, units: str, kind: str, settings: QualitySettings, *,

@@ -1,4 +1,4 @@
-"""The release: which personas, histories, items and training records get published, written as `release_*` tables
+"""The release: which personas, histories, items and training records get published, as the `release_*` tables
 that the blocking checks validate and the exporters read. Everything left out is recorded with its reason."""
 
 from __future__ import annotations
@@ -9,21 +9,25 @@ from dataclasses import dataclass, field
 
 import duckdb
 
+from persona_factory.catalog import (
+    BENCHMARK_BLIND_ACCURACY, BENCHMARK_GATE_COUNTS, BENCHMARK_ITEMS, DIALOGUES, IMAGE_POOL, MEMORY_DB, PERSONALITY_STEPS,
+    PERSONAS, RELEASE_BENCHMARK, RELEASE_DIALOGUES, RELEASE_EXCLUSIONS, RELEASE_PERSONAS, RELEASE_RL, RELEASE_SFT,
+    RELEASE_TURNS, RL_RECORDS, SFT_RECORDS, TIMELINE_PLANS,
+)
 from persona_factory.config import PipelineConfig
 from persona_factory.publish import PublishBundle
 from persona_factory.publish.hub_layout import markdown_table
 from persona_factory.schema import (
-    BenchmarkItem, Dialogue, ImageRecord, Persona, PersonalityStep, Provenance, QuarantineRow,
-    RLRecord, SFTRecord, TimelinePlan,
+    BenchmarkItem, Dialogue, Persona, Provenance, QuarantineRow, RLRecord, SFTRecord, TimelinePlan,
 )
-from persona_factory.store import read_records, table_exists, write_records
+from persona_factory.store import Batch, read_records, table_exists
 from quality import dedup, validate
 from quality.dedup import Exclusion
 
-EXCLUSIONS = "release_exclusions"
+EXCLUSIONS = RELEASE_EXCLUSIONS.name
 # written by the benchmark asset's gates; the card shows them when present
-GATE_TABLE = "benchmark_gate_counts"
-BLIND_TABLE = "benchmark_blind_accuracy"
+GATE_TABLE = BENCHMARK_GATE_COUNTS.name
+BLIND_TABLE = BENCHMARK_BLIND_ACCURACY.name
 
 
 @dataclass
@@ -45,8 +49,9 @@ class ReleaseSummary:
                 "dropped_records": self.dropped_records, "unparsed_records": self.unparsed_records}
 
 
-def build_release(con: duckdb.DuckDBPyConnection, cfg: PipelineConfig) -> tuple[ReleaseSummary, list[QuarantineRow]]:
-    """Write the release tables; return the summary and the structural and image-file quarantine rows.
+def build_release(con: duckdb.DuckDBPyConnection, cfg: PipelineConfig
+                  ) -> tuple[ReleaseSummary, list[QuarantineRow], Batch]:
+    """The release tables (a batch for the store), the summary, and the structural and image-file quarantine rows.
 
     A persona is left out when it has no valid history, when its history breaks a structural rule (too short
     included), when an image it shows is not in the pool or its file is missing or no longer matches its id, or
@@ -55,9 +60,8 @@ def build_release(con: duckdb.DuckDBPyConnection, cfg: PipelineConfig) -> tuple[
     record_schemas check blocks publishing until they are fixed.
     """
     parsed, unparsed = {}, 0
-    for table in ("personas", "timeline_plans", "dialogues", "image_pool", "benchmark_items", "sft_records",
-                  "rl_records"):
-        parsed[table], invalid = validate.parse_records(con, table)
+    for table in (PERSONAS, TIMELINE_PLANS, DIALOGUES, IMAGE_POOL, BENCHMARK_ITEMS, SFT_RECORDS, RL_RECORDS):
+        parsed[table.name], invalid = validate.parse_records(con, table)
         unparsed += len(invalid)
     personas: dict[str, Persona] = {p.persona_id: p for p in parsed["personas"]}
     plans: dict[str, TimelinePlan] = {p.persona_id: p for p in parsed["timeline_plans"]}
@@ -109,56 +113,30 @@ def build_release(con: duckdb.DuckDBPyConnection, cfg: PipelineConfig) -> tuple[
     histories = [dialogues[pid] for pid in released]
     turns = [t for d in histories for t in d.turns]
 
-    _write_release(con, [personas[p] for p in released], histories, kept_items, sft, rl, exclusions)
+    batch = _release_batch([personas[p] for p in released], histories, kept_items, sft, rl, exclusions)
     summary = ReleaseSummary(
         personas=dict(Counter(split_of.values())), turns=len(turns), benchmark_items=len(kept_items),
         sft_records=len(sft), rl_records=len(rl),
         excluded_personas=dict(Counter(e.reason for e in exclusions if e.unit == "persona")),
         dropped_items=dict(Counter(e.reason for e in exclusions if e.unit == "item")),
         dropped_records=dict(Counter(e.reason for e in exclusions if e.unit == "record")), unparsed_records=unparsed)
-    return summary, quarantined
+    return summary, quarantined, batch
 
 
-def _write_release(con: duckdb.DuckDBPyConnection, personas: list[Persona], histories: list[Dialogue],
-                   items: list[BenchmarkItem], sft: list[SFTRecord], rl: list[RLRecord],
-                   exclusions: list[Exclusion]) -> None:
-    """The release tables: the record JSON plus the flat columns the suites under quality/suites/ read."""
+def _release_batch(personas: list[Persona], histories: list[Dialogue], items: list[BenchmarkItem],
+                   sft: list[SFTRecord], rl: list[RLRecord], exclusions: list[Exclusion]) -> Batch:
+    """The release tables: the records plus the flat columns the suites under quality/suites/ read."""
     history = {d.persona_id: d for d in histories}
-    write_records(con, "release_personas", personas, {
-        "persona_id": ("VARCHAR", lambda p: p.persona_id), "split": ("VARCHAR", lambda p: p.split),
-        "n_turns": ("INTEGER", lambda p: len(history[p.persona_id].turns)),
-        "n_sessions": ("INTEGER", lambda p: len(history[p.persona_id].sessions))})
-    write_records(con, "release_dialogues", histories, {
-        "persona_id": ("VARCHAR", lambda d: d.persona_id), "split": ("VARCHAR", lambda d: d.split)})
-    write_records(con, "release_turns", [t for d in histories for t in d.turns], {
-        "turn_key": ("VARCHAR", lambda t: f"{t.persona_id}:{t.turn_index}"),
-        "persona_id": ("VARCHAR", lambda t: t.persona_id), "time": ("VARCHAR", lambda t: t.time),
-        "user_text": ("VARCHAR", lambda t: t.user), "assistant_text": ("VARCHAR", lambda t: t.assistant),
-        "img_placeholders": ("INTEGER", lambda t: t.user.count("<img>") + t.assistant.count("<img>")),
-        "has_image": ("INTEGER", lambda t: int(t.image_id is not None))})
-    write_records(con, "release_benchmark", items, {
-        "item_id": ("VARCHAR", lambda i: i.item_id), "persona_id": ("VARCHAR", lambda i: i.persona_id),
-        "bucket": ("VARCHAR", lambda i: i.bucket), "type": ("VARCHAR", lambda i: i.type),
-        "question_type": ("VARCHAR", lambda i: i.question_type), "query": ("VARCHAR", lambda i: i.query),
-        "answer": ("VARCHAR", lambda i: i.answer), "n_choices": ("INTEGER", lambda i: len(i.choices)),
-        "n_distinct_choices": ("INTEGER", lambda i: len({v.strip().lower() for v in i.choices.values()})),
-        "answer_in_choices": ("INTEGER", lambda i: int(i.answer in i.choices)),
-        "n_evidence_turns": ("INTEGER", lambda i: len(i.evidence_turns))})
-    write_records(con, "release_sft", sft, {
-        "record_id": ("VARCHAR", lambda r: r.record_id), "persona_id": ("VARCHAR", lambda r: r.persona_id),
-        "task": ("VARCHAR", lambda r: r.task), "n_images": ("INTEGER", lambda r: len(r.image)),
-        "n_turns": ("INTEGER", lambda r: len(r.conversations)),
-        "n_image_tokens": ("INTEGER", lambda r: sum(c["value"].count("<image>") for c in r.conversations))})
-    write_records(con, "release_rl", rl, {
-        "record_id": ("VARCHAR", lambda r: r.record_id), "persona_id": ("VARCHAR", lambda r: r.persona_id),
-        "kind": ("VARCHAR", lambda r: r.kind), "solution": ("VARCHAR", lambda r: r.solution),
-        "n_images": ("INTEGER", lambda r: len(r.images)),
-        "n_image_tokens": ("INTEGER", lambda r: sum(m["content"].count("<image>") for m in r.messages))})
-    con.execute(f"CREATE OR REPLACE TABLE {EXCLUSIONS} (unit VARCHAR, key VARCHAR, persona_id VARCHAR, "
-                "reason VARCHAR, cause VARCHAR)")
-    if exclusions:
-        con.executemany(f"INSERT INTO {EXCLUSIONS} VALUES (?, ?, ?, ?, ?)",
-                        [(e.unit, e.key, e.persona_id, e.reason, e.cause) for e in exclusions])
+    batch = Batch("release_splits")
+    batch.add(RELEASE_PERSONAS, personas, {"n_turns": [len(history[p.persona_id].turns) for p in personas],
+                                           "n_sessions": [len(history[p.persona_id].sessions) for p in personas]})
+    batch.add(RELEASE_DIALOGUES, histories)
+    batch.add(RELEASE_TURNS, [t for d in histories for t in d.turns])
+    batch.add(RELEASE_BENCHMARK, items)
+    batch.add(RELEASE_SFT, sft)
+    batch.add(RELEASE_RL, rl)
+    batch.add(RELEASE_EXCLUSIONS, [(e.unit, e.key, e.persona_id, e.reason, e.cause) for e in exclusions])
+    return batch
 
 
 # ---------------------------------------------------------------------------------------------- reading back
@@ -166,19 +144,19 @@ def _write_release(con: duckdb.DuckDBPyConnection, personas: list[Persona], hist
 
 def release_bundle(con: duckdb.DuckDBPyConnection, provenance: Provenance) -> PublishBundle:
     """The released rows only, plus the curation figures the card reports."""
-    personas = read_records(con, "release_personas", Persona)
+    personas = read_records(con, RELEASE_PERSONAS)
     released = [p.persona_id for p in personas]
     train = [p.persona_id for p in personas if p.split == "train"]
     memory = {pid: json.loads(u) for pid, u in con.execute(
-        "SELECT persona_id, user_data FROM memory_db WHERE persona_id IN (SELECT unnest(?::VARCHAR[])) "
+        f"SELECT persona_id, user_data FROM {MEMORY_DB.name} WHERE persona_id IN (SELECT unnest(?::VARCHAR[])) "
         "ORDER BY persona_id", [train]).fetchall()}
-    steps = read_records(con, "personality_steps", PersonalityStep,
-                         "WHERE record->>'$.persona_id' IN (SELECT unnest(?::VARCHAR[]))", [released])
+    steps = read_records(con, PERSONALITY_STEPS, "WHERE record->>'$.persona_id' IN (SELECT unnest(?::VARCHAR[]))",
+                         [released])
     return PublishBundle(
-        personas=personas, dialogues=read_records(con, "release_dialogues", Dialogue),
-        images={i.image_id: i for i in read_records(con, "image_pool", ImageRecord)}, memory_dbs=memory,
-        sft=read_records(con, "release_sft", SFTRecord), rl=read_records(con, "release_rl", RLRecord),
-        benchmark=read_records(con, "release_benchmark", BenchmarkItem), provenance=provenance,
+        personas=personas, dialogues=read_records(con, RELEASE_DIALOGUES),
+        images={i.image_id: i for i in read_records(con, IMAGE_POOL)}, memory_dbs=memory,
+        sft=read_records(con, RELEASE_SFT), rl=read_records(con, RELEASE_RL),
+        benchmark=read_records(con, RELEASE_BENCHMARK), provenance=provenance,
         personality_steps=steps, card_sections=curation_sections(con))
 
 

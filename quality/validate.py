@@ -18,40 +18,14 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ValidationError
 
-from persona_factory.schema import (
-    AlignmentPair, BenchmarkItem, Dialogue, ImageRecord, Persona, PersonalityStep, QuarantineRow, ReasoningTrajectory,
-    RLRecord, SemanticMemoryTarget, SessionMemoryTarget, SFTRecord, TimelinePlan, Turn,
-)
+from persona_factory.catalog import RECORD_TABLES, Table
+from persona_factory.schema import Dialogue, ImageRecord, QuarantineRow
 from persona_factory.stages.common import parse_time
 from persona_factory.store import table_exists
 
 SUITES_DIR = Path(__file__).parent / "suites"
 SUITES = ("release_personas", "release_turns", "release_benchmark", "release_sft", "release_rl")
 M = TypeVar("M", bound=BaseModel)
-
-# every table that stores records in its `record` JSON column: the model each row must parse under, and the
-# record fields that name a row in quarantine
-RECORD_TABLES: dict[str, tuple[type[BaseModel], tuple[str, ...]]] = {
-    "personas": (Persona, ("persona_id",)),
-    "timeline_plans": (TimelinePlan, ("persona_id",)),
-    "dialogues": (Dialogue, ("persona_id",)),
-    "dialogue_turns": (Turn, ("persona_id", "turn_index")),
-    "image_pool": (ImageRecord, ("image_id",)),
-    "semantic_memory_targets": (SemanticMemoryTarget, ("persona_id", "turn_index")),
-    "session_memory_targets": (SessionMemoryTarget, ("persona_id", "session_index")),
-    "personality_steps": (PersonalityStep, ("persona_id", "turn_index")),
-    "reasoning_trajectories": (ReasoningTrajectory, ("probe_id",)),
-    "alignment_pairs": (AlignmentPair, ("pair_id",)),
-    "benchmark_items": (BenchmarkItem, ("item_id",)),
-    "sft_records": (SFTRecord, ("record_id",)),
-    "rl_records": (RLRecord, ("record_id",)),
-    "release_personas": (Persona, ("persona_id",)),
-    "release_dialogues": (Dialogue, ("persona_id",)),
-    "release_turns": (Turn, ("persona_id", "turn_index")),
-    "release_benchmark": (BenchmarkItem, ("item_id",)),
-    "release_sft": (SFTRecord, ("record_id",)),
-    "release_rl": (RLRecord, ("record_id",)),
-}
 
 
 # the least a released history holds: one session with an exchange to remember and one after it; the
@@ -146,31 +120,32 @@ def image_problem(image_id: str, pool_ids: Container[str],
 # ---------------------------------------------------------------------------------------------- schemas
 
 
-def parse_records(con: duckdb.DuckDBPyConnection, table: str, where: str = "",
+def parse_records(con: duckdb.DuckDBPyConnection, table: Table, where: str = "",
                   params: list | tuple = ()) -> tuple[list[BaseModel], list[QuarantineRow]]:
     """The rows of a record table that parse under its model, in stored order, and one quarantine row per row
     that does not (rule `schema:<Model>`, value: pydantic's first errors)."""
-    model, key_fields = RECORD_TABLES[table]
-    rows = con.execute(f"SELECT rowid, record FROM {table} {where} ORDER BY rowid", list(params)).fetchall()
+    model = table.model
+    assert model is not None, f"{table.name} holds no records"
+    rows = con.execute(f"SELECT rowid, record FROM {table.name} {where} ORDER BY rowid", list(params)).fetchall()
     valid, invalid = [], []
     for rowid, raw in rows:
         try:
             valid.append(model.model_validate_json(raw))
         except ValidationError as e:
-            invalid.append(QuarantineRow(table_name=table, row_key=_row_key(raw, key_fields, rowid),
+            invalid.append(QuarantineRow(table_name=table.name, row_key=_row_key(raw, table.key, rowid),
                                          rule=f"schema:{model.__name__}", value=_describe(e)))
     return valid, invalid
 
 
 def schema_violations(con: duckdb.DuckDBPyConnection) -> tuple[list[QuarantineRow], dict[str, int], list[str]]:
-    """Every registered record table that exists, validated row by row: (violations, rows checked per table,
-    tables holding records that no model is registered for)."""
+    """Every record table of the catalog that exists, validated row by row: (violations, rows checked per table,
+    tables holding records that the catalog does not know)."""
     violations, checked = [], {}
-    for table in RECORD_TABLES:
-        if table_exists(con, table):
+    for name, table in RECORD_TABLES.items():
+        if table_exists(con, name):
             valid, invalid = parse_records(con, table)
             violations += invalid
-            checked[table] = len(valid) + len(invalid)
+            checked[name] = len(valid) + len(invalid)
     with_records = {r[0] for r in con.execute(
         "SELECT table_name FROM information_schema.columns WHERE column_name = 'record' AND table_schema = 'main'"
     ).fetchall()}
@@ -178,13 +153,20 @@ def schema_violations(con: duckdb.DuckDBPyConnection) -> tuple[list[QuarantineRo
 
 
 def _row_key(raw: str, key_fields: tuple[str, ...], rowid: int) -> str:
+    """The key fields' values (a dotted field reads a nested one), or the row's position when they are missing."""
     try:
         obj = json.loads(raw)
     except (TypeError, ValueError):
         return f"rowid {rowid}"
-    if not isinstance(obj, dict) or any(f not in obj for f in key_fields):
-        return f"rowid {rowid}"
-    return ":".join(str(obj[f]) for f in key_fields)
+    values = []
+    for f in key_fields:
+        value = obj
+        for part in f.split("."):
+            if not isinstance(value, dict) or part not in value:
+                return f"rowid {rowid}"
+            value = value[part]
+        values.append(str(value))
+    return ":".join(values)
 
 
 def _describe(err: ValidationError, most: int = 3) -> str:

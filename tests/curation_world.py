@@ -23,8 +23,10 @@ from persona_factory.schema import (
     BIG_FIVE_TRAITS, BenchmarkItem, BigFive, Dialogue, ImageRecord, Persona, PersonalityStep, PersonaSeed,
     PlannedSession, Profile, Provenance, RLRecord, Session, SFTRecord, TimelinePlan, Turn,
 )
+from persona_factory import catalog as C
+from persona_factory.config import PipelineConfig, QualitySettings
 from persona_factory.stages.images import phash_int64
-from persona_factory.store import write_records
+from persona_factory.store import Batch, apply_batch
 
 WORDS = ("amber anchor apple arch autumn badge bakery ballet bamboo banner barley basket beacon beetle bench bicycle "
          "biscuit blanket blossom bonfire bottle bracelet breeze bridge bronze bucket buffalo butter cabin cactus "
@@ -174,33 +176,46 @@ def personality_steps(d: Dialogue) -> list[PersonalityStep]:
 
 
 def write_world(world: World, db: Path) -> Path:
-    """Write every table the curation assets read; returns the database path."""
-    by_pid = lambda r: r.persona_id  # noqa: E731
-    pid = {"persona_id": ("VARCHAR", by_pid)}
+    """Write every table the curation assets read, as the assets store them; returns the database path."""
     dialogues = [world.dialogues[p.persona_id] for p in world.personas if p.persona_id in world.dialogues]
+    shard_of = {p.persona_id: p.shard for p in world.personas}
+    batch = Batch("world", tuple(sorted(set(shard_of.values()))))
+
+    def add(table: C.Table, rows: list) -> None:
+        owner = (lambda r: r[0]) if table.model is None else (lambda r: r.persona_id)  # noqa: E731
+        batch.add(table, rows, {C.SHARD: [shard_of[owner(r)] for r in rows]} if table.partition == C.SHARD else None)
+
+    add(C.PERSONAS, world.personas)
+    add(C.TIMELINE_PLANS, [
+        TimelinePlan(persona_id=d.persona_id, span_days=3, items=[], sessions=[
+            PlannedSession(session_index=s.session_index, start=s.turns[0].time, n_turns=len(s.turns))
+            for s in d.sessions]) for d in dialogues])
+    add(C.DIALOGUES, dialogues)
+    add(C.DIALOGUE_TURNS, [t for d in dialogues for t in d.turns])
+    add(C.IMAGE_POOL, world.images)
+    add(C.BENCHMARK_ITEMS, world.items)
+    add(C.SFT_RECORDS, world.sft)
+    add(C.RL_RECORDS, world.rl)
+    add(C.PERSONALITY_STEPS, [s for d in dialogues for s in personality_steps(d)])
+    add(C.MEMORY_DB, [(p.persona_id, p.split, json.dumps(
+        {"init_profile": p.profile.to_spec(), "sessions": [],
+         "imgs": [t.image_id for t in world.dialogues[p.persona_id].turns if t.image_id]}))
+        for p in world.personas if p.persona_id in world.dialogues])
     with duckdb.connect(str(db)) as con:
-        write_records(con, "personas", world.personas, {**pid, "split": ("VARCHAR", lambda p: p.split)})
-        write_records(con, "timeline_plans", [
-            TimelinePlan(persona_id=d.persona_id, span_days=3, items=[], sessions=[
-                PlannedSession(session_index=s.session_index, start=s.turns[0].time, n_turns=len(s.turns))
-                for s in d.sessions]) for d in dialogues], pid)
-        write_records(con, "dialogues", dialogues, pid)
-        write_records(con, "dialogue_turns", [t for d in dialogues for t in d.turns], pid)
-        write_records(con, "image_pool", world.images, {"image_id": ("VARCHAR", lambda i: i.image_id),
-                                                        "phash": ("BIGINT", lambda i: i.phash)})
-        write_records(con, "benchmark_items", world.items, {"item_id": ("VARCHAR", lambda i: i.item_id), **pid})
-        write_records(con, "sft_records", world.sft, {"record_id": ("VARCHAR", lambda r: r.record_id), **pid})
-        write_records(con, "rl_records", world.rl, {"record_id": ("VARCHAR", lambda r: r.record_id), **pid})
-        write_records(con, "personality_steps", [s for d in dialogues for s in personality_steps(d)], pid)
-        con.execute("CREATE OR REPLACE TABLE memory_db (persona_id VARCHAR, split VARCHAR, user_data JSON)")
-        for p in world.personas:
-            if p.persona_id in world.dialogues:
-                imgs = [t.image_id for t in world.dialogues[p.persona_id].turns if t.image_id]
-                con.execute("INSERT INTO memory_db VALUES (?, ?, ?)", [p.persona_id, p.split, json.dumps(
-                    {"init_profile": p.profile.to_spec(), "imgs": imgs, "sessions": []})])
+        apply_batch(con, batch)
         for table, raw in world.extra_rows:
             con.execute(f"INSERT INTO {table} (record) VALUES (?)", [raw])
     return db
+
+
+def curate(con: duckdb.DuckDBPyConnection, cfg: PipelineConfig, quality: QualitySettings | None = None):
+    """What the dedup_decisions and release_splits assets do, on an open database: (summary, quarantined)."""
+    from quality import dedup, release
+
+    dedup.find_duplicates(con, quality or cfg.quality)
+    summary, quarantined, batch = release.build_release(con, cfg)
+    apply_batch(con, batch)
+    return summary, quarantined
 
 
 # ---------------------------------------------------------------------------------------------- planted flaws

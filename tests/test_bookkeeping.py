@@ -10,6 +10,7 @@ import dagster as dg
 
 from assets.common import answered, finish
 from persona_factory.schema import QuarantineRow
+from persona_factory.store import Batch, DuckDBStore
 from persona_factory.teacher.client import TeacherUnavailable
 from persona_factory.teacher.embedded import EMBEDDED_SERVED_NAME
 from persona_factory.teacher.types import TeacherResult, TeacherStats
@@ -32,18 +33,20 @@ def quarantine(key: str) -> QuarantineRow:
     return QuarantineRow(table_name="dialogue_turns", row_key=key, rule="missing_phrase", value="...")
 
 
-def test_bookkeeping_is_replaced_per_shard():
-    con = duckdb.connect()
+def test_bookkeeping_is_replaced_per_shard(tmp_path):
+    store = DuckDBStore(tmp_path / "pipeline.duckdb")
     owners = {"p_a": "shard-000", "p_b": "shard-001"}
     failed = TeacherResult(key="k", tag="turn:p_b:3", failure="truncated: output hit max_tokens", attempts=3)
-    finish(con, "dialogues", TeacherStats(requests=2, failures=1), [quarantine("p_a:1"), quarantine("p_b:2")],
-           [failed], shards=["shard-000", "shard-001"], owner_shard=owners)
-    assert rows(con, "quarantine") == [("dialogues", "p_a:1", "shard-000"), ("dialogues", "p_b:2", "shard-001")]
-    assert rows(con, "teacher_failures") == [("dialogues", "k", "shard-001")]
+    finish(store, Batch("dialogues", ("shard-000", "shard-001")), TeacherStats(requests=2, failures=1),
+           [quarantine("p_a:1"), quarantine("p_b:2")], [failed], owner_shard=owners)
+    with store.reader() as con:
+        assert rows(con, "quarantine") == [("dialogues", "p_a:1", "shard-000"), ("dialogues", "p_b:2", "shard-001")]
+        assert rows(con, "teacher_failures") == [("dialogues", "k", "shard-001")]
     # shard-001 alone again, now clean: shard-000's rows stay
-    finish(con, "dialogues", TeacherStats(), [], [], shards=["shard-001"], owner_shard=owners)
-    assert rows(con, "quarantine") == [("dialogues", "p_a:1", "shard-000")]
-    assert rows(con, "teacher_failures") == []
+    finish(store, Batch("dialogues", ("shard-001",)), TeacherStats(), [], [], owner_shard=owners)
+    with store.reader() as con:
+        assert rows(con, "quarantine") == [("dialogues", "p_a:1", "shard-000")]
+        assert rows(con, "teacher_failures") == []
 
 
 def test_an_asset_whose_every_request_failed_stops_the_run():

@@ -14,7 +14,7 @@ from persona_factory.config import QualitySettings, load_config
 from quality import dedup, release
 from quality.dedup import Exclusion, Pair
 from tests.curation_world import (
-    clean_world, copy_session, draw_image, make_dialogue, make_item, make_persona, show_image, store_image,
+    clean_world, copy_session, curate, draw_image, make_dialogue, make_item, make_persona, show_image, store_image,
     write_world,
 )
 
@@ -26,8 +26,7 @@ ACTING = {"leakage_persona", "exact_session", "near_duplicate_session", "leakage
 def run(world, tmp_path: Path) -> duckdb.DuckDBPyConnection:
     """Write the world, find duplicates, build the release; the open connection for assertions."""
     con = duckdb.connect(str(write_world(world, tmp_path / "w.duckdb")))
-    dedup.find_duplicates(con, SETTINGS)
-    release.build_release(con, load_config("tiny"))
+    curate(con, load_config("tiny"), SETTINGS)
     return con
 
 
@@ -157,8 +156,7 @@ def test_decisions_are_replaced_on_rerun(world, tmp_path):
     copy_session(world, source="pbench1", target="ptrain2", session=1)
     con = run(world, tmp_path)
     first = con.execute("SELECT * FROM dedup_decisions ORDER BY ALL").fetchall()
-    dedup.find_duplicates(con, SETTINGS)
-    release.build_release(con, load_config("tiny"))
+    curate(con, load_config("tiny"), SETTINGS)
     assert con.execute("SELECT * FROM dedup_decisions ORDER BY ALL").fetchall() == first
     assert len(left_out(con)) == 1
 

@@ -11,8 +11,8 @@ import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+import dagster as dg
 import pytest
-from dagster_duckdb import DuckDBResource
 
 from assets.common import provenance
 from assets.training import TASK_TEMPLATES
@@ -29,9 +29,12 @@ from persona_factory.stages import personality as PE
 from persona_factory.stages import plans as PL
 from persona_factory.stages import reasoning as R
 from persona_factory.stages.common import contains_phrase, parse_time
-from persona_factory.store import dumps, write_records
+from persona_factory import catalog as CAT
+from persona_factory.store import Batch, DuckDBStore, dumps
 from persona_factory.teacher.types import TeacherResult, TeacherStats
-from pipelines import supervision_checks as C
+from pipelines.partitions import persona_shards
+from pipelines.resources import FactoryConfig, StoreResource
+from pipelines.supervision_checks import supervision_checks
 
 try:
     from tests.fake_teacher import SchemaTeacher
@@ -665,41 +668,49 @@ def test_every_row_carries_provenance_with_the_skip_rule(world):
 
 @pytest.fixture
 def database(world, tmp_path):
-    """The tables the supervision checks read, written as the assets write them."""
+    """The tables the supervision checks read, written as the assets write them, and the checks' store resource."""
     cfg, images, (personas, plans, dialogues), labs = world
-    path = tmp_path / "pipeline.duckdb"
-    res = DuckDBResource(database=str(path))
-    key = {"persona_id": ("VARCHAR", lambda r: r.persona_id)}
-    with res.get_connection() as con:
-        write_records(con, "personas", personas, key)
-        write_records(con, "timeline_plans", plans, key)
-        write_records(con, "dialogues", dialogues, key)
-        write_records(con, "image_pool", images, {"image_id": ("VARCHAR", lambda i: i.image_id)})
-        tables = {"semantic_memory_targets": "semantic", "session_memory_targets": "sessions",
-                  "personality_steps": "steps", "reasoning_trajectories": "trajectories"}
-        for table, attr in tables.items():
-            write_records(con, table, [r for lab in labs.values() for r in getattr(lab, attr)], key)
-        write_records(con, "personality_correlations",
-                      [PE.correlation(pid, lab.steps) for pid, lab in labs.items()], key)
-        write_records(con, "sft_records", kept_sft(world), key)
-        write_records(con, "rl_records", kept_rl(world), key)
-        con.execute("CREATE TABLE memory_db (persona_id VARCHAR, split VARCHAR, user_data JSON)")
-        con.executemany("INSERT INTO memory_db VALUES (?, ?, ?)",
-                        [(pid, lab.persona.split, dumps(lab.user_data)) for pid, lab in labs.items()])
-    return res
+    settings = FactoryConfig(preset="tiny", output_dir=str(tmp_path))
+    shard_of = {p.persona_id: p.shard for p in personas}
+    batch = Batch("world", tuple(sorted(set(shard_of.values()))))
+
+    def add(table: CAT.Table, rows: list) -> None:
+        owner = (lambda r: r[0]) if table.model is None else (lambda r: r.persona_id)  # noqa: E731
+        batch.add(table, rows, {CAT.SHARD: [shard_of[owner(r)] for r in rows]} if table.partition == CAT.SHARD else None)
+
+    add(CAT.PERSONAS, personas)
+    add(CAT.TIMELINE_PLANS, plans)
+    add(CAT.DIALOGUES, dialogues)
+    add(CAT.IMAGE_POOL, images)
+    add(CAT.SEMANTIC_MEMORY_TARGETS, [r for lab in labs.values() for r in lab.semantic])
+    add(CAT.SESSION_MEMORY_TARGETS, [r for lab in labs.values() for r in lab.sessions])
+    add(CAT.PERSONALITY_STEPS, [r for lab in labs.values() for r in lab.steps])
+    add(CAT.REASONING_TRAJECTORIES, [r for lab in labs.values() for r in lab.trajectories])
+    add(CAT.PERSONALITY_CORRELATIONS, [PE.correlation(pid, lab.steps) for pid, lab in labs.items()])
+    add(CAT.SFT_RECORDS, kept_sft(world))
+    add(CAT.RL_RECORDS, kept_rl(world))
+    add(CAT.MEMORY_DB, [(pid, lab.persona.split, dumps(lab.user_data)) for pid, lab in labs.items()])
+    DuckDBStore(tmp_path / "pipeline.duckdb").commit(batch)
+    return settings, batch.partitions
+
+
+def run_check(name: str, settings: FactoryConfig, shards: tuple[str, ...]) -> dg.AssetCheckResult:
+    """One supervision check, invoked directly on a run covering these shards."""
+    checks = {c.check_specs_by_output_name[o].name: c for c in supervision_checks(persona_shards(settings.load()))
+              for o in c.check_specs_by_output_name}
+    context = dg.build_op_context(partition_key_range=dg.PartitionKeyRange(shards[0], shards[-1]))
+    kwargs = {"settings": settings} if name == "trajectories_parse_without_leakage" else {}
+    return checks[name](context, store=StoreResource(settings=settings), **kwargs)
 
 
 def test_the_supervision_checks_pass_on_good_targets_and_fail_on_broken_ones(database):
-    from pipelines.resources import FactoryConfig
-
-    settings = FactoryConfig(preset="tiny")
-    assert C.memory_targets_follow_the_plan(duckdb=database).passed
-    assert C.memory_db_replays_identically(duckdb=database).passed
-    assert C.trajectories_parse_without_leakage(settings=settings, duckdb=database).passed
-    assert C.training_records_are_well_formed(duckdb=database).passed
-    assert C.every_training_persona_has_every_task(duckdb=database).passed
-    report = C.personality_follows_the_plan(duckdb=database)
-    with database.get_connection() as con:
+    settings, shards = database
+    for name in ("memory_targets_follow_the_plan", "memory_db_replays_identically",
+                 "trajectories_parse_without_leakage", "training_records_are_well_formed",
+                 "every_training_persona_has_every_task"):
+        assert run_check(name, settings, shards).passed, name
+    report = run_check("personality_follows_the_plan", settings, shards)
+    with DuckDBStore(settings.load().duckdb_path).reader() as con:
         assert set(report.metadata["per_persona"].value) == {
             r[0] for r in con.execute("SELECT persona_id FROM personas").fetchall()}
         con.execute("UPDATE session_memory_targets SET record = json_merge_patch(record, "
@@ -708,9 +719,8 @@ def test_the_supervision_checks_pass_on_good_targets_and_fail_on_broken_ones(dat
                     "WHERE rowid = 0")
         con.execute("UPDATE sft_records SET record = json_merge_patch(record, '{\"image\": [\"x\", \"y\", \"z\"]}') "
                     "WHERE rowid = 0")
-    assert not C.memory_targets_follow_the_plan(duckdb=database).passed
-    assert not C.memory_db_replays_identically(duckdb=database).passed
-    assert not C.training_records_are_well_formed(duckdb=database).passed
+    for name in ("memory_targets_follow_the_plan", "memory_db_replays_identically", "training_records_are_well_formed"):
+        assert not run_check(name, settings, shards).passed, name
 
 
 # ---------------------------------------------------------------------------------------------- grammar backend

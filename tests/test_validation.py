@@ -22,6 +22,7 @@ import pytest  # noqa: E402
 import yaml  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from persona_factory.catalog import TABLES  # noqa: E402
 from persona_factory.config import load_config  # noqa: E402
 from persona_factory.publish import export_hub_layout, export_native  # noqa: E402
 from persona_factory.schema import SFTRecord  # noqa: E402
@@ -32,7 +33,7 @@ from pipelines.schedules import SEED_TAG  # noqa: E402
 from pipelines.sensors import republish_decision  # noqa: E402
 from quality import dedup, release, validate  # noqa: E402
 from tests.curation_world import (  # noqa: E402
-    CURATION, PROVENANCE, clean_world, make_item, materialize, write_world,
+    CURATION, PROVENANCE, clean_world, curate, make_item, materialize, write_world,
 )
 
 
@@ -45,13 +46,12 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def released_db(world, tmp_path: Path) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(str(write_world(world, tmp_path / "w.duckdb")))
-    dedup.find_duplicates(con, load_config("tiny").quality)
-    release.build_release(con, load_config("tiny"))
+    curate(con, load_config("tiny"))
     return con
 
 
 def suite_on(con, suite: str) -> validate.SuiteResult:
-    return validate.run_suite(suite, con.execute(f"SELECT * EXCLUDE (record) FROM {suite}").df())
+    return validate.run_suite(suite, con.execute(f"SELECT {', '.join(TABLES[suite].flat_names)} FROM {suite}").df())
 
 
 def digest(folder: Path) -> dict[str, str]:
@@ -116,8 +116,7 @@ def test_a_short_history_is_left_out_and_the_rest_is_released(tmp_path, sessions
     world.dialogues["pbench2"] = d.model_copy(update={"sessions": [
         d.sessions[0].model_copy(update={"turns": d.sessions[0].turns[:1]})][:sessions]})
     con = duckdb.connect(str(write_world(world, tmp_path / "w.duckdb")))
-    dedup.find_duplicates(con, load_config("tiny").quality)
-    summary, quarantined = release.build_release(con, load_config("tiny"))
+    summary, quarantined = curate(con, load_config("tiny"))
     assert ("dialogues", "pbench2", "short_history", value) in [
         (q.table_name, q.row_key, q.rule, q.value) for q in quarantined]
     assert con.execute("SELECT key, reason FROM release_exclusions WHERE unit = 'persona'").fetchall() == [
@@ -137,8 +136,7 @@ def test_a_history_with_a_missing_or_altered_image_is_left_out_and_the_rest_publ
     Image.open(altered.path).rotate(90).save(altered.path)
     world.sft.append(world.sft[1].model_copy(update={"record_id": "sft-ghost", "image": ["f" * 64]}))
     con = duckdb.connect(str(write_world(world, tmp_path / "w.duckdb")))
-    dedup.find_duplicates(con, load_config("tiny").quality)
-    summary, quarantined = release.build_release(con, load_config("tiny"))
+    summary, quarantined = curate(con, load_config("tiny"))
 
     rows = {(q.table_name, q.row_key, q.rule): q.value for q in quarantined}
     assert rows[("dialogue_turns", "pbench1:1", "image_file_missing")] == \
@@ -172,8 +170,7 @@ def test_a_record_breaking_its_schema_is_reported_and_not_released(tmp_path):
     world.extra_rows.append(("sft_records", json.dumps(bad)))
     world.extra_rows.append(("personas", json.dumps({"split": "train"})))  # no persona_id: named by rowid
     con = duckdb.connect(str(write_world(world, tmp_path / "w.duckdb")))
-    dedup.find_duplicates(con, load_config("tiny").quality)
-    summary, _ = release.build_release(con, load_config("tiny"))
+    summary, _ = curate(con, load_config("tiny"))
     assert summary.unparsed_records == 2
     violations, checked, _ = validate.schema_violations(con)
     found = {(q.table_name, q.row_key, q.rule) for q in violations}

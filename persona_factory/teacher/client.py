@@ -11,7 +11,7 @@ from typing import Callable, Protocol, Sequence
 from pydantic import ValidationError
 
 from ..config import ConfigError
-from .cache import ResponseCache, request_key
+from .cache import PostgresResponseCache, ResponseCache, request_key
 from .types import RawCompletion, TeacherRequest, TeacherResult, TeacherStats
 
 
@@ -76,8 +76,9 @@ class Teacher:
     request is already answered never starts an engine.
     """
 
-    def __init__(self, backend: Backend | Callable[[], Backend], cache: ResponseCache, *, model_id: str | None = None,
-                 max_retries: int = 2, retry_cached_failures: bool = False, backoff_s: float = 0.5):
+    def __init__(self, backend: Backend | Callable[[], Backend], cache: ResponseCache | PostgresResponseCache, *,
+                 model_id: str | None = None, max_retries: int = 2, retry_cached_failures: bool = False,
+                 backoff_s: float = 0.5):
         if callable(backend):
             if model_id is None:
                 raise ValueError("a teacher connected lazily needs its model_id up front (cache keys use it)")
@@ -108,9 +109,10 @@ class Teacher:
         results: list[TeacherResult | None] = [None] * len(requests)
         pending: list[int] = []
         stats.requests += len(requests)
-        for i, req in enumerate(requests):
-            key = request_key(self.model_id, req)
-            hit = self.cache.get(key)
+        keys = [request_key(self.model_id, req) for req in requests]
+        cached = self.cache.get_many(keys)  # one look-up per call: the cache may be a remote database
+        for i, (req, key) in enumerate(zip(requests, keys)):
+            hit = cached.get(key)
             if hit is not None and (hit["ok"] or not self.retry_cached_failures):
                 stats.cache_hits += 1
                 value = None
