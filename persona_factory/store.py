@@ -33,6 +33,7 @@ from pydantic import BaseModel
 from .catalog import QUARANTINE, SHARD, TABLES, TEACHER_FAILURES, WRITER, Table
 from .config import ConfigError, PipelineConfig
 from .schema import QuarantineRow, TeacherFailure
+from .teacher.types import tag_owner
 
 M = TypeVar("M", bound=BaseModel)
 WHOLE = ""  # the partition of an unpartitioned writer
@@ -69,8 +70,8 @@ class Batch:
         part = partition_of or (lambda _owner: self.partitions[0])
         self.add(QUARANTINE, [(self.writer, q.table_name, q.row_key, q.rule, q.value, part(q.row_key.split(":")[0]))
                               for q in quarantined])
-        self.add(TEACHER_FAILURES, [(f.asset, f.request_key, f.tag, f.reason, f.attempts,
-                                     part((f.tag.split(":") + [""])[1])) for f in failures])
+        self.add(TEACHER_FAILURES, [(f.asset, f.request_key, f.tag, f.reason, f.attempts, part(tag_owner(f.tag)))
+                                    for f in failures])
 
 
 def _rows_of(table: Table, data: pa.Table, partition: str) -> pa.Table:
@@ -127,6 +128,8 @@ def apply_batch(con: duckdb.DuckDBPyConnection, batch: Batch) -> None:
             con.execute(f"DELETE FROM {target} WHERE shard IN (SELECT unnest(?::VARCHAR[]))", [list(batch.partitions)])
             if batch.keep is not None:
                 con.execute(f"DELETE FROM {target} WHERE shard NOT IN (SELECT unnest(?::VARCHAR[]))", [list(batch.keep)])
+        if table.partition == SHARD:  # a multi-shard run's rows come interleaved: shard by shard, stably
+            data = data.take(pc.sort_indices(data, [(SHARD, "ascending")]))
         con.register("_incoming", data)
         try:
             con.execute(f"INSERT INTO {target} SELECT * FROM _incoming")

@@ -53,3 +53,41 @@ def embedded_server(embedded_model_path: Path, tmp_path_factory: pytest.TempPath
     log = tmp_path_factory.mktemp("embedded-server") / "vllm.log"
     with EmbeddedServer(TeacherSettings(model="embedded"), log) as server:
         yield server
+
+
+# ---------------------------------------------------------------------------------------------- cluster servers
+# started once per session on loopback, from packages the lockfile installs (see tests/servers.py)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    from tests.servers import postgres
+
+    with postgres() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    from tests.servers import redis_server
+
+    with redis_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 server; the AWS credential variables it accepts are set for the session."""
+    from tests.servers import S3_ENV, s3_server
+
+    saved = {k: os.environ.get(k) for k in S3_ENV}
+    os.environ.update(S3_ENV)
+    try:
+        with s3_server() as endpoint:
+            yield endpoint
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

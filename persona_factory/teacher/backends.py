@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import os
+import time
 from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 import httpx
@@ -22,8 +24,16 @@ def response_format(request: TeacherRequest) -> dict[str, Any] | None:
     return {"type": "json_schema", "json_schema": {"name": request.schema.__name__, "schema": schema, "strict": True}}
 
 
+DOWN_FOR_S = 30.0  # how long an endpoint that refused a connection is passed over before it is tried again
+
+
 class ServerBackend:
-    """OpenAI-compatible chat completions (`vllm serve` / `python -m vllm.entrypoints.openai.api_server`)."""
+    """OpenAI-compatible chat completions (`vllm serve` / `python -m vllm.entrypoints.openai.api_server`).
+
+    With several endpoints, all requests of one owner (a persona: the part of the tag after its kind) go to the
+    same endpoint, chosen by rendezvous hashing, so the engine's prefix cache is reused session after session; when
+    that endpoint is down they go to the owner's next one, and removing an endpoint moves only its own owners.
+    Requests without an owner are spread round robin."""
 
     def __init__(self, base_urls: Sequence[str], model_id: str, *, max_concurrency: int = 16,
                  request_timeout_s: float = 180.0, connect_timeout_s: float = 5.0, api_key: str | None = None):
@@ -35,6 +45,7 @@ class ServerBackend:
         self.timeout = httpx.Timeout(request_timeout_s, connect=connect_timeout_s)
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._bases = itertools.cycle(self.base_urls)  # one rotation for the backend's lifetime
+        self._down: dict[str, float] = {}  # endpoint -> when it last refused a connection
         # where a request last failed in transport (by object identity: the Teacher resends the same request
         # object after a transport error), so its retry goes to the next endpoint, never the same dead one
         self._failed_at: dict[int, str] = {}
@@ -117,15 +128,29 @@ class ServerBackend:
                 raw = await self._one(client, sem, base, request)
                 if raw.error is not None:
                     self._failed_at[id(request)] = base
+                    if raw.unreachable:
+                        self._down[base] = time.monotonic()
                 return raw
 
             yield call
 
     def _route(self, request: TeacherRequest) -> str:
         failed = self._failed_at.pop(id(request), None)
-        if failed is None:
-            return next(self._bases)
-        return self.base_urls[(self.base_urls.index(failed) + 1) % len(self.base_urls)]
+        if not request.owner:
+            if failed is None:
+                return next(self._bases)
+            return self.base_urls[(self.base_urls.index(failed) + 1) % len(self.base_urls)]
+        order = self.preference(request.owner)
+        if failed is not None:  # a retry starts after the endpoint that failed it
+            k = order.index(failed) + 1
+            order = order[k:] + order[:k]
+        now = time.monotonic()
+        return next((u for u in order if now - self._down.get(u, -DOWN_FOR_S) >= DOWN_FOR_S), order[0])
+
+    def preference(self, owner: str) -> list[str]:
+        """The endpoints in the order an owner's requests try them (rendezvous hashing)."""
+        return sorted(self.base_urls, reverse=True,
+                      key=lambda u: hashlib.sha256(f"{owner}\x00{u}".encode()).digest())
 
     def complete(self, requests: Sequence[TeacherRequest]) -> list[RawCompletion]:
         async def run() -> list[RawCompletion]:

@@ -78,6 +78,17 @@ class TeacherRequest:
     def json_schema(self) -> dict[str, Any] | None:
         return None if self.schema is None else grammar_schema(self.schema)
 
+    @property
+    def owner(self) -> str:
+        return tag_owner(self.tag)
+
+
+def tag_owner(tag: str) -> str:
+    """Whom a request is for, from its tag "<kind>:<owner>[:...]" (a persona, or the seed it is made from);
+    empty when the tag names none."""
+    parts = tag.split(":")
+    return parts[1] if len(parts) > 1 else ""
+
 
 @lru_cache(maxsize=4096)
 def _schema_json(model: type[BaseModel]) -> str:
