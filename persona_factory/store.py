@@ -186,7 +186,9 @@ class ParquetStore:
         import fsspec
 
         self.url = url.rstrip("/")
-        self.fs, self.root = fsspec.core.url_to_fs(self.url, **dict(options or {}))
+        # no cached listings: other machines commit while this process reads
+        options = {"use_listings_cache": False, "skip_instance_cache": True, **dict(options or {})}
+        self.fs, self.root = fsspec.core.url_to_fs(self.url, **options)
         self.protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
         self.fs.makedirs(self.root, exist_ok=True)
 

@@ -91,3 +91,43 @@ def s3_endpoint() -> Iterator[str]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+# ---------------------------------------------------------------------------------------------- the whole graph
+# one single-machine run of the tiny graph on the schema-following fake teacher, shared by the graph tests and the
+# cluster test (its reference)
+
+
+@pytest.fixture(scope="session")
+def schema_teacher():
+    """The schema-following fake teacher over loopback HTTP, for runs of the whole graph."""
+    from persona_factory.teacher.embedded import EMBEDDED_SERVED_NAME
+    from tests.fake_openai import FakeOpenAI
+    from tests.fake_teacher import openai_responder
+
+    with FakeOpenAI(EMBEDDED_SERVED_NAME, responder=openai_responder()) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def graph_instance():
+    import dagster as dg
+
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+@pytest.fixture(scope="session")
+def graph_run(schema_teacher, graph_instance, tmp_path_factory):
+    """(settings, output folder, result, teacher requests) of the tiny graph run once on one machine: the local
+    DuckDB file, the SQLite cache, one in-process run over every shard."""
+    from pipelines.definitions import build_definitions
+    from pipelines.partitions import all_shards_tags
+    from pipelines.resources import FactoryConfig
+
+    out = tmp_path_factory.mktemp("graph")
+    settings = FactoryConfig(preset="tiny", output_dir=str(out), teacher_base_urls=[schema_teacher.base_url])
+    schema_teacher.reset_stats()
+    result = build_definitions(settings).resolve_job_def("factory_job").execute_in_process(
+        instance=graph_instance, tags=all_shards_tags(settings.load()), raise_on_error=False)
+    return settings, out, result, schema_teacher.request_count

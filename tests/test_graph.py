@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Iterator
 
 import dagster as dg
 import duckdb
@@ -14,34 +13,14 @@ import pytest
 
 from persona_factory.config import load_config
 from persona_factory.stages.personas import shard_keys
-from persona_factory.teacher.embedded import EMBEDDED_SERVED_NAME
 from pipelines import cli
 from pipelines.definitions import build_definitions
 from pipelines.partitions import all_shards_tags
 from pipelines.resources import FactoryConfig
 
-try:
-    from tests.fake_openai import FakeOpenAI
-    from tests.fake_teacher import openai_responder
-except ImportError:
-    from fake_openai import FakeOpenAI
-    from fake_teacher import openai_responder
-
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 TEACHER_ASSETS = ("personas", "timeline_plans", "dialogues", "memory_targets", "personality_trajectories",
                   "reasoning_trajectories", "alignment_pairs", "benchmark_items")
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI(EMBEDDED_SERVED_NAME, responder=openai_responder()) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as inst:
-        yield inst
 
 
 def run_all(settings: FactoryConfig, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
@@ -60,17 +39,8 @@ def tree_digest(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture(scope="module")
-def first_run(fake, instance, tmp_path_factory):
-    out = tmp_path_factory.mktemp("graph")
-    settings = FactoryConfig(preset="tiny", output_dir=str(out), teacher_base_urls=[fake.base_url])
-    fake.reset_stats()
-    result = run_all(settings, instance)
-    return settings, out, result, fake.request_count
-
-
-def test_every_asset_materializes(first_run):
-    settings, out, result, requests = first_run
+def test_every_asset_materializes(graph_run):
+    settings, out, result, requests = graph_run
     assert result.success, [e.message for e in result.all_events if e.is_failure]
     graph = build_definitions(settings).resolve_asset_graph()
     expected = {k.to_user_string() for k in graph.get_all_asset_keys()}
@@ -83,32 +53,32 @@ def test_every_asset_materializes(first_run):
         assert (out / path).exists(), path
 
 
-def test_published_configs_load_back(first_run):
+def test_published_configs_load_back(graph_run):
     from datasets import get_dataset_config_names, load_dataset
 
-    _, out, _, _ = first_run
+    _, out, _, _ = graph_run
     configs = get_dataset_config_names(str(out / "hub"))
     assert {"sft", "rl", "histories", "memory_db"} <= set(configs)
     for config in configs:
         assert all(len(split) > 0 for split in load_dataset(str(out / "hub"), config).values()), config
 
 
-def test_every_persona_shard_is_written(first_run):
-    settings, out, _, _ = first_run
+def test_every_persona_shard_is_written(graph_run):
+    settings, out, _, _ = graph_run
     with duckdb.connect(str(out / "pipeline.duckdb"), read_only=True) as con:
         shards = {r[0] for r in con.execute("SELECT DISTINCT shard FROM dialogues").fetchall()}
     assert shards == set(shard_keys(settings.load()))
 
 
-def test_second_run_asks_the_teacher_nothing_and_writes_the_same(first_run, fake, instance):
-    settings, out, _, _ = first_run
+def test_second_run_asks_the_teacher_nothing_and_writes_the_same(graph_run, schema_teacher, graph_instance):
+    settings, out, _, _ = graph_run
     before = tree_digest(out / "hub"), tree_digest(out / "native")
     with duckdb.connect(str(out / "pipeline.duckdb"), read_only=True) as con:
         turns = con.execute("SELECT record FROM dialogue_turns ORDER BY rowid").fetchall()
-    fake.reset_stats()
-    result = run_all(settings, instance)
+    schema_teacher.reset_stats()
+    result = run_all(settings, graph_instance)
     assert result.success
-    assert fake.request_count == 0
+    assert schema_teacher.request_count == 0
     meta = materialization_metadata(result)
     for asset in TEACHER_ASSETS:
         assert meta[asset]["teacher_calls_sent"] == 0, asset
@@ -119,19 +89,19 @@ def test_second_run_asks_the_teacher_nothing_and_writes_the_same(first_run, fake
         assert con.execute("SELECT record FROM dialogue_turns ORDER BY rowid").fetchall() == turns
 
 
-def test_one_shard_reruns_alone(first_run, fake, instance):
-    settings, out, _, _ = first_run
+def test_one_shard_reruns_alone(graph_run, schema_teacher, graph_instance):
+    settings, out, _, _ = graph_run
     keys = shard_keys(settings.load())
     with duckdb.connect(str(out / "pipeline.duckdb"), read_only=True) as con:
         before = con.execute("SELECT shard, count(*) FROM dialogue_turns GROUP BY 1 ORDER BY 1").fetchall()
     defs = build_definitions(settings)
-    fake.reset_stats()
+    schema_teacher.reset_stats()
     result = dg.materialize(
         [a for a in defs.assets if isinstance(a, dg.AssetsDefinition)],
-        selection=["personas", "timeline_plans", "dialogues"], partition_key=keys[-1], instance=instance,
+        selection=["personas", "timeline_plans", "dialogues"], partition_key=keys[-1], instance=graph_instance,
         resources=defs.resources)
     assert result.success
-    assert fake.request_count == 0
+    assert schema_teacher.request_count == 0
     with duckdb.connect(str(out / "pipeline.duckdb"), read_only=True) as con:
         assert con.execute("SELECT shard, count(*) FROM dialogue_turns GROUP BY 1 ORDER BY 1").fetchall() == before
 

@@ -6,3 +6,4 @@ import os
 broker_url = os.environ["CELERY_BROKER_URL"]
 result_backend = os.environ["CELERY_RESULT_BACKEND"]
 worker_prefetch_multiplier = 1  # a worker holds no run it has not started
+worker_disable_prefetch = True  # a busy worker leaves the next shard run to an idle one (Redis brokers)
