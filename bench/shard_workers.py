@@ -1,8 +1,8 @@
-"""Shard runs on 1 vs 2 Celery workers: the same shards of the tiny graph, launched as a `shard_job` backfill
+"""Shard runs on 1 vs 2 Celery workers: the same shards of the tiny graph, launched one run per shard
 through CeleryRunLauncher on the cluster of tests/cluster.py (Postgres instance and response cache, Parquet on S3,
 Redis broker, all on loopback), against the schema-following fake teacher with a fixed latency per request, so
 that the teacher, not this machine's cores, bounds a shard run. Each pass starts a fresh cluster (empty cache,
-empty bucket) and times the backfill from submission until every shard run succeeded; passes alternate 1, 2, 1, 2
+empty bucket) and times the shard runs from submission until every shard run succeeded; passes alternate 1, 2, 1, 2
 workers so both see the same machine load.
 
     .venv/bin/python bench/shard_workers.py                       # 4 shards, 1.0 s per request, 2 rounds
@@ -38,7 +38,7 @@ def one_pass(workers: int, shards: int, servers: tuple[str, str, str], teacher: 
             c.launch("images_job")
             c.wait_for_runs("images_job")
             start = time.monotonic()
-            c.backfill("shard_job")
+            c.launch_shards("shard_job", [f"shard-{i:03d}" for i in range(shards)])
             runs = c.wait_for_runs("shard_job", n=shards, timeout_s=7200)
             wall = time.monotonic() - start
             return {"workers": workers, "shards": shards, "wall_s": round(wall, 1),

@@ -6,7 +6,7 @@ bench/cluster_scaling.py.
 
     with LocalCluster(work, postgres_url, redis_url, s3_endpoint, teacher_url, workers=2) as cluster:
         cluster.launch("images_job"); cluster.wait_for_runs("images_job")
-        cluster.backfill("shard_job"); cluster.wait_for_partitions("shard_job", shards)
+        cluster.launch_shards("shard_job", shards); cluster.wait_for_runs("shard_job", len(shards))
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.servers import S3_ENV, free_port, make_bucket
+from tests.servers import S3_ENV, free_port, listening, make_bucket, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy" / "celery"
@@ -94,6 +94,7 @@ class LocalCluster:
         # one code server for the code location, which the daemon and the CLI ask instead of loading it each
         self.code_server = self._start([str(BIN / "dagster"), "code-server", "start", "-m", "pipelines.definitions",
                                         "-h", "127.0.0.1", "-p", str(self.code_port)], self.work / "code_server.log")
+        wait_until(lambda: listening(self.code_port), "the code server", timeout_s=180, proc=self.code_server)
         self.daemon = self._start([str(BIN / "dagster-daemon"), "run", "-w", str(self.workspace)],
                                   self.work / "daemon.log")
         return self
@@ -133,9 +134,11 @@ class LocalCluster:
     def launch(self, job: str) -> None:
         self.cli("job", "launch", "-j", job)
 
-    def backfill(self, job: str) -> None:
-        """One run per shard, as `dagster job backfill` (or a backfill from the UI) submits them."""
-        self.cli("job", "backfill", "-j", job, "--all", "--noprompt")
+    def launch_shards(self, job: str, shards: list[str]) -> None:
+        """One run per shard. (`dagster job backfill` would submit the same runs, but it marks its backfill
+        complete at once, and the daemon does not retry runs of a completed backfill.)"""
+        for shard in shards:
+            self.cli("job", "launch", "-j", job, "--tags", json.dumps({"dagster/partition": shard}))
 
     @property
     def instance(self):

@@ -29,7 +29,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait(ready, what: str, timeout_s: float = 30.0, proc: subprocess.Popen | None = None) -> None:
+def wait_until(ready, what: str, timeout_s: float = 30.0, proc: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -43,7 +43,7 @@ def _wait(ready, what: str, timeout_s: float = 30.0, proc: subprocess.Popen | No
     raise RuntimeError(f"{what} was not ready after {timeout_s:.0f} s")
 
 
-def _listening(port: int) -> bool:
+def listening(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
         return s.connect_ex(("127.0.0.1", port)) == 0
@@ -86,7 +86,7 @@ def postgres() -> Iterator[str]:
                                      "-p", str(port), "-k", str(data), "-c", "fsync=off", "-c", "max_connections=200"],
                                     stdout=out, stderr=subprocess.STDOUT, **as_user)
         try:
-            _wait(lambda: _listening(port), "postgres", proc=proc)
+            wait_until(lambda: listening(port), "postgres", proc=proc)
             yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
         finally:
             _stop(proc, signal.SIGINT)  # "fast" shutdown: open client connections do not hold it up
@@ -114,7 +114,7 @@ def redis_server() -> Iterator[str]:
                              "--appendonly", "no", "--dir", str(folder)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait(lambda: _listening(port), "redis-server", proc=proc)
+        wait_until(lambda: listening(port), "redis-server", proc=proc)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         _stop(proc)
@@ -129,7 +129,7 @@ def s3_server() -> Iterator[str]:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     endpoint = f"http://127.0.0.1:{port}"
     try:
-        _wait(lambda: _listening(port), "moto_server", proc=proc)
+        wait_until(lambda: listening(port), "moto_server", proc=proc)
         yield endpoint
     finally:
         _stop(proc)
