@@ -11,7 +11,7 @@ import duckdb
 
 from persona_factory.config import PipelineConfig
 from persona_factory.publish import PublishBundle
-from persona_factory.publish.hub_layout import markdown_table
+from persona_factory.markdown import markdown_table
 from persona_factory.schema import (
     BenchmarkItem, Dialogue, ImageRecord, Persona, PersonalityStep, Provenance, QuarantineRow,
     RLRecord, SFTRecord, TimelinePlan,
