@@ -91,6 +91,8 @@ def load_audit_input(path: str | Path) -> AuditInput:
         records = json.loads(file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise AuditInputError(f"{file}: not JSON ({e})") from None
+    if records == []:
+        raise AuditInputError(f"{file}: holds no question records")
     _check_records(records, str(file))
     users: dict[str, dict[str, Any]] = {}
     for data_path in sorted({r["data_path"] for r in records}):
@@ -106,8 +108,8 @@ def load_audit_input(path: str | Path) -> AuditInput:
 
 
 def _check_records(records: Any, where: str) -> None:
-    if not isinstance(records, list) or not records:
-        raise AuditInputError(f"{where}: the top level must be a non-empty list of question records")
+    if not isinstance(records, list):
+        raise AuditInputError(f"{where}: the top level must be a list of question records")
     for k, r in enumerate(records):
         at = f"{where}[{k}]"
         if not isinstance(r, dict):
@@ -284,11 +286,11 @@ def normalise(inp: AuditInput) -> Corpus:
                                       f"{sorted(i.evidence)} beyond the {len(histories[i.user])} turns of {i.user}")
     else:
         notes.append("no histories: the history readers and mention statistics are not applicable")
-    has_evidence = histories is not None and all(i.evidence is not None for i in items)
-    if histories is not None and not has_evidence:
+    has_evidence = histories is not None and bool(items) and all(i.evidence is not None for i in items)
+    if histories is not None and items and not has_evidence:
         notes.append("not every record lists evidence_turns: the no-evidence readers are not applicable")
-    has_ids = all(i.item_id is not None for i in items)
-    if not has_ids:
+    has_ids = bool(items) and all(i.item_id is not None for i in items)
+    if items and not has_ids:
         notes.append("not every record has an id: the id checks and the id-order letter tests are not applicable")
     return Corpus(items, histories, profiles, has_evidence, has_ids, notes)
 
@@ -751,7 +753,7 @@ class Rule:
     check: Callable[[Findings], tuple[str, str, list[tuple[str, str]]] | None]  # None: not applicable
 
     def evaluate(self, f: Findings) -> RuleResult:
-        outcome = self.check(f)
+        outcome = self.check(f) if f.n_items else None
         if outcome is None:
             return RuleResult(self.name, self.why, NOT_APPLICABLE, "the release lacks what this rule reads")
         status, detail, failures = outcome
@@ -949,8 +951,11 @@ class AuditReport:
                       "", markdown_table(("order", "statistic", "observed", "shuffles' 99th pct", "p"), [
                           (t.order, t.statistic, _pct(t.observed), _pct(t.null_p99), f"{t.p_value:.3g}")
                           for t in f.sequences])]
-        lines += ["", "Rules:", "", markdown_table(("rule", "result", "detail"),
-                                                   [(r.name, r.status, r.detail) for r in self.rules])]
+        lines += ["", "Rules:", "", markdown_table(("rule", "result", "detail", "why"),
+                                                   [(r.name, r.status, r.detail, r.why) for r in self.rules])]
+        breaches = [f"- {r.name}, {scope}: {what}" for r in self.failed for scope, what in r.failures]
+        if breaches:
+            lines += ["", "Breaches:", "", *breaches]
         return "\n".join(lines) + "\n"
 
 
