@@ -51,6 +51,7 @@ SEQUENCE_P = 0.01  # family-wise significance of the letter-sequence tests (Bonf
 ID_FEATURE_P = 0.01  # family-wise significance of the id-feature test (Bonferroni over the features tried)
 ID_RECIPE_MIN_HITS = 2  # items whose id a recipe maps to the gold; a hash hit by chance is ~16^-12
 SHUFFLES = 2000  # seeded shuffles giving the null distribution of each letter-sequence statistic
+MENTION_SLACK = 2  # other content words allowed between the words of a mentioned option
 RETRIEVED_TURNS = 5  # turns the BM25 reader reads per question
 BM25_K1, BM25_B = 1.2, 0.75
 PRIOR_SMOOTHING = 1.0  # pseudo-offers at chance rate in the answer prior: an unseen text scores chance
@@ -219,8 +220,39 @@ class Item:
 
 @dataclass
 class Turn:
+    """A turn as the readers see it: its time and the content stems of the user's text, in order."""
+
     time: str
-    stems: Counter  # content stems of the user's text
+    sequence: tuple[str, ...]
+    stems: Counter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.stems = Counter(self.sequence)
+
+    @classmethod
+    def of(cls, time: str, text: str) -> "Turn":
+        return cls(time, tuple(content_stems(text)))
+
+    def mentions(self, stems: frozenset[str]) -> bool:
+        """Whether it holds at least _needed(n) of an option's n own content words within a span of at most
+        MENTION_SLACK more content words: most of the option, close together (a paraphrase in other word order
+        counts, words scattered over a long turn do not)."""
+        need = _needed(len(stems))
+        if not stems or sum(w in self.stems for w in stems) < need:
+            return False
+        hits = [(k, w) for k, w in enumerate(self.sequence) if w in stems]
+        inside: Counter = Counter()
+        start = 0
+        for end, (k, w) in enumerate(hits):
+            inside[w] += 1
+            while len(inside) >= need:
+                if k - hits[start][0] + 1 <= need + MENTION_SLACK:
+                    return True
+                inside[hits[start][1]] -= 1
+                if not inside[hits[start][1]]:
+                    del inside[hits[start][1]]
+                start += 1
+        return False
 
 
 @dataclass
@@ -277,8 +309,8 @@ def normalise(inp: AuditInput) -> Corpus:
         missing = sorted({i.user for i in items} - set(inp.users))
         if missing:
             raise AuditInputError(f"{inp.source}: no history for data_path {missing[0]!r}")
-        histories = {path: [Turn(t["time"], Counter(content_stems(t["user"])))
-                            for s in u["sessions"] for t in s] for path, u in inp.users.items()}
+        histories = {path: [Turn.of(t["time"], t["user"]) for s in u["sessions"] for t in s]
+                     for path, u in inp.users.items()}
         profiles = {path: frozenset(content_stems(_flatten(u.get("profile", "")))) for path, u in inp.users.items()}
         for i in items:
             if i.evidence and max(i.evidence) >= len(histories[i.user]):
@@ -328,11 +360,9 @@ class HistoryView:
         return sorted((s for s in scored if s[0] > 0), key=lambda s: (-s[0], s[1]))[:n]
 
     def mentions(self, stems: frozenset[str]) -> int:
-        """Turns that mention an option: they hold at least _needed of its own content words."""
+        """How many turns mention an option (Turn.mentions)."""
         if stems not in self._mentions:
-            need = _needed(len(stems))
-            self._mentions[stems] = sum(1 for t in self.turns if sum(w in t.stems for w in stems) >= need) \
-                if stems else 0
+            self._mentions[stems] = sum(t.mentions(stems) for t in self.turns)
         return self._mentions[stems]
 
 

@@ -119,12 +119,15 @@ def test_wilson_interval_and_tie_credit():
     assert credit([3, 3, 1, 0], 0) == 0.5 and credit([3, 3, 1, 0], 2) == 0.0 and credit([1, 1, 1, 1], 3) == 0.25
 
 
-def test_mentions_need_most_of_an_options_own_words():
-    turn = audit.Turn("2024-01-01 10:00", audit.Counter(audit.content_stems("I baked sourdough bread with rye")))
-    view = audit.HistoryView([turn])
-    assert view.mentions(frozenset(audit.content_stems("baking rye bread"))) == 1  # stems meet: bake/baked
-    assert view.mentions(frozenset(audit.content_stems("rye crackers"))) == 0  # one of two words is not enough
-    assert view.mentions(frozenset(audit.content_stems("rye bread and oat cookies"))) == 0  # 2 of 4: not two thirds
+def test_mentions_need_most_of_an_options_own_words_close_together():
+    turn = audit.Turn.of("2024-01-01 10:00", "I baked sourdough bread with rye, then walked the dog to the lake")
+    mentions = lambda option: turn.mentions(frozenset(audit.content_stems(option)))  # noqa: E731
+    assert mentions("baking rye bread")  # stems meet (bake/baked), in another order
+    assert mentions("sourdough bread with seeds and rye")  # 3 of 4 words: two thirds
+    assert not mentions("rye crackers")  # one of two words is not enough
+    assert not mentions("rye bread and oat cookies")  # 2 of 4: not two thirds
+    assert not mentions("sourdough lake")  # both words, but seven content words apart
+    assert audit.HistoryView([turn, turn]).mentions(frozenset(audit.content_stems("walking the dog"))) == 2
 
 
 def test_the_report_is_deterministic(clean):
