@@ -78,6 +78,7 @@ class AuditInput:
     records: list[dict[str, Any]]
     users: dict[str, dict[str, Any]] | None = None
     source: str = "release"
+    notes: list[str] = field(default_factory=list)  # what the loader could not use
 
 
 def load_audit_input(path: str | Path) -> AuditInput:
@@ -95,11 +96,15 @@ def load_audit_input(path: str | Path) -> AuditInput:
     if records == []:
         raise AuditInputError(f"{file}: holds no question records")
     _check_records(records, str(file))
+    data_paths = sorted({r["data_path"] for r in records})
+    missing = [p for p in data_paths if not (root / p).is_file()]
+    if missing:  # a release shipped without (all) its histories: audit what it has
+        notes = [] if len(missing) == len(data_paths) else [
+            f"{len(missing)} of {len(data_paths)} histories are missing under {root}, e.g. {missing[0]}"]
+        return AuditInput(records, None, str(path), notes)
     users: dict[str, dict[str, Any]] = {}
-    for data_path in sorted({r["data_path"] for r in records}):
+    for data_path in data_paths:
         user_file = root / data_path
-        if not user_file.is_file():
-            return AuditInput(records, None, str(path))  # a release without (all) its histories
         try:
             users[data_path] = json.loads(user_file.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -173,14 +178,13 @@ def _stem(word: str) -> str:
     return word
 
 
-def content_stems(text: str) -> list[str]:
-    """Stemmed words that carry content: stopwords dropped, numbers kept."""
-    words = _WORD.findall(text.lower().replace("\u2019", "'"))
-    return [_stem(w) for w in words if w not in STOPWORDS and (len(w) > 1 or w.isdigit())]
-
-
 def _words(text: str) -> list[str]:
     return _WORD.findall(text.lower().replace("\u2019", "'"))
+
+
+def content_stems(text: str) -> list[str]:
+    """Stemmed words that carry content: stopwords dropped, numbers kept."""
+    return [_stem(w) for w in _words(text) if w not in STOPWORDS and (len(w) > 1 or w.isdigit())]
 
 
 def _needed(n: int) -> int:
@@ -202,6 +206,8 @@ def _flatten(obj: Any) -> str:
 
 @dataclass(frozen=True)
 class Item:
+    """One question, read once: options in label order, the gold as an index, the task without stray marks."""
+
     position: int  # in the question file
     task: str
     user: str  # data_path
@@ -243,7 +249,7 @@ class Turn:
         hits = [(k, w) for k, w in enumerate(self.sequence) if w in stems]
         inside: Counter = Counter()
         start = 0
-        for end, (k, w) in enumerate(hits):
+        for k, w in hits:
             inside[w] += 1
             while len(inside) >= need:
                 if k - hits[start][0] + 1 <= need + MENTION_SLACK:
@@ -280,8 +286,8 @@ class Corpus:
 
 def normalise(inp: AuditInput) -> Corpus:
     """Items with their text tokenised; a stray marker around a task name is read away and noted."""
-    notes: list[str] = []
-    renamed = Counter()
+    notes = list(inp.notes)
+    renamed: Counter = Counter()
     items = []
     for k, r in enumerate(inp.records):
         task = r["question_type"].strip().lstrip("*").strip()
