@@ -791,7 +791,8 @@ class Rule:
     def evaluate(self, f: Findings) -> RuleResult:
         outcome = self.check(f) if f.n_items else None
         if outcome is None:
-            return RuleResult(self.name, self.why, NOT_APPLICABLE, "the release lacks what this rule reads")
+            return RuleResult(self.name, self.why, NOT_APPLICABLE,
+                              "the release lacks what this rule reads (or too few items to judge)")
         status, detail, failures = outcome
         return RuleResult(self.name, self.why, status, detail, tuple(failures))
 
@@ -800,9 +801,10 @@ def _pct(x: float) -> str:
     return f"{100 * x:.0f}%"
 
 
-def _limit(f: Findings, solvers: list[str], overall: float | None, per_task: float | None) -> tuple[str, str, list]:
+def _limit(f: Findings, solvers: list[str], overall: float | None,
+           per_task: float | None) -> tuple[str, str, list] | None:
     """Every solver's lower interval end at most `overall` overall and `per_task` in each task of at least
-    MIN_TASK_ITEMS items (None: that scope is not judged here)."""
+    MIN_TASK_ITEMS items (None: that scope is not judged here); not applicable when nothing is judged."""
     failures, judged = [], []
     for s in solvers:
         for scope, rate in f.accuracy[s].items():
@@ -815,7 +817,7 @@ def _limit(f: Findings, solvers: list[str], overall: float | None, per_task: flo
     if failures:
         return FAIL, f"{len(failures)} breach(es), e.g. {failures[0][0]}: {failures[0][1]}", failures
     if not judged:
-        return PASS, "nothing to judge", []
+        return None
     _, s, scope, limit = max(judged)
     return PASS, f"closest: {s} in {scope}, {f.accuracy[s][scope].text()} (limit {_pct(limit)})", []
 
