@@ -48,9 +48,9 @@ GOLD_ONLY_MENTIONED_OVERALL = 0.15  # share of items whose gold is the only opti
 GOLD_ONLY_MENTIONED_TASK = 0.50
 ALIGNMENT_MAX_LOWER = 0.55  # a cue picking the chosen reply: lower end at most chance + 5 points
 SEQUENCE_P = 0.01  # family-wise significance of the letter-sequence tests (Bonferroni over the tests run)
-ID_FEATURE_P = 0.01  # family-wise significance of the id-feature test (Bonferroni over the features tried)
+ID_FEATURE_P = 0.01  # significance of the id-feature test (its null: the best feature over letter shuffles)
 ID_RECIPE_MIN_HITS = 2  # items whose id a recipe maps to the gold; a hash hit by chance is ~16^-12
-SHUFFLES = 2000  # seeded shuffles giving the null distribution of each letter-sequence statistic
+SHUFFLES = 2000  # seeded shuffles giving the null distribution of the letter-sequence and id-feature statistics
 MENTION_SLACK = 2  # other content words allowed between the words of a mentioned option
 RETRIEVED_TURNS = 5  # turns the BM25 reader reads per question
 BM25_K1, BM25_B = 1.2, 0.75
@@ -534,16 +534,6 @@ def _rates(items: list[Item], values: list[float]) -> dict[str, Rate]:
     return out
 
 
-def _binomial_tail(successes: int, n: int, p: float) -> float:
-    """P(X >= successes) for X ~ Binomial(n, p)."""
-    if successes <= 0:
-        return 1.0
-    logs = [math.lgamma(n + 1) - math.lgamma(x + 1) - math.lgamma(n - x + 1) + x * math.log(p)
-            + (n - x) * math.log1p(-p) for x in range(successes, n + 1)]
-    top = max(logs)
-    return min(1.0, math.exp(top) * sum(math.exp(v - top) for v in logs))
-
-
 @dataclass(frozen=True)
 class IdRecipe:
     name: str
@@ -597,10 +587,11 @@ def id_recipes(c: Corpus) -> list[IdRecipe]:
 
 @dataclass(frozen=True)
 class IdFeatureTest:
-    feature: str  # the best of the features tried
+    feature: str  # the feature whose leave-one-out mapping scores best
     accuracy: Rate
     features_tried: int
-    p_value: float  # Bonferroni-adjusted, one-sided against chance
+    null_p99: float  # the 99th percentile of the best feature's accuracy over seeded shuffles of the letters
+    p_value: float  # share of shuffles whose best feature does at least as well (with the observed one counted)
 
 
 def _id_features(item_id: str, width: int) -> dict[str, str]:
@@ -611,29 +602,50 @@ def _id_features(item_id: str, width: int) -> dict[str, str]:
     return features
 
 
-def id_feature_test(c: Corpus) -> IdFeatureTest | None:
+def _loo_feature_credit(values: np.ndarray, letters: np.ndarray) -> np.ndarray:
+    """Per row of `letters` (shuffles x items, letter indices 0-3): the summed credit of predicting each item's
+    letter as the one most often seen with its feature value among the other items. Items sharing a value and a
+    letter share that prediction, so it is computed once per (value, letter)."""
+    rows, n_values = np.arange(letters.shape[0])[:, None], int(values.max()) + 1
+    flat = ((rows * n_values + values[None, :]) * 4 + letters).ravel()
+    counts = np.bincount(flat, minlength=letters.shape[0] * n_values * 4).reshape(-1, n_values, 4)
+    total = np.zeros(letters.shape[0])
+    for letter, own in enumerate(np.eye(4, dtype=counts.dtype)):
+        tied = (counts - own) == (counts - own).max(axis=2, keepdims=True)
+        total += (counts[..., letter] * tied[..., letter] / tied.sum(axis=2)).sum(axis=1)
+    return total
+
+
+def id_feature_test(c: Corpus, seed: int) -> IdFeatureTest | None:
     """Leave-one-out: the gold letter most often seen with the item's value of one id feature (a character at a
-    position, the id modulo 4); the best feature is tested against chance, Bonferroni-adjusted."""
-    if not c.has_ids:
+    position, the id modulo 4). The best feature's accuracy is compared with the best over seeded shuffles of the
+    letters: the credits of one value's items rise and fall together, so a binomial test would not hold."""
+    items = [i for i in c.items if len(i.options) == 4] if c.has_ids else []
+    if not items:
         return None
-    width = min(16, max(len(i.item_id) for i in c.items))
-    rows = [_id_features(i.item_id, width) for i in c.items]
-    names = sorted({f for r in rows for f in r}, key=lambda f: (f.startswith("int"), f.startswith("char -"),
-                                                                int(f.split()[-1]) if f.startswith("char") else 0))
-    names = [f for f in names if len({r.get(f) for r in rows}) > 1]
-    best: tuple[float, str] | None = None
-    for f in names:
-        counts = Counter((r.get(f), i.gold) for r, i in zip(rows, c.items))
-        total = 0.0
-        for r, i in zip(rows, c.items):
-            total += credit([counts[r.get(f), k] - (k == i.gold) for k in range(len(i.options))], i.gold)
-        if best is None or total > best[0]:
-            best = (total, f)
-    if best is None:
+    width = min(16, max(len(i.item_id) for i in items))
+    rows = [_id_features(i.item_id, width) for i in items]
+    features: dict[tuple[int, ...], str] = {}  # value codes -> the first feature giving them
+    for name in sorted({f for r in rows for f in r}, key=lambda f: (
+            f.startswith("int"), f.startswith("char -"), int(f.split()[-1]) if f.startswith("char") else 0)):
+        codes: dict[str | None, int] = {}
+        key = tuple(codes.setdefault(r.get(name), len(codes)) for r in rows)
+        if len(codes) > 1:
+            features.setdefault(key, name)
+    if not features:
         return None
-    chance = sum(1 / len(i.options) for i in c.items) / len(c.items)
-    p = min(1.0, len(names) * _binomial_tail(math.floor(best[0]), len(c.items), chance))
-    return IdFeatureTest(best[1], Rate(best[0], len(c.items)), len(names), p)
+    letters = np.array([i.gold for i in items])
+    values = [np.array(key) for key in features]
+    observed = [float(_loo_feature_credit(v, letters[None, :])[0]) for v in values]
+    best = max(range(len(values)), key=lambda k: (observed[k], -k))
+    rng = np.random.default_rng([seed, 2])
+    null = np.concatenate([
+        np.max([_loo_feature_credit(v, shuffled) for v in values], axis=0)
+        for shuffled in (rng.permuted(np.tile(letters, (min(250, SHUFFLES - done), 1)), axis=1)
+                         for done in range(0, SHUFFLES, 250))])
+    p = (1 + int((null >= observed[best] - 1e-9).sum())) / (1 + SHUFFLES)
+    return IdFeatureTest(list(features.values())[best], Rate(observed[best], len(items)), len(values),
+                         float(np.quantile(null, 0.99)) / len(items), p)
 
 
 @dataclass(frozen=True)
@@ -759,7 +771,7 @@ def measure(c: Corpus, source: str, seed: int) -> Findings:
         source=source, n_items=len(c.items), tasks=sorted({i.task for i in c.items}), notes=c.notes,
         has_histories=c.histories is not None, has_evidence=c.has_evidence, has_ids=c.has_ids,
         solvers={s.name: s.kind for s in solvers}, accuracy=accuracy, gold_only_mentioned=gold_only,
-        id_recipes=id_recipes(c), id_features=id_feature_test(c), sequences=letter_sequence_tests(c, seed),
+        id_recipes=id_recipes(c), id_features=id_feature_test(c, seed), sequences=letter_sequence_tests(c, seed),
         alignment=alignment_rates(c))
 
 
@@ -876,7 +888,8 @@ def _id_feature(f: Findings):
     t = f.id_features
     if t is None:
         return None
-    detail = f"best of {t.features_tried} features: {t.feature} {t.accuracy.text()}, adjusted p = {t.p_value:.3g}"
+    detail = (f"best of {t.features_tried} features: {t.feature} {t.accuracy.text()} (shuffles' 99th percentile "
+              f"{_pct(t.null_p99)}), p = {t.p_value:.3g}")
     return (FAIL, detail, [(OVERALL, detail)]) if t.p_value < ID_FEATURE_P else (PASS, detail, [])
 
 
@@ -918,8 +931,8 @@ RULES = [
          _gold_only),
     Rule("id_not_from_answer", "No item id may be a hash of (or contain) its gold option's text: a release that "
          "withholds answers would give them away.", _id_recipe),
-    Rule("id_features_uninformative", f"No id character (or id mod 4) may predict the gold letter above chance "
-         f"(leave-one-out, Bonferroni-adjusted p < {ID_FEATURE_P}).", _id_feature),
+    Rule("id_features_uninformative", f"No id character (or id mod 4) may predict the gold letter better than it "
+         f"does with the letters shuffled (leave-one-out mapping; p < {ID_FEATURE_P} fails).", _id_feature),
     Rule("letters_unpredictable", "Per task, in file and in id order, gold-letter blocks of four and a "
          "least-used-letter tracker may be no more regular than seeded shuffles of the same letters "
          f"(Bonferroni-adjusted p < {SEQUENCE_P} fails): balance must not make the sequence predictable.", _letters),
@@ -956,7 +969,8 @@ class AuditReport:
             "id_recipes": [{"recipe": r.name, "hits": r.hits, "n": r.n} for r in f.id_recipes if r.hits],
             "id_features": None if f.id_features is None else {
                 "feature": f.id_features.feature, **f.id_features.accuracy.as_dict(),
-                "features_tried": f.id_features.features_tried, "p_value": round(f.id_features.p_value, 6)},
+                "features_tried": f.id_features.features_tried, "null_p99": round(f.id_features.null_p99, 4),
+                "p_value": round(f.id_features.p_value, 6)},
             "letter_sequences": [{"order": t.order, "statistic": t.statistic, "observed": round(t.observed, 4),
                                   "null_p99": round(t.null_p99, 4), "p_value": round(t.p_value, 6)}
                                  for t in f.sequences],

@@ -4,6 +4,7 @@ shortcut planted, the command's exit codes and errors, and the blocking check th
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -83,6 +84,18 @@ def test_ids_carrying_the_gold_letter_are_caught(clean):
         r["id"] = f"q_{n:05d}{'abcd'.index(r['answer'][1])}"  # the last character encodes the letter
     breaches = failed(run_audit(AuditInput(records, clean.users)))
     assert "char 7 100%" in breaches["id_features_uninformative"]  # the last of eight characters
+
+
+def test_random_ids_are_not_mistaken_for_a_leak():
+    """The best of many id characters looks above chance on random ids (here 29% of 2,000, 4.4 binomial standard
+    deviations above 25%, since one value's items win or lose together); the shuffles know that."""
+    rng = random.Random(1)
+    records = [{"data_path": "./u/user_data.json", "type": "T", "question_type": f"task {k % 13}",
+                "time": "2024-01-01 00:00", "query": "Which?", "choices": dict(zip("abcd", "wxyz")),
+                "answer": rng.choice("abcd"), "id": f"q_{rng.getrandbits(48):012x}"} for k in range(2000)]
+    test = audit.id_feature_test(audit.normalise(AuditInput(records)), seed=0)
+    assert test.accuracy.value > 0.29 and test.p_value > 0.2
+    assert test.features_tried == 12  # "q_" never varies; char k and char -(14-k) are one feature
 
 
 def test_a_reply_length_cue_in_alignment_pairs_is_caught(clean):
