@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, StringConstraints, create_model
 
 from ..config import PipelineConfig
 from ..schema import (
-    GOAL_OUTCOMES, SKILL_LEVELS, Dialogue, ImageRecord, Persona, PlanItem, ReasoningStep, ReasoningTrajectory,
+    Dialogue, ImageRecord, Persona, PlanItem, ReasoningStep, ReasoningTrajectory,
     RetrieveCall, SemanticMemoryTarget, TimelinePlan, Turn, fmt_time,
 )
 from ..teacher.types import TeacherRequest, TeacherResult
@@ -34,7 +34,7 @@ from .common import chat, contains_phrase, normalize, parse_time, rng_for, sampl
 from .memory import (
     SENTENCE_MAX, STOPWORDS, MemoryEntry, echoes_prompt, phrase_text, short_term, visible_memories,
 )
-from .plans import vocabulary
+from .distractors import Pools, own_values, pick
 
 TOP_K = {"semantic": 4, "episodic": 2, "procedural": 2}  # PersonaVLM's inference k per memory type
 PROBE_DELAY_MINUTES = 5  # a probe is posed this long after its turn
@@ -399,61 +399,31 @@ def render_step(step: ReasoningStep) -> str:
 
 # ---------------------------------------------------------------------------------------------- distractors
 
-
-def question_kind_pools(plans: list[TimelinePlan], images: list[ImageRecord]) -> dict[str, list[str]]:
-    """Type-consistent wrong answers per probe question kind: the closed vocabulary plus what other plans hold. A
-    closed kind with fewer than four values (goal outcomes, skill levels) gets no multiple choice at all: a filler
-    fourth option would never be the gold, and a model would learn to skip it."""
-    vocab = vocabulary()
-    values = lambda *kinds: [i.value for p in plans for i in p.items if i.kind in kinds]  # noqa: E731
-    subjects = lambda *kinds: [i.subject for p in plans for i in p.items if i.kind in kinds]  # noqa: E731
-    events = list(vocab["events"]) + values("event")
-    pools = {
-        "relationship": sorted(vocab["relations"]),
-        "person_event": events, "event": events,
-        "routine": [r[1] for r in vocab["routines"]] + values("routine"),
-        "goal_status": list(GOAL_OUTCOMES),
-        "open_goal": list(vocab["goals"]) + subjects("goal"),
-        "skill_level": list(SKILL_LEVELS),
-        "latest_preference": list(vocab["interests"]) + values("preference", "preference_shift"),
-        "dislike": list(vocab["dislikes"]) + values("dislike"),
-        "style": [pole for poles in vocab["styles"].values() for pole in poles],
-        "photo_purpose": list(vocab["photo_purposes"]),
-        "photo_object": [label for img in images for label in img.labels],
-    }
-    return {k: sorted(set(v)) for k, v in pools.items()}
+# question kind -> the answer type whose pool its wrong answers come from
+ANSWER_TYPES = {"relationship": "relation", "person_event": "event", "event": "event", "routine": "routine",
+                "goal_status": "goal state", "open_goal": "goal", "skill_level": "skill level",
+                "latest_preference": "hobby", "dislike": "dislike", "style": "style", "photo_purpose": "purpose",
+                "photo_object": "label"}
 
 
-# question kind -> plan kinds whose values, for this persona, must not be offered as wrong answers (they may be true)
-OWN_VALUES = {"person_event": ("event",), "event": ("event",), "routine": ("routine",), "open_goal": ("goal",),
-              "latest_preference": ("preference", "preference_shift"), "dislike": ("dislike",)}
-
-
-def distractors_for(q: Question, plan: TimelinePlan, pools: dict[str, list[str]],
-                    images: dict[str, ImageRecord], rng) -> list[str]:
-    """Three wrong answers of the gold's type (an outdated value first, where the fact replaced one); none when the
-    pool is too small."""
-    own = {normalize(i.subject if q.kind == "open_goal" else i.value)
-           for i in plan.items if i.kind in OWN_VALUES.get(q.kind, ())}
+def distractors_for(q: Question, plan: TimelinePlan, pools: Pools, own: set[str], images: dict[str, ImageRecord],
+                    rng) -> list[str]:
+    """Three wrong answers of the gold's type (an outdated value first, where the fact replaced one), never a value
+    of the persona's own plan or profile otherwise; none when the pool is too small (goal outcomes: three)."""
     if q.kind == "photo_object" and q.item.image_id in images:
-        own |= {normalize(label) for label in images[q.item.image_id].labels}
+        own = own | {normalize(label) for label in images[q.item.image_id].labels}
     hard = [q.item.previous_value] if q.kind in ("latest_preference", "skill_level") and q.item.previous_value else []
-    taken = {normalize(q.gold)}
-    out: list[str] = []
-    for cand in hard + rng.sample(pools[q.kind], k=len(pools[q.kind])):
-        key = normalize(cand)
-        if len(out) < 3 and key and key not in taken and (cand in hard or key not in own):
-            out.append(cand)
-            taken.add(key)
-    return out if len(out) == 3 else []
+    return pick(q.gold, hard, pools[ANSWER_TYPES[q.kind]], own, rng)
 
 
 def prepare_jobs(cfg: PipelineConfig, persona: Persona, dialogue: Dialogue, plan: TimelinePlan,
-                 semantic: list[SemanticMemoryTarget], user_data: dict[str, Any], pools: dict[str, list[str]],
+                 semantic: list[SemanticMemoryTarget], user_data: dict[str, Any], pools: Pools,
                  images: dict[str, ImageRecord]) -> list[ProbeJob]:
     by_turn = {s.turn_index: s for s in semantic}
     rng = rng_for(cfg.seed, "distractors", persona.persona_id)
-    return [run_probe(cfg, persona, dialogue, p, user_data, by_turn, distractors_for(p.question, plan, pools, images, rng))
+    own = own_values(persona, plan, images)
+    return [run_probe(cfg, persona, dialogue, p, user_data, by_turn,
+                      distractors_for(p.question, plan, pools, own, images, rng))
             for p in probes(cfg, dialogue, plan)]
 
 
