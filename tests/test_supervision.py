@@ -29,7 +29,7 @@ from persona_factory.stages import personality as PE
 from persona_factory.stages import plans as PL
 from persona_factory.stages import reasoning as R
 from persona_factory.stages.distractors import Pools
-from persona_factory.stages.timeline import plan_state
+from persona_factory.stages.timeline import plan_state, replay
 from persona_factory.stages.common import contains_phrase, parse_time
 from persona_factory.store import dumps, write_records
 from persona_factory.teacher.types import TeacherResult, TeacherStats
@@ -473,7 +473,7 @@ def test_probes_cover_many_kinds_both_modes_and_answers_state_the_plans_gold(wor
         assert len(t.distractors) in (0, 3) and t.gold_value not in t.distractors
 
 
-def test_the_gold_is_the_latest_state_at_probe_time():
+def test_the_gold_is_the_latest_state_at_probe_time(world):
     turn = lambda k, item_id: Turn(persona_id="p", session_index=0, turn_index=k, time=f"2024-05-0{k + 1} 10:00",  # noqa: E731
                                      user="u", assistant="a", realizes=[item_id])
     goal = item("goal", "learn Spanish", "started", 1)
@@ -482,9 +482,11 @@ def test_the_gold_is_the_latest_state_at_probe_time():
     shift = item("preference_shift", "hobby", "pottery", 4, previous_value="chess")
     told = [(turn(0, goal.item_id), goal), (turn(1, update.item_id), update), (turn(2, pref.item_id), pref),
             (turn(3, shift.item_id), shift)]
-    early = {q.kind: q for q in R.questions_at(told, told[0][0], "2024-05-01 10:05")}
+    persona = world[2][0][0]
+    state_after = lambda k: replay(persona, [(i, t.time[:10]) for t, i in told[:k + 1]])  # noqa: E731
+    early = {q.kind: q for q in R.questions_at(told, told[0][0], "2024-05-01 10:05", state_after(0))}
     assert early["open_goal"].gold == "learn Spanish" and "goal_status" not in early
-    late = {q.kind: q for q in R.questions_at(told, told[3][0], "2024-05-04 10:05")}
+    late = {q.kind: q for q in R.questions_at(told, told[3][0], "2024-05-04 10:05", state_after(3))}
     assert late["goal_status"].gold == "gave up" and "open_goal" not in late
     assert late["latest_preference"].gold == "pottery"
 
