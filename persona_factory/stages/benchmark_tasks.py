@@ -486,3 +486,6 @@ def new_scenarios(q: PersonaQuestions) -> Iterator[Draft]:
                            Option(text=grid(like.value, style.value), claim=claim((like.value, style.value)), told=True),
                            [Option(text=grid(a, b), claim=claim((a, b)), told=told) for a, b, told in cells],
                            [q.turn(style), q.turn(like)], [style, like])
+
+
+ASPECTS = {name: t.aspect for name, t in TASKS.items()}  # question_type -> type, as the release suite checks them

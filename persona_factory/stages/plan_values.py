@@ -27,7 +27,7 @@ bedtime noon midnight day days week month""".split())
 # template words a value must not carry into a slot ("My first go at ...", "tip for ...")
 TEMPLATE_WORDS = ("first go at", "tip for", "photo of", "goal to")
 # kind -> (fewest words, most words)
-WORD_RANGE = {"hobby": (1, 4), "dislike": (1, 5), "skill": (1, 4), "event": (2, 8), "routine_when": (2, 6),
+WORD_RANGE = {"hobby": (1, 4), "dislike": (1, 5), "skill": (1, 4), "event": (2, 10), "routine_when": (2, 6),
               "routine_action": (2, 8), "goal": (2, 8), "label": (1, 3)}
 KINDS = tuple(WORD_RANGE)
 

@@ -35,6 +35,7 @@ from .memory import (
     SENTENCE_MAX, STOPWORDS, MemoryEntry, echoes_prompt, phrase_text, short_term, visible_memories,
 )
 from .distractors import Pools, own_values, pick
+from .timeline import TimelineState, replay
 
 TOP_K = {"semantic": 4, "episodic": 2, "procedural": 2}  # PersonaVLM's inference k per memory type
 PROBE_DELAY_MINUTES = 5  # a probe is posed this long after its turn
@@ -86,10 +87,13 @@ def _unique_by(pairs: list[tuple[Turn, PlanItem]], key: Callable[[Turn, PlanItem
     return [(t, i) for t, i in pairs if counts[key(t, i)] == 1]
 
 
-def questions_at(told: list[tuple[Turn, PlanItem]], probe: Turn, probe_time: str) -> list[Question]:
+def questions_at(told: list[tuple[Turn, PlanItem]], probe: Turn, probe_time: str,
+                 state: TimelineState) -> list[Question]:
     """Every question whose gold is settled by what was told up to the probe's turn, with the latest state of
-    changing facts (goal outcomes, skill levels, preference shifts)."""
+    changing facts (goal outcomes, skill levels, preference shifts) as `state`, the history replayed to that turn,
+    holds them."""
     known = [(t, i) for t, i in told if t.turn_index <= probe.turn_index]
+    settled = {i.item_id: (t, i) for t, i in known}
     now = parse_time(probe_time)
     day = lambda t: t.time[:10]  # noqa: E731
     when = lambda t: relative_phrase(now, parse_time(t.time))  # noqa: E731
@@ -109,28 +113,22 @@ def questions_at(told: list[tuple[Turn, PlanItem]], probe: Turn, probe_time: str
         qs.append(Question("routine", f"What do I usually do {i.subject}?", i.value, i, t,
                            f"their habit {i.subject}", i.subject, f"{i.subject}, habit, routine, usually"))
     goals = of("goal")
-    for t, i in goals:
-        updates = [(u, g) for u, g in of("goal_update") if g.cause_item_id == i.item_id]
-        if updates:
-            u, g = updates[-1]
+    for _, i in goals:
+        u, g = settled[state.settled_by["goal", i.subject]]
+        if g.kind == "goal_update":
             qs.append(Question("goal_status", f"How is my goal to {i.subject} going, as far as I've told you?", g.value,
                                g, u, f"how their goal to {i.subject} is going", i.subject,
                                f"{i.subject}, goal, progress, news"))
-    if len(goals) == 1:
+    if len(goals) == 1 and state.goal_open(goals[0][1].subject):
         t, i = goals[0]
-        ended = any(g.cause_item_id == i.item_id and g.value != "making progress" for _, g in of("goal_update"))
-        if not ended:
-            qs.append(Question("open_goal", "What long-term goal did I tell you I'm working on?", i.subject, i, t,
-                               "the long-term goal they are working on", "long-term goal",
-                               "goal, working towards, aim"))
-    for t, i in of("skill"):
-        latest = [(u, s) for u, s in of("skill_update") if s.cause_item_id == i.item_id][-1:] or [(t, i)]
-        u, s = latest[0]
+        qs.append(Question("open_goal", "What long-term goal did I tell you I'm working on?", i.subject, i, t,
+                           "the long-term goal they are working on", "long-term goal", "goal, working towards, aim"))
+    for _, i in of("skill"):
+        u, s = settled[state.settled_by["skill", i.subject]]
         qs.append(Question("skill_level", f"What level did I say I'm at in {i.subject} now?", s.value, s, u,
                            f"their level in {i.subject}", i.subject, f"{i.subject}, level, practise"))
-    shifts = of("preference_shift")
-    if shifts:
-        t, i = shifts[-1]
+    if state.shifts:
+        t, i = settled[state.shifts[-1].item_id]
         qs.append(Question("latest_preference", "Which hobby am I most into these days?", i.value, i, t,
                            "what they are most into these days", "hobby, into, these days",
                            "enjoy, interest, favourite"))
@@ -175,16 +173,20 @@ def told_facts(dialogue: Dialogue, plan: TimelinePlan) -> list[tuple[Turn, PlanI
     return [(t, items[t.realizes[0]]) for t in dialogue.turns if t.realizes and t.realizes[0] in items]
 
 
-def probes(cfg: PipelineConfig, dialogue: Dialogue, plan: TimelinePlan) -> list[Probe]:
+def probes(cfg: PipelineConfig, persona: Persona, dialogue: Dialogue, plan: TimelinePlan) -> list[Probe]:
     """Random probe points and questions, `direct_answer_share` of them answerable from the recent context, spread
     over question kinds (round robin) and over facts (each fact asked once before any is asked twice)."""
     rng = rng_for(cfg.seed, "probes", dialogue.persona_id)
     gap = timedelta(minutes=cfg.dialogue.session_gap_minutes)
     told = told_facts(dialogue, plan)
+    state = replay(persona, [])
+    told_at = {t.turn_index: i for t, i in told}
     candidates: dict[str, list[Probe]] = {"direct": [], "retrieve": []}
     for turn in dialogue.turns:
+        if turn.turn_index in told_at:
+            state.apply(told_at[turn.turn_index], turn.time[:10])
         at = fmt_time(parse_time(turn.time) + timedelta(minutes=PROBE_DELAY_MINUTES))
-        for q in questions_at(told, turn, at):
+        for q in questions_at(told, turn, at, state):
             mode = "direct" if parse_time(at) - parse_time(q.evidence.time) <= gap else "retrieve"
             candidates[mode].append(Probe(q, turn, at, mode))
     n = cfg.supervision.probes_per_persona
@@ -424,7 +426,7 @@ def prepare_jobs(cfg: PipelineConfig, persona: Persona, dialogue: Dialogue, plan
     own = own_values(persona, plan, images)
     return [run_probe(cfg, persona, dialogue, p, user_data, by_turn,
                       distractors_for(p.question, plan, pools, own, images, rng))
-            for p in probes(cfg, dialogue, plan)]
+            for p in probes(cfg, persona, dialogue, plan)]
 
 
 # ---------------------------------------------------------------------------------------------- invariants
