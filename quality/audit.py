@@ -42,8 +42,10 @@ from persona_factory.markdown import markdown_table
 # ---------------------------------------------------------------------------------------------- thresholds
 
 OVERALL_MAX_LOWER = 0.35  # blind solvers overall: lower end of the 95% interval at most chance + 10 points
-TASK_MAX_LOWER = 0.40  # the same per task, where a task has MIN_TASK_ITEMS items
-MIN_TASK_ITEMS = 25  # smaller tasks are reported but not judged: their intervals are too wide to mean much
+TASK_MAX_LOWER = 0.40  # the same per task, where a task has MIN_JUDGED_ITEMS items
+# a smaller task (and, for the rules on point estimates, a smaller release) is reported but not judged: its
+# figures are too noisy to mean much
+MIN_JUDGED_ITEMS = 25
 GOLD_ONLY_MENTIONED_OVERALL = 0.15  # share of items whose gold is the only option the history mentions
 GOLD_ONLY_MENTIONED_TASK = 0.50
 ALIGNMENT_MAX_LOWER = 0.55  # a cue picking the chosen reply: lower end at most chance + 5 points
@@ -816,11 +818,11 @@ def _pct(x: float) -> str:
 def _limit(f: Findings, solvers: list[str], overall: float | None,
            per_task: float | None) -> tuple[str, str, list] | None:
     """Every solver's lower interval end at most `overall` overall and `per_task` in each task of at least
-    MIN_TASK_ITEMS items (None: that scope is not judged here); not applicable when nothing is judged."""
+    MIN_JUDGED_ITEMS items (None: that scope is not judged here); not applicable when nothing is judged."""
     failures, judged = [], []
     for s in solvers:
         for scope, rate in f.accuracy[s].items():
-            limit = overall if scope == OVERALL else per_task if rate.n >= MIN_TASK_ITEMS else None
+            limit = overall if scope == OVERALL else per_task if rate.n >= MIN_JUDGED_ITEMS else None
             if limit is None:
                 continue
             judged.append((rate.lower - limit, s, scope, limit))
@@ -850,7 +852,7 @@ def _no_evidence(f: Findings):
 
 def _history_helps(f: Findings):
     readers = f.of_kind("reader")
-    if not readers or f.n_items < MIN_TASK_ITEMS:
+    if not readers or f.n_items < MIN_JUDGED_ITEMS:
         return None
     reader = max(readers, key=lambda s: (f.accuracy[s][OVERALL].value, s))
     blind = max(f.of_kind("blind"), key=lambda s: (f.accuracy[s][OVERALL].value, s))
@@ -860,12 +862,12 @@ def _history_helps(f: Findings):
 
 
 def _gold_only(f: Findings):
-    if not f.gold_only_mentioned:
+    if not f.gold_only_mentioned or f.n_items < MIN_JUDGED_ITEMS:
         return None
     failures = []
     for scope, rate in f.gold_only_mentioned.items():
         limit = GOLD_ONLY_MENTIONED_OVERALL if scope == OVERALL else GOLD_ONLY_MENTIONED_TASK
-        if (scope == OVERALL or rate.n >= MIN_TASK_ITEMS) and rate.value > limit:
+        if rate.n >= MIN_JUDGED_ITEMS and rate.value > limit:
             failures.append((scope, f"gold the only mentioned option in {rate.text()} of items, "
                                     f"limit {_pct(limit)}"))
     detail = f"overall {f.gold_only_mentioned[OVERALL].text()}" + (
@@ -918,7 +920,7 @@ def _alignment(f: Findings):
 RULES = [
     Rule("blind_overall", f"No solver that ignores the history may reach a lower interval end above "
          f"{_pct(OVERALL_MAX_LOWER)} overall (chance + 10 points).", _blind_overall),
-    Rule("blind_per_task", f"Per task (n >= {MIN_TASK_ITEMS}), no blind solver's lower end above "
+    Rule("blind_per_task", f"Per task (n >= {MIN_JUDGED_ITEMS}), no blind solver's lower end above "
          f"{_pct(TASK_MAX_LOWER)}: a shortcut confined to one task still decides that task's score.", _blind_per_task),
     Rule("evidence_needed", "With the item's evidence turns removed, the history readers must fall to the blind "
          f"limits ({_pct(OVERALL_MAX_LOWER)} overall, {_pct(TASK_MAX_LOWER)} per task): the listed evidence is "
@@ -927,8 +929,8 @@ RULES = [
          "history is not what the items test.", _history_helps),
     Rule("gold_not_only_mentioned", f"The gold may be the only option the history mentions in at most "
          f"{_pct(GOLD_ONLY_MENTIONED_OVERALL)} of items overall and {_pct(GOLD_ONLY_MENTIONED_TASK)} per task "
-         f"(n >= {MIN_TASK_ITEMS}): else spotting a mention answers without the time, state or relation asked.",
-         _gold_only),
+         f"(each judged from {MIN_JUDGED_ITEMS} items): else spotting a mention answers without the time, state or "
+         "relation asked.", _gold_only),
     Rule("id_not_from_answer", "No item id may be a hash of (or contain) its gold option's text: a release that "
          "withholds answers would give them away.", _id_recipe),
     Rule("id_features_uninformative", f"No id character (or id mod 4) may predict the gold letter better than it "

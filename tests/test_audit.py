@@ -110,7 +110,7 @@ def test_a_reply_length_cue_in_alignment_pairs_is_caught(clean):
 
 
 def test_small_tasks_are_reported_but_not_judged(clean):
-    """A task below MIN_TASK_ITEMS gets no per-task verdict; the overall rules still see its items."""
+    """A task below MIN_JUDGED_ITEMS gets no per-task verdict; the overall rules still see its items."""
     records = [r for r in clean.records if r["question_type"] != "Tiered Explanation Delivery"]
     tiny = [r for r in clean.records if r["question_type"] == "Tiered Explanation Delivery"][:5]
     for r in tiny:  # gold made longest, in only five items
