@@ -7,13 +7,12 @@ from typing import Any, Mapping, Sequence
 import dagster as dg
 
 from persona_factory.catalog import SHARD, Table
-from persona_factory.config import ConfigError, PipelineConfig, code_version
-from persona_factory.schema import Provenance, QuarantineRow, TeacherFailure
+from persona_factory.config import ConfigError, PipelineConfig
+from persona_factory.schema import QuarantineRow, TeacherFailure
 from persona_factory.stages.personas import shard_keys
 from persona_factory.store import Batch, Store
 from persona_factory.teacher.client import Teacher, TeacherUnavailable
 from persona_factory.teacher.types import TeacherRequest, TeacherResult, TeacherStats
-from prompts import template_hashes
 
 
 def failures_of(asset: str, results: Sequence[TeacherResult]) -> list[TeacherFailure]:
@@ -65,12 +64,6 @@ def add_rows(batch: Batch, table: Table, rows: Sequence[Any], shard_of: Mapping[
         return batch.add(table, rows)
     owner = (lambda r: r[0]) if table.model is None else (lambda r: r.persona_id)  # noqa: E731
     return batch.add(table, rows, {SHARD: [shard_of[owner(r)] for r in rows]})  # type: ignore[index]
-
-
-def provenance(cfg: PipelineConfig, teacher_model: str, *templates: str) -> Provenance:
-    return Provenance(teacher_model=teacher_model, prompt_templates=template_hashes(*templates), seed=cfg.seed,
-                      code_version=code_version(), preset=cfg.preset, config_hash=cfg.config_hash(),
-                      personality_skip_rule=cfg.supervision.personality_skip_rule)
 
 
 def generate_batched(teacher: Teacher, stats: TeacherStats,

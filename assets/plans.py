@@ -1,3 +1,5 @@
+from collections import Counter
+
 import dagster as dg
 
 from persona_factory.catalog import IMAGE_POOL, PERSONAS, TIMELINE_PLANS
@@ -34,7 +36,8 @@ def timeline_plans_asset(shards: dg.PartitionsDefinition) -> dg.AssetsDefinition
         for plan in plans:
             for item in plan.items:
                 kinds[item.kind] = kinds.get(item.kind, 0) + 1
+        refused = Counter(q.value.split(":")[0] for q in quarantined if q.rule == "plan_value_refused")
         return finish(store.get(), batch, stats, quarantined, results, owner_shard=shard_of,
-                      plans=len(plans), items_by_kind=kinds)
+                      plans=len(plans), items_by_kind=kinds, proposals_refused_by_kind=dict(sorted(refused.items())))
 
     return timeline_plans

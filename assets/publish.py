@@ -4,12 +4,12 @@ import dagster as dg
 
 from persona_factory.publish import export_hub_layout, export_native
 from persona_factory.publish.push import hub_target, push_folder
+from persona_factory.stages.common import provenance
 from pipelines.checks import require_publishable
 from pipelines.jobs import PUBLISH
 from pipelines.resources import FactoryConfig, StoreResource, TeacherResource
 from quality.release import release_bundle
 
-from .common import provenance
 
 
 def _load_release(settings: FactoryConfig, teacher: TeacherResource, store: StoreResource):

@@ -6,6 +6,7 @@ from persona_factory.catalog import REASONING_TRAJECTORIES, SEMANTIC_MEMORY_TARG
 from persona_factory.readers import by_persona, load_histories, memory_databases, read_shards
 from persona_factory.schema import QuarantineRow
 from persona_factory.stages import reasoning as stage
+from persona_factory.stages.distractors import Pools
 from persona_factory.teacher.types import TeacherStats
 from pipelines.jobs import SUPERVISION
 from pipelines.partitions import SHARD_BACKFILL
@@ -34,7 +35,7 @@ def reasoning_asset(shards: dg.PartitionsDefinition) -> dg.AssetsDefinition:
         by_image = {i.image_id: i for i in images}
         jobs = {}
         for shard in keys:  # wrong answers come from the shard's own plans, so a shard's data never depends on others
-            pools = stage.question_kind_pools([p for pid, p in plans.items() if personas[pid].shard == shard], images)
+            pools = Pools.of([p for pid, p in plans.items() if personas[pid].shard == shard], images)
             jobs.update({pid: stage.prepare_jobs(cfg, personas[pid], dialogues[pid], plans[pid], semantic.get(pid, []),
                                                  user_data[pid], pools, by_image)
                          for pid in sorted(user_data) if pid in plans and personas[pid].shard == shard})

@@ -8,11 +8,12 @@ from persona_factory.catalog import (
 )
 from persona_factory.readers import by_persona, load_histories, memory_databases, read_shards
 from persona_factory.stages import exports as stage
+from persona_factory.stages.common import provenance
 from pipelines.jobs import SUPERVISION
 from pipelines.partitions import SHARD_BACKFILL
 from pipelines.resources import FactoryConfig, StoreResource, TeacherResource
 
-from .common import add_rows, finish, provenance, run_shards, shard_batch
+from .common import add_rows, finish, run_shards, shard_batch
 
 HISTORY_TEMPLATES = ("system", "persona_enrichment", "plan_details", "dialogue_session", "dialogue_turn",
                      "realization_judge")

@@ -9,10 +9,11 @@ import dagster as dg
 
 from persona_factory.catalog import DEDUP_DECISIONS, TABLES
 from persona_factory.schema import QuarantineRow
+from persona_factory.stages.common import provenance
 from persona_factory.store import Batch, Store
-from quality import dedup, validate
+from quality import dedup, release, validate
 
-from .resources import StoreResource
+from .resources import FactoryConfig, StoreResource, TeacherResource
 
 RELEASE = "release_splits"
 SHOWN = 20  # quarantine rows listed in a check's metadata; all of them are in the quarantine table
@@ -62,7 +63,19 @@ def release_dedup(store: StoreResource) -> dg.AssetCheckResult:
     return _result(store.get(), "release_dedup", rows)
 
 
-release_checks = [record_schemas, release_dedup, *(suite_check(s) for s in validate.SUITES)]
+@dg.asset_check(asset=RELEASE, blocking=True,
+                description="Model-free shortcut audit (quality/audit.py) of the benchmark as it will be published: "
+                            "every applicable rule passes.")
+def shortcut_audit(settings: FactoryConfig, teacher: TeacherResource, store: StoreResource) -> dg.AssetCheckResult:
+    with store.get().reader() as con:
+        _, report = release.audited_release(con, provenance(settings.load(), teacher.model_name()))
+    rows = [QuarantineRow(table_name="release_benchmark", row_key=scope, rule=r.name, value=what)
+            for r in report.failed for scope, what in r.failures]
+    return _result(store.get(), "shortcut_audit", rows, report.passed, items=report.findings.n_items,
+                   rules={r.name: f"{r.status}: {r.detail}" for r in report.rules}, notes=report.findings.notes)
+
+
+release_checks = [record_schemas, release_dedup, shortcut_audit, *(suite_check(s) for s in validate.SUITES)]
 
 
 def release_check_failures(instance: dg.DagsterInstance) -> tuple[int | None, list[str]]:

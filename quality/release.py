@@ -15,19 +15,21 @@ from persona_factory.catalog import (
     RELEASE_TURNS, RL_RECORDS, SFT_RECORDS, TIMELINE_PLANS,
 )
 from persona_factory.config import PipelineConfig
+from persona_factory.markdown import markdown_table
 from persona_factory.publish import PublishBundle
-from persona_factory.publish.hub_layout import markdown_table
+from persona_factory.publish.native import persona_mme
 from persona_factory.schema import (
     BenchmarkItem, Dialogue, Persona, Provenance, QuarantineRow, RLRecord, SFTRecord, TimelinePlan,
 )
 from persona_factory.store import Batch, read_records, table_exists
-from quality import dedup, validate
+from quality import audit, dedup, validate
 from quality.dedup import Exclusion
 
 EXCLUSIONS = RELEASE_EXCLUSIONS.name
 # written by the benchmark asset's gates; the card shows them when present
 GATE_TABLE = BENCHMARK_GATE_COUNTS.name
 BLIND_TABLE = BENCHMARK_BLIND_ACCURACY.name
+AUDIT_SECTION = "Shortcut audit"
 
 
 @dataclass
@@ -143,7 +145,13 @@ def _release_batch(personas: list[Persona], histories: list[Dialogue], items: li
 
 
 def release_bundle(con: duckdb.DuckDBPyConnection, provenance: Provenance) -> PublishBundle:
-    """The released rows only, plus the curation figures the card reports."""
+    """The released rows only, plus the curation figures and the shortcut audit the card reports."""
+    return audited_release(con, provenance)[0]
+
+
+def audited_release(con: duckdb.DuckDBPyConnection,
+                    provenance: Provenance) -> tuple[PublishBundle, audit.AuditReport]:
+    """The release bundle and the shortcut audit of its benchmark (a section of the bundle's card)."""
     personas = read_records(con, RELEASE_PERSONAS)
     released = [p.persona_id for p in personas]
     train = [p.persona_id for p in personas if p.split == "train"]
@@ -152,12 +160,16 @@ def release_bundle(con: duckdb.DuckDBPyConnection, provenance: Provenance) -> Pu
         "ORDER BY persona_id", [train]).fetchall()}
     steps = read_records(con, PERSONALITY_STEPS, "WHERE record->>'$.persona_id' IN (SELECT unnest(?::VARCHAR[]))",
                          [released])
-    return PublishBundle(
+    bundle = PublishBundle(
         personas=personas, dialogues=read_records(con, RELEASE_DIALOGUES),
         images={i.image_id: i for i in read_records(con, IMAGE_POOL)}, memory_dbs=memory,
         sft=read_records(con, RELEASE_SFT), rl=read_records(con, RELEASE_RL),
         benchmark=read_records(con, RELEASE_BENCHMARK), provenance=provenance,
         personality_steps=steps, card_sections=curation_sections(con))
+    mme = persona_mme(bundle)  # the benchmark exactly as the native exporter will write it
+    report = audit.run_audit(audit.AuditInput(mme.records, mme.users, source="this release"))
+    bundle.card_sections[AUDIT_SECTION] = report.markdown()
+    return bundle, report
 
 
 REASONS = {  # what each dedup reason means, for the card

@@ -1,7 +1,7 @@
 """Alignment pairs: for an in-situ query, a reply fitting the persona's planned personality at that moment
 (chosen) against one that is either generic or personalized for a *different* Big Five profile (rejected), half
-each, so a pair cannot be solved by spotting the generic reply. The personalized rejected reply sees the same
-interests as the chosen one: only the personality differs.
+each, so a pair cannot be solved by spotting the generic reply. Every reply sees the user's interests, the generic
+one too: only the personality differs, so mentioning what the profile lists does not single out the chosen one.
 
 Checks: both replies present and distinct, neither naming the traits or scores it was written for, and their
 lengths within `alignment_max_length_ratio` of each other (length must not give the chosen one away); a pair
@@ -20,8 +20,7 @@ from ..config import PipelineConfig
 from ..schema import BIG_FIVE_TRAITS, AlignmentPair, Dialogue, Persona, QuarantineRow, TimelinePlan, Turn, fmt_time
 from ..teacher.types import TeacherRequest, TeacherResult
 from .common import chat, normalize, parse_time, personality_text, rng_for, sampling, stable_id
-from .dialogues import current_personality
-from .plans import likes_at
+from .timeline import plan_state
 
 QUERIES = [
     "Can you help me plan my weekend?",
@@ -87,11 +86,11 @@ def pair_specs(cfg: PipelineConfig, persona: Persona, plan: TimelinePlan, dialog
     specs = []
     for k, (query, after) in enumerate(zip(queries, turns)):
         time = fmt_time(parse_time(after.time) + timedelta(minutes=QUERY_DELAY_MINUTES))
-        current = current_personality(persona, plan, time)
+        now = plan_state(persona, plan, time)
         kind = ("generic", "other_profile")[(start + k) % 2]
         specs.append(PairSpec(stable_id("a_", persona.persona_id, query, after.turn_index), after, time, query, kind,
-                              current, contrasting_profile(current, rng) if kind == "other_profile" else None,
-                              likes_at(persona, plan, time)))
+                              now.personality, contrasting_profile(now.personality, rng)
+                              if kind == "other_profile" else None, tuple(now.likes)))
     return specs
 
 
@@ -102,7 +101,7 @@ def reply_requests(cfg: PipelineConfig, specs: list[PairSpec]) -> list[TeacherRe
         for role, profile in (("chosen", s.current), ("rejected", s.other)):
             out.append(TeacherRequest(
                 chat("alignment_reply", query=s.query, personality=describe(profile) if profile else None,
-                     interests=", ".join(s.interests) if profile else None),
+                     interests=", ".join(s.interests)),
                 sampling(cfg, "alignment", s.pair_id, role, schema=ReplyDraft), ReplyDraft, tag=f"alignment:{s.after.persona_id}:{s.pair_id}:{role}"))
     return out
 

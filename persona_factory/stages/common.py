@@ -10,11 +10,18 @@ from typing import Sequence
 
 from pydantic import BaseModel
 
-from prompts import render
+from prompts import render, template_hashes
 
-from ..config import PipelineConfig
-from ..schema import BIG_FIVE_TRAITS, TIME_FORMAT, BigFive
+from ..config import PipelineConfig, code_version
+from ..schema import BIG_FIVE_TRAITS, TIME_FORMAT, BigFive, Provenance
 from ..teacher.types import ChatMessage, ImagePart, Sampling, answer_chars
+
+
+def provenance(cfg: PipelineConfig, teacher_model: str, *templates: str) -> Provenance:
+    """Where a row came from: enough to regenerate it."""
+    return Provenance(teacher_model=teacher_model, prompt_templates=template_hashes(*templates), seed=cfg.seed,
+                      code_version=code_version(), preset=cfg.preset, config_hash=cfg.config_hash(),
+                      personality_skip_rule=cfg.supervision.personality_skip_rule)
 
 
 def stable_id(prefix: str, *parts: object) -> str:

@@ -1,6 +1,7 @@
 """Image pool: real photographs with captions and labels, stored once as PNG by content hash.
 
-Sources: scikit-image's bundled photographs (offline default), a local folder, or a Hub image dataset.
+Sources: the photographs bundled in installed wheels (scikit-image's and matplotlib's sample photos, and named
+crops of them; the offline default), a local folder, or a Hub image dataset.
 """
 
 from __future__ import annotations
@@ -32,12 +33,9 @@ def _candidates(source: ImageSourceSettings) -> Iterator[tuple[str, Image.Image 
                                                                 dict[str, str]]]:
     """(name, image or why it cannot be read, caption, labels, details) per photo."""
     if source.kind == "skimage":
-        import skimage
-
-        data_dir = Path(skimage.__file__).parent / "data"
+        dirs = _bundled_photo_dirs()
         for name, meta in yaml.safe_load(SKIMAGE_CAPTIONS.read_text()).items():
-            files = list(data_dir.glob(f"{name}.*"))
-            yield (name, _open(files[0]) if files else FileNotFoundError(name), meta["caption"], list(meta["labels"]),
+            yield (name, _bundled_photo(name, meta, dirs), meta["caption"], list(meta["labels"]),
                    dict(meta.get("details", {})))
     elif source.kind == "folder":
         folder = Path(source.path)
@@ -59,6 +57,36 @@ def _candidates(source: ImageSourceSettings) -> Iterator[tuple[str, Image.Image 
             caption = str(row.get(source.caption_column) or f"image {i}")
             labels = row.get("labels") or []
             yield f"{Path(source.path).name}-{i}", row[source.image_column], caption, list(labels), {}
+
+
+def _bundled_photo_dirs() -> list[Path]:
+    """Where installed wheels keep their sample photographs, searched in this order."""
+    import matplotlib
+    import skimage
+
+    return [Path(skimage.__file__).parent / "data", Path(matplotlib.get_data_path()) / "sample_data"]
+
+
+def _bundled_photo(name: str, meta: dict, dirs: list[Path]) -> Image.Image | Exception:
+    """The photo of one captions entry: the file named by the entry, or the `crop` region of its source file."""
+    source, box = _crop_spec(name, meta["crop"]) if "crop" in meta else (name, None)
+    files = [f for d in dirs for f in sorted(d.glob(f"{source}.*"))]
+    img = _open(files[0]) if files else FileNotFoundError(f"no bundled photo named {source!r}")
+    if box is None or isinstance(img, Exception):
+        return img
+    width, height = img.size
+    if not (0 <= box[0] < box[2] <= width and 0 <= box[1] < box[3] <= height):
+        raise ConfigError(f"{SKIMAGE_CAPTIONS.name}: `{name}.crop.box` {box} is not inside {source} "
+                          f"({width}x{height} px)")
+    return img.crop(tuple(box))
+
+
+def _crop_spec(name: str, crop: object) -> tuple[str, list[int]]:
+    if not (isinstance(crop, dict) and isinstance(crop.get("source"), str) and isinstance(crop.get("box"), list)
+            and len(crop["box"]) == 4 and all(type(v) is int for v in crop["box"])):
+        raise ConfigError(f"{SKIMAGE_CAPTIONS.name}: `{name}.crop` must be {{source: <photo>, box: [left, top, right, "
+                          f"bottom]}} in pixels, got {crop!r}")
+    return crop["source"], crop["box"]
 
 
 def _open(path: Path) -> Image.Image | Exception:
