@@ -8,7 +8,7 @@ from pipelines.jobs import SUPERVISION
 from pipelines.partitions import SHARD_BACKFILL
 from pipelines.resources import FactoryConfig, StoreResource, TeacherResource
 
-from .common import add_rows, answered, finish, generate_batched, run_shards, shard_batch
+from .common import answered, finish, generate_batched, run_shards, shard_batch
 
 
 def alignment_asset(shards: dg.PartitionsDefinition) -> dg.AssetsDefinition:
@@ -34,7 +34,7 @@ def alignment_asset(shards: dg.PartitionsDefinition) -> dg.AssetsDefinition:
             quarantined += dropped
         shard_of = {pid: p.shard for pid, p in personas.items()}
         batch = shard_batch("alignment_pairs", keys, cfg)
-        add_rows(batch, ALIGNMENT_PAIRS, rows, shard_of)
+        batch.add(ALIGNMENT_PAIRS, rows, shard_of=shard_of)
         return finish(store.get(), batch, stats, quarantined, [r for rs in res.values() for r in rs],
                       owner_shard=shard_of, pairs=len(rows),
                       generic_rejected=sum(p.rejected_kind == "generic" for p in rows),

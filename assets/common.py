@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import dagster as dg
 
-from persona_factory.catalog import SHARD, Table
 from persona_factory.config import ConfigError, PipelineConfig
 from persona_factory.schema import QuarantineRow, TeacherFailure
 from persona_factory.stages.personas import shard_keys
@@ -56,14 +55,6 @@ def run_shards(context: dg.AssetExecutionContext, cfg: PipelineConfig) -> list[s
 def shard_batch(asset: str, shards: Sequence[str], cfg: PipelineConfig) -> Batch:
     """What a shard asset writes: the rows of these shards; rows of shards the config no longer has are dropped."""
     return Batch(asset, tuple(shards), keep=tuple(shard_keys(cfg)))
-
-
-def add_rows(batch: Batch, table: Table, rows: Sequence[Any], shard_of: Mapping[str, str] | None = None) -> int:
-    """Adds records to the batch; a shard table's rows are filed under their persona's shard."""
-    if table.partition != SHARD:
-        return batch.add(table, rows)
-    owner = (lambda r: r[0]) if table.model is None else (lambda r: r.persona_id)  # noqa: E731
-    return batch.add(table, rows, {SHARD: [shard_of[owner(r)] for r in rows]})  # type: ignore[index]
 
 
 def generate_batched(teacher: Teacher, stats: TeacherStats,

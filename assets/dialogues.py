@@ -9,7 +9,7 @@ from pipelines.jobs import HISTORIES
 from pipelines.partitions import SHARD_BACKFILL
 from pipelines.resources import FactoryConfig, StoreResource, TeacherResource
 
-from .common import add_rows, answered, finish, run_shards, shard_batch
+from .common import answered, finish, run_shards, shard_batch
 
 
 def dialogues_asset(shards: dg.PartitionsDefinition) -> dg.AssetsDefinition:
@@ -31,8 +31,8 @@ def dialogues_asset(shards: dg.PartitionsDefinition) -> dg.AssetsDefinition:
         turns = [t for d in rows for t in d.turns]
         shard_of = {p.persona_id: p.shard for p in people}
         batch = shard_batch("dialogues", keys, cfg)
-        add_rows(batch, DIALOGUES, rows, shard_of)
-        add_rows(batch, DIALOGUE_TURNS, turns, shard_of)
+        batch.add(DIALOGUES, rows, shard_of=shard_of)
+        batch.add(DIALOGUE_TURNS, turns, shard_of=shard_of)
         return finish(store.get(), batch, stats, quarantined, results=(), owner_shard=shard_of,
                       dialogues=len(rows), turns=len(turns), image_turns=sum(t.image_id is not None for t in turns),
                       realizing_turns=sum(bool(t.realizes) for t in turns), sessions=sum(len(d.sessions) for d in rows))

@@ -15,7 +15,7 @@ from pipelines.jobs import SUPERVISION
 from pipelines.partitions import SHARD_BACKFILL
 from pipelines.resources import FactoryConfig, StoreResource, TeacherResource
 
-from .common import add_rows, answered, finish, generate_batched, run_shards, shard_batch
+from .common import answered, finish, generate_batched, run_shards, shard_batch
 
 
 def without_plan(dialogues: dict, personas: dict, plans: dict, table: str) -> list[QuarantineRow]:
@@ -58,8 +58,8 @@ def memory_assets(shards: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
             fallbacks["topic"].update(m)
         shard_of = {pid: p.shard for pid, p in personas.items()}
         batch = shard_batch("memory_targets", keys, cfg)
-        add_rows(batch, SEMANTIC_MEMORY_TARGETS, semantic, shard_of)
-        add_rows(batch, SESSION_MEMORY_TARGETS, sessions, shard_of)
+        batch.add(SEMANTIC_MEMORY_TARGETS, semantic, shard_of=shard_of)
+        batch.add(SESSION_MEMORY_TARGETS, sessions, shard_of=shard_of)
         topics = sum(len(s.episodic) for s in sessions)
         return finish(store.get(), batch, stats, quarantined,
                       [r for res in (sem_res, topic_res) for rs in res.values() for r in rs], owner_shard=shard_of,
@@ -92,8 +92,8 @@ def memory_assets(shards: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
             fallbacks += n
         shard_of = {pid: p.shard for pid, p in personas.items()}
         batch = shard_batch("personality_trajectories", keys, cfg)
-        add_rows(batch, PERSONALITY_STEPS, steps, shard_of)
-        add_rows(batch, PERSONALITY_CORRELATIONS, correlations, shard_of)
+        batch.add(PERSONALITY_STEPS, steps, shard_of=shard_of)
+        batch.add(PERSONALITY_CORRELATIONS, correlations, shard_of=shard_of)
         defined = [c.inferred_r for c in correlations if c.inferred_r is not None]
         return finish(store.get(), batch, stats, quarantined, [r for rs in res.values() for r in rs],
                       owner_shard=shard_of, steps=len(steps), neutral_fallbacks=fallbacks,
@@ -114,7 +114,7 @@ def memory_assets(shards: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
         rows = [(pid, split, dumps(user_data)) for pid, (split, user_data) in replayed.items()]
         shard_of = {pid: p.shard for pid, p in personas.items()}
         batch = shard_batch("memory_db", keys, cfg)
-        add_rows(batch, MEMORY_DB, rows, shard_of)
+        batch.add(MEMORY_DB, rows, shard_of=shard_of)
         return finish(store.get(), batch, None, quarantined, owner_shard=shard_of, users=len(rows))
 
     return [memory_targets, personality_trajectories, memory_db]

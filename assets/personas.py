@@ -7,7 +7,7 @@ from pipelines.jobs import HISTORIES
 from pipelines.partitions import SHARD_BACKFILL
 from pipelines.resources import FactoryConfig, StoreResource, TeacherResource
 
-from .common import add_rows, answered, finish, run_shards, shard_batch
+from .common import answered, finish, run_shards, shard_batch
 
 
 def personas_asset(shards: dg.PartitionsDefinition) -> dg.AssetsDefinition:
@@ -24,7 +24,7 @@ def personas_asset(shards: dg.PartitionsDefinition) -> dg.AssetsDefinition:
         answered("personas", stats)
         rows, quarantined = stage.build_personas(cfg, assigned, results)
         batch = shard_batch("personas", keys, cfg)
-        add_rows(batch, PERSONAS, rows, {p.persona_id: p.shard for p in rows})
+        batch.add(PERSONAS, rows, shard_of={p.persona_id: p.shard for p in rows})
         return finish(store.get(), batch, stats, quarantined, results,
                       owner_shard={a.seed.seed_id: a.shard for a in assigned}, personas=len(rows),
                       per_split={s: sum(p.split == s for p in rows) for s in ("train", "bench_32k", "bench_128k")})

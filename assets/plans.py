@@ -11,7 +11,7 @@ from pipelines.jobs import HISTORIES
 from pipelines.partitions import SHARD_BACKFILL
 from pipelines.resources import FactoryConfig, StoreResource, TeacherResource
 
-from .common import add_rows, answered, finish, run_shards, shard_batch
+from .common import answered, finish, run_shards, shard_batch
 
 
 def timeline_plans_asset(shards: dg.PartitionsDefinition) -> dg.AssetsDefinition:
@@ -31,7 +31,7 @@ def timeline_plans_asset(shards: dg.PartitionsDefinition) -> dg.AssetsDefinition
         plans, quarantined = stage.build_plans(cfg, people, results, images)
         shard_of = {p.persona_id: p.shard for p in people}
         batch = shard_batch("timeline_plans", keys, cfg)
-        add_rows(batch, TIMELINE_PLANS, plans, shard_of)
+        batch.add(TIMELINE_PLANS, plans, shard_of=shard_of)
         kinds: dict[str, int] = {}
         for plan in plans:
             for item in plan.items:

@@ -12,7 +12,7 @@ from pipelines.jobs import SUPERVISION
 from pipelines.partitions import SHARD_BACKFILL
 from pipelines.resources import FactoryConfig, StoreResource, TeacherResource
 
-from .common import add_rows, answered, finish, generate_batched, run_shards, shard_batch
+from .common import answered, finish, generate_batched, run_shards, shard_batch
 
 
 def count(values) -> dict[str, int]:
@@ -49,7 +49,7 @@ def reasoning_asset(shards: dg.PartitionsDefinition) -> dg.AssetsDefinition:
                        for t in rows if t.verdict != "verified"]
         shard_of = {pid: p.shard for pid, p in personas.items()}
         batch = shard_batch("reasoning_trajectories", keys, cfg)
-        add_rows(batch, REASONING_TRAJECTORIES, rows, shard_of)
+        batch.add(REASONING_TRAJECTORIES, rows, shard_of=shard_of)
         verified = [r for r in rows if r.verdict == "verified"]
         return finish(store.get(), batch, stats, quarantined, [r for rs in res.values() for r in rs],
                       owner_shard=shard_of, trajectories=len(rows), verified=len(verified),

@@ -13,7 +13,7 @@ from pipelines.jobs import SUPERVISION
 from pipelines.partitions import SHARD_BACKFILL
 from pipelines.resources import FactoryConfig, StoreResource, TeacherResource
 
-from .common import add_rows, finish, run_shards, shard_batch
+from .common import finish, run_shards, shard_batch
 
 HISTORY_TEMPLATES = ("system", "persona_enrichment", "plan_details", "dialogue_session", "dialogue_turn",
                      "realization_judge")
@@ -74,8 +74,8 @@ def training_asset(shards: dg.PartitionsDefinition) -> dg.AssetsDefinition:
             rl += shard_rl
         shard_of = {pid: p.shard for pid, p in personas.items()}
         batch = shard_batch("training_records", keys, cfg)
-        add_rows(batch, SFT_RECORDS, kept_sft, shard_of)
-        add_rows(batch, RL_RECORDS, kept_rl, shard_of)
+        batch.add(SFT_RECORDS, kept_sft, shard_of=shard_of)
+        batch.add(RL_RECORDS, kept_rl, shard_of=shard_of)
         return finish(store.get(), batch, None, quarantined, owner_shard=shard_of, sft_records=len(kept_sft),
                       sft_candidates=len(sft), sft_per_task=dict(sorted(Counter(r.task for r in kept_sft).items())),
                       sft_shares=stage.achieved_shares(kept_sft, lambda r: stage.SHARE_GROUP[r.task]),

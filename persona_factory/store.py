@@ -53,7 +53,13 @@ class Batch:
     keep: tuple[str, ...] | None = None
     tables: dict[str, pa.Table] = field(default_factory=dict)
 
-    def add(self, table: Table, rows: Sequence[Any], supplied: dict[str, Sequence[Any]] | None = None) -> int:
+    def add(self, table: Table, rows: Sequence[Any], supplied: dict[str, Sequence[Any]] | None = None, *,
+            shard_of: Mapping[str, str] | None = None) -> int:
+        """Adds a table's rows; a shard table's rows are filed under their persona's shard (`shard_of`: persona id
+        -> shard; a row table's persona is its first column)."""
+        if table.partition == SHARD and shard_of is not None:
+            persona = (lambda r: r[0]) if table.model is None else (lambda r: r.persona_id)  # noqa: E731
+            supplied = {**(supplied or {}), SHARD: [shard_of[persona(r)] for r in rows]}
         self.tables[table.name] = table.arrow(rows, supplied)
         return len(rows)
 

@@ -182,27 +182,22 @@ def write_world(world: World, db: Path) -> Path:
     dialogues = [world.dialogues[p.persona_id] for p in world.personas if p.persona_id in world.dialogues]
     shard_of = {p.persona_id: p.shard for p in world.personas}
     batch = Batch("world", tuple(sorted(set(shard_of.values()))))
-
-    def add(table: C.Table, rows: list) -> None:
-        owner = (lambda r: r[0]) if table.model is None else (lambda r: r.persona_id)  # noqa: E731
-        batch.add(table, rows, {C.SHARD: [shard_of[owner(r)] for r in rows]} if table.partition == C.SHARD else None)
-
-    add(C.PERSONAS, world.personas)
-    add(C.TIMELINE_PLANS, [
+    batch.add(C.PERSONAS, world.personas, shard_of=shard_of)
+    batch.add(C.TIMELINE_PLANS, [
         TimelinePlan(persona_id=d.persona_id, span_days=3, items=[], sessions=[
             PlannedSession(session_index=s.session_index, start=s.turns[0].time, n_turns=len(s.turns))
-            for s in d.sessions]) for d in dialogues])
-    add(C.DIALOGUES, dialogues)
-    add(C.DIALOGUE_TURNS, [t for d in dialogues for t in d.turns])
-    add(C.IMAGE_POOL, world.images)
-    add(C.BENCHMARK_ITEMS, world.items)
-    add(C.SFT_RECORDS, world.sft)
-    add(C.RL_RECORDS, world.rl)
-    add(C.PERSONALITY_STEPS, [s for d in dialogues for s in personality_steps(d)])
-    add(C.MEMORY_DB, [(p.persona_id, p.split, json.dumps(
+            for s in d.sessions]) for d in dialogues], shard_of=shard_of)
+    batch.add(C.DIALOGUES, dialogues, shard_of=shard_of)
+    batch.add(C.DIALOGUE_TURNS, [t for d in dialogues for t in d.turns], shard_of=shard_of)
+    batch.add(C.IMAGE_POOL, world.images)
+    batch.add(C.BENCHMARK_ITEMS, world.items)
+    batch.add(C.SFT_RECORDS, world.sft, shard_of=shard_of)
+    batch.add(C.RL_RECORDS, world.rl, shard_of=shard_of)
+    batch.add(C.PERSONALITY_STEPS, [s for d in dialogues for s in personality_steps(d)], shard_of=shard_of)
+    batch.add(C.MEMORY_DB, [(p.persona_id, p.split, json.dumps(
         {"init_profile": p.profile.to_spec(), "sessions": [],
          "imgs": [t.image_id for t in world.dialogues[p.persona_id].turns if t.image_id]}))
-        for p in world.personas if p.persona_id in world.dialogues])
+        for p in world.personas if p.persona_id in world.dialogues], shard_of=shard_of)
     with duckdb.connect(str(db)) as con:
         apply_batch(con, batch)
         for table, raw in world.extra_rows:

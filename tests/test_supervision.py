@@ -678,23 +678,20 @@ def database(world, tmp_path):
     settings = FactoryConfig(preset="tiny", output_dir=str(tmp_path))
     shard_of = {p.persona_id: p.shard for p in personas}
     batch = Batch("world", tuple(sorted(set(shard_of.values()))))
-
-    def add(table: CAT.Table, rows: list) -> None:
-        owner = (lambda r: r[0]) if table.model is None else (lambda r: r.persona_id)  # noqa: E731
-        batch.add(table, rows, {CAT.SHARD: [shard_of[owner(r)] for r in rows]} if table.partition == CAT.SHARD else None)
-
-    add(CAT.PERSONAS, personas)
-    add(CAT.TIMELINE_PLANS, plans)
-    add(CAT.DIALOGUES, dialogues)
-    add(CAT.IMAGE_POOL, images)
-    add(CAT.SEMANTIC_MEMORY_TARGETS, [r for lab in labs.values() for r in lab.semantic])
-    add(CAT.SESSION_MEMORY_TARGETS, [r for lab in labs.values() for r in lab.sessions])
-    add(CAT.PERSONALITY_STEPS, [r for lab in labs.values() for r in lab.steps])
-    add(CAT.REASONING_TRAJECTORIES, [r for lab in labs.values() for r in lab.trajectories])
-    add(CAT.PERSONALITY_CORRELATIONS, [PE.correlation(pid, lab.steps) for pid, lab in labs.items()])
-    add(CAT.SFT_RECORDS, kept_sft(world))
-    add(CAT.RL_RECORDS, kept_rl(world))
-    add(CAT.MEMORY_DB, [(pid, lab.persona.split, dumps(lab.user_data)) for pid, lab in labs.items()])
+    batch.add(CAT.PERSONAS, personas, shard_of=shard_of)
+    batch.add(CAT.TIMELINE_PLANS, plans, shard_of=shard_of)
+    batch.add(CAT.DIALOGUES, dialogues, shard_of=shard_of)
+    batch.add(CAT.IMAGE_POOL, images)
+    batch.add(CAT.SEMANTIC_MEMORY_TARGETS, [r for lab in labs.values() for r in lab.semantic], shard_of=shard_of)
+    batch.add(CAT.SESSION_MEMORY_TARGETS, [r for lab in labs.values() for r in lab.sessions], shard_of=shard_of)
+    batch.add(CAT.PERSONALITY_STEPS, [r for lab in labs.values() for r in lab.steps], shard_of=shard_of)
+    batch.add(CAT.REASONING_TRAJECTORIES, [r for lab in labs.values() for r in lab.trajectories], shard_of=shard_of)
+    batch.add(CAT.PERSONALITY_CORRELATIONS, [PE.correlation(pid, lab.steps) for pid, lab in labs.items()],
+              shard_of=shard_of)
+    batch.add(CAT.SFT_RECORDS, kept_sft(world), shard_of=shard_of)
+    batch.add(CAT.RL_RECORDS, kept_rl(world), shard_of=shard_of)
+    batch.add(CAT.MEMORY_DB, [(pid, lab.persona.split, dumps(lab.user_data)) for pid, lab in labs.items()],
+              shard_of=shard_of)
     DuckDBStore(tmp_path / "pipeline.duckdb").commit(batch)
     return settings, batch.partitions
 
