@@ -21,6 +21,7 @@ import time
 import uuid
 from pathlib import Path
 
+import dagster as dg
 import yaml
 
 from tests.servers import S3_ENV, free_port, listening, make_bucket, wait_until
@@ -142,8 +143,6 @@ class LocalCluster:
 
     @property
     def instance(self):
-        import dagster as dg
-
         if self._instance is None:
             saved = dict(os.environ)
             os.environ.update({k: self.env[k] for k in ("DAGSTER_POSTGRES_URL", "PERSONA_FACTORY_MAX_RUNS",
@@ -156,8 +155,6 @@ class LocalCluster:
         return self._instance
 
     def runs(self, job: str) -> list:
-        import dagster as dg
-
         return list(reversed(self.instance.get_runs(dg.RunsFilter(job_name=job))))
 
     def wait(self, done, what: str, timeout_s: float = 900.0, poll_s: float = 1.0):
@@ -180,8 +177,6 @@ class LocalCluster:
     def wait_for_runs(self, job: str, n: int = 1, timeout_s: float = 900.0) -> list:
         """The job's runs once `n` of them succeeded and none is still going; fails on a run that failed for
         good (no retry will follow)."""
-        import dagster as dg
-
         def done():
             runs = self.runs(job)
             if any(r.status == dg.DagsterRunStatus.FAILURE and not self._will_retry(r) for r in runs):
@@ -198,8 +193,6 @@ class LocalCluster:
         return retried or tags.get("dagster/will_retry", "true") == "true"
 
     def failure_of(self, runs) -> str:
-        import dagster as dg
-
         out = []
         for r in runs:
             if r.status == dg.DagsterRunStatus.FAILURE:
@@ -208,15 +201,21 @@ class LocalCluster:
                         out.append(f"{r.run_id}: {record.dagster_event.message}")
         return "\n".join(out[-5:])
 
-    def step_started(self, run_id: str, step: str) -> bool:
-        import dagster as dg
+    def resumes(self, run_id: str) -> int:
+        """How often run monitoring resumed a run on a new worker process."""
+        return sum("Resuming run" in (r.message or "") for r in self.instance.all_logs(run_id))
 
+    def step_started(self, run_id: str, step: str) -> bool:
         return any(r.dagster_event.step_key == step
                    for r in self.instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_START))
 
-    def worker_of(self, run) -> int:
-        """Which worker took a run (the Celery task id the launcher tagged it with, in the worker's log)."""
-        task = run.tags["dagster-celery/task_id"]
+    def worker_of(self, run, first: bool = False) -> int:
+        """Which worker took a run's latest Celery task (with `first`, its first: a resumed run has two), found by
+        the task id the launcher recorded for it in the worker's log."""
+        tasks = [r.dagster_event.engine_event_data.metadata["Celery Task ID"].value
+                 for r in self.instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)
+                 if "Celery Task ID" in r.dagster_event.engine_event_data.metadata]
+        task = tasks[0] if first else tasks[-1]
         for i in range(self.workers):
             if task in self.worker_log(i).read_text():
                 return i
