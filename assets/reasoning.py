@@ -53,7 +53,8 @@ def reasoning_asset(shards: dg.PartitionsDefinition) -> dg.AssetsDefinition:
         verified = [r for r in rows if r.verdict == "verified"]
         return finish(store.get(), batch, stats, quarantined, [r for rs in res.values() for r in rs],
                       owner_shard=shard_of, trajectories=len(rows), verified=len(verified),
-                      by_verdict=count(r.verdict for r in rows), verified_by_kind=count(r.question_kind for r in verified),
+                      by_verdict=count(r.verdict for r in rows),
+                      verified_by_kind=count(r.question_kind for r in verified),
                       verified_by_mode=count(r.mode for r in verified),
                       retrieval_steps=count(str(sum(s.action == "retrieve" for s in r.steps)) for r in verified))
 

@@ -218,8 +218,8 @@ QUARANTINE = Table("quarantine", None, _cols(
     ("asset", "VARCHAR"), ("table_name", "VARCHAR"), ("row_key", "VARCHAR"), ("rule", "VARCHAR"), ("value", "VARCHAR"),
     ("partition", "VARCHAR")), ("asset", "table_name", "row_key", "rule"), WRITER)
 TEACHER_FAILURES = Table("teacher_failures", None, _cols(
-    ("asset", "VARCHAR"), ("request_key", "VARCHAR"), ("tag", "VARCHAR"), ("reason", "VARCHAR"), ("attempts", "INTEGER"),
-    ("partition", "VARCHAR")), ("asset", "request_key"), WRITER)
+    ("asset", "VARCHAR"), ("request_key", "VARCHAR"), ("tag", "VARCHAR"), ("reason", "VARCHAR"),
+    ("attempts", "INTEGER"), ("partition", "VARCHAR")), ("asset", "request_key"), WRITER)
 
 TABLES: dict[str, Table] = {t.name: t for t in (
     PERSONAS, TIMELINE_PLANS, DIALOGUES, DIALOGUE_TURNS, IMAGE_POOL, SEMANTIC_MEMORY_TARGETS, SESSION_MEMORY_TARGETS,

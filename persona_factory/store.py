@@ -122,8 +122,9 @@ def apply_batch(con: duckdb.DuckDBPyConnection, batch: Batch) -> None:
         target = f"main.{name}"
         exists = bool(con.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'main' "
                                   "AND table_name = ?", [name]).fetchone()[0])
-        columns = [r[0] for r in con.execute("SELECT column_name FROM information_schema.columns WHERE table_schema "
-                                             "= 'main' AND table_name = ? ORDER BY ordinal_position", [name]).fetchall()]
+        columns = [r[0] for r in con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = 'main' AND table_name = ? "
+            "ORDER BY ordinal_position", [name]).fetchall()]
         if table.partition is None or not exists or columns != table.column_names:
             # a table whose columns changed is recreated: other shards' rows go (those shards must re-run)
             con.execute(f"CREATE OR REPLACE TABLE {target} ({table.ddl()})")
@@ -133,7 +134,8 @@ def apply_batch(con: duckdb.DuckDBPyConnection, batch: Batch) -> None:
         else:
             con.execute(f"DELETE FROM {target} WHERE shard IN (SELECT unnest(?::VARCHAR[]))", [list(batch.partitions)])
             if batch.keep is not None:
-                con.execute(f"DELETE FROM {target} WHERE shard NOT IN (SELECT unnest(?::VARCHAR[]))", [list(batch.keep)])
+                con.execute(f"DELETE FROM {target} WHERE shard NOT IN (SELECT unnest(?::VARCHAR[]))",
+                            [list(batch.keep)])
         if table.partition == SHARD:  # a multi-shard run's rows come interleaved: shard by shard, stably
             data = data.take(pc.sort_indices(data, [(SHARD, "ascending")]))
         con.register("_incoming", data)

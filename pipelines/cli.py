@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     out = cfg.output_path
     print(f"\nAll assets materialized (preset {cfg.preset}, run {result.run_id}).")
-    for label, path in [("working database", cfg.duckdb_path), ("Hub-layout dataset", out / "hub"),
+    tables = cfg.duckdb_path if cfg.storage.backend == "duckdb" else (cfg.storage.url or out / "tables")
+    for label, path in [("working tables", tables), ("Hub-layout dataset", out / "hub"),
                         ("PersonaVLM release layout", out / "native"), ("teacher response cache",
                          out / "teacher_cache.sqlite"), ("image store", out / "images")]:
         print(f"  {label:28s} {path}")

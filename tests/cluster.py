@@ -201,21 +201,13 @@ class LocalCluster:
                         out.append(f"{r.run_id}: {record.dagster_event.message}")
         return "\n".join(out[-5:])
 
-    def resumes(self, run_id: str) -> int:
-        """How often run monitoring resumed a run on a new worker process."""
-        return sum("Resuming run" in (r.message or "") for r in self.instance.all_logs(run_id))
-
     def step_started(self, run_id: str, step: str) -> bool:
         return any(r.dagster_event.step_key == step
                    for r in self.instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_START))
 
-    def worker_of(self, run, first: bool = False) -> int:
-        """Which worker took a run's latest Celery task (with `first`, its first: a resumed run has two), found by
-        the task id the launcher recorded for it in the worker's log."""
-        tasks = [r.dagster_event.engine_event_data.metadata["Celery Task ID"].value
-                 for r in self.instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)
-                 if "Celery Task ID" in r.dagster_event.engine_event_data.metadata]
-        task = tasks[0] if first else tasks[-1]
+    def worker_of(self, run) -> int:
+        """Which worker took a run (the Celery task id the launcher tagged it with, in the worker's log)."""
+        task = run.tags["dagster-celery/task_id"]
         for i in range(self.workers):
             if task in self.worker_log(i).read_text():
                 return i

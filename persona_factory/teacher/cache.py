@@ -106,8 +106,8 @@ class PostgresResponseCache:
         self._read = self._connect()
         with self._read.cursor() as cur:
             cur.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, model TEXT, tag TEXT, ok BOOLEAN,"
-                        " payload TEXT, failure TEXT, attempts INTEGER, prompt_tokens INTEGER, completion_tokens INTEGER,"
-                        " created TIMESTAMPTZ DEFAULT now())")
+                        " payload TEXT, failure TEXT, attempts INTEGER, prompt_tokens INTEGER,"
+                        " completion_tokens INTEGER, created TIMESTAMPTZ DEFAULT now())")
         self._write = self._connect()
         self._interval = flush_interval_s
         self._stop = threading.Event()
