@@ -69,13 +69,13 @@ def history_images(dialogue: Dialogue) -> list[str]:
 def atomic_dir(out_dir: Path) -> Iterator[Path]:
     """Yield an empty sibling temp folder; on success swap it in for `out_dir`, on error drop it.
 
-    Readers see either the previous release or the new one, never a half-written folder. Exports of one folder
-    take turns (a lock file beside it), and each first sweeps what a killed one left: its temp folder, or the
+    Readers see either the previous release or the new one, never a half-written folder. Exports into one parent
+    folder take turns (a lock on it), and each first sweeps what a killed one left: its temp folder, or the
     previous release moved aside just before the swap (put back when the folder itself is missing).
     """
     out_dir = Path(out_dir).absolute()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive(out_dir.with_name(f".{out_dir.name}.lock")):
+    with _exclusive(out_dir.parent):
         _sweep(out_dir)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.new-", dir=out_dir.parent))
         try:
@@ -96,13 +96,13 @@ def atomic_dir(out_dir: Path) -> Iterator[Path]:
 
 
 @contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    with open(lock_path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def _exclusive(folder: Path) -> Iterator[None]:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _sweep(out_dir: Path) -> None:
