@@ -45,10 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--yes", action="store_true", help="start even when the estimate exceeds the request budget")
     run.add_argument("--debug", action="store_true", help="show Dagster's log and full traces")
     args = parser.parse_args(argv)
-    if not args.debug:
-        warnings.simplefilter("ignore")  # library warnings are not the user's to act on; --debug shows them
     try:
-        return materialize(args)
+        with warnings.catch_warnings():
+            if not args.debug:
+                warnings.simplefilter("ignore")  # library warnings are not the user's to act on; --debug shows them
+            return materialize(args)
     except UserError as e:
         return _report(" ".join(str(e).split()), REFUSED, args.debug)
     except Exception as e:  # a bug, not a user mistake: still one line unless --debug

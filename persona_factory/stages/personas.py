@@ -7,6 +7,7 @@ import codecs
 import csv
 import json
 import random
+import re
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -43,6 +44,7 @@ class PersonaDraft(BaseModel):
     requirements: Annotated[str, StringConstraints(min_length=5, max_length=120)]
 
 
+CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # never in text a person wrote; common in binary files
 MAX_SEED_CHARS = 2000  # a longer "seed" is a pasted document, not a persona description
 SEEDS_TABLE = "persona_seeds"
 
@@ -119,6 +121,8 @@ def _read_seed_file(path: Path, column: str) -> tuple[Rows, list[QuarantineRow]]
         data = path.read_bytes()
     except OSError as e:
         raise InputError(f"{_where(source)} cannot be read: {e.strerror}") from None
+    if b"\x00" in data[:8192]:  # how binary files (spreadsheets, archives, images) give themselves away
+        raise InputError(f"{_where(source)} holds binary data, not text: save the seeds as .txt, .jsonl or .csv")
     lines, quarantined = _text_lines(source, data)
     rows, bad = reader(source, lines)
     return rows, quarantined + bad
@@ -134,8 +138,9 @@ def _text_lines(source: SourceSettings, data: bytes) -> tuple[Rows, list[Quarant
         except UnicodeDecodeError as e:
             quarantined.append(_bad_seed(source, n, "not_utf8", f"byte {e.start} is not UTF-8"))
             continue
-        if "\x00" in text:
-            quarantined.append(_bad_seed(source, n, "not_utf8", "holds a NUL byte"))
+        if control := CONTROL_CHARS.search(text):
+            quarantined.append(_bad_seed(source, n, "not_text", f"holds the control character "
+                                                                f"{control.group()!r}: binary data, not text"))
             continue
         lines.append((n, text))
     return lines, quarantined
@@ -248,7 +253,8 @@ def assign_splits(seeds: list[PersonaSeed], cfg: PipelineConfig) -> list[Assignm
     counts = cfg.personas
     need = counts.train + counts.bench_32k + counts.bench_128k
     if need > len(seeds):
-        raise ConfigError(f"personas.* asks for {need} personas but the seed source has {len(seeds)} distinct seeds")
+        raise ConfigError(f"personas.* asks for {need} personas but the seed source (setting `persona_source`) has "
+                          f"{len(seeds)} distinct seeds")
     order = sorted(seeds, key=lambda s: s.seed_id)
     rng_for(cfg.seed, "split").shuffle(order)
     splits: list[Split] = ["train"] * counts.train + ["bench_32k"] * counts.bench_32k + ["bench_128k"] * counts.bench_128k
