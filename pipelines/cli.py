@@ -13,6 +13,7 @@ import logging
 import sys
 import traceback
 import warnings
+from typing import NoReturn
 
 import dagster as dg
 import duckdb
@@ -29,8 +30,13 @@ from .resources import FactoryConfig
 REFUSED, FAILED = 2, 1  # exit codes: nothing started / the run failed
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, like every other refusal (argparse adds its usage)
+        self.exit(REFUSED, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.cli")
+    parser = _Parser(prog="python -m pipelines.cli")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("materialize", help="materialize every asset and run the blocking checks")
     run.add_argument("--preset", default="tiny")

@@ -82,6 +82,7 @@ def cli(capfd, monkeypatch, dagster_home) -> Callable[..., Outcome]:
         out, err = capfd.readouterr()
         return Outcome(code, out, err)
 
+    run.last = capfd.readouterr  # what a run that exited (argparse) wrote
     return run
 
 
@@ -440,6 +441,18 @@ def test_config_errors_name_the_setting_before_the_run(cli, tmp_path, case):
     for name in names:
         assert name in o.line, o.line
     assert TOKEN not in o.out + o.err
+
+
+@pytest.mark.parametrize("args,names", [(("--outptu", "x"), ("unrecognized arguments: --outptu",)),
+                                        (("--max-requests", "0"), ("--max-requests", "positive"))],
+                         ids=["misspelt_flag", "zero_budget"])
+def test_command_line_mistakes_are_one_line(cli, tmp_path, args, names):
+    with pytest.raises(SystemExit) as exited:
+        cli(*args)
+    assert exited.value.code == 2
+    o = Outcome(2, *cli.last())
+    for name in names:
+        assert name in o.line, o.line
 
 
 def test_a_run_over_the_request_budget_refuses_to_start(cli, tmp_path):
