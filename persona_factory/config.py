@@ -302,6 +302,7 @@ RUN_ONLY_SETTINGS: dict[str, Any] = {
     "output_dir": True,
     "publish": True,
     "regeneration": True,
+    "image_source": {"min_images"},  # a check's threshold: it fails a run or not, it never changes the data
     "teacher": {"backend", "base_urls", "api_key_env", "max_concurrency", "request_timeout_s", "connect_timeout_s",
                 "retry_cached_failures", "max_requests", "enforce_eager", "tensor_parallel_size",
                 "gpu_memory_utilization", "max_num_seqs", "kv_cache_gib", "embedded_port", "startup_timeout_s"},
