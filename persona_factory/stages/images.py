@@ -1,6 +1,7 @@
 """Image pool: real photographs with captions and labels, stored once as PNG by content hash.
 
-Sources: scikit-image's bundled photographs (offline default), a local folder, or a Hub image dataset. Every photo
+Sources: the photographs bundled in installed wheels (scikit-image's and matplotlib's sample photos, and named
+crops of them; the offline default), a local folder, or a Hub image dataset. Every photo
 is read defensively: only regular files, EXIF orientation applied, 16-bit, alpha and palette modes converted
 faithfully to 8-bit RGB, too small or unreadable ones quarantined with the reason; a pool too small to share
 photos from is an error naming the setting.
@@ -83,15 +84,9 @@ def image_files(source: ImageSourceSettings) -> list[Path]:
 
 def _candidates(source: ImageSourceSettings, quarantined: list[QuarantineRow]) -> Iterator[Candidate]:
     if source.kind == "skimage":
-        import skimage
-
-        data_dir = Path(skimage.__file__).parent / "data"
+        dirs = _bundled_photo_dirs()
         for name, meta in yaml.safe_load(SKIMAGE_CAPTIONS.read_text()).items():
-            files = list(data_dir.glob(f"{name}.*"))
-            if not files:
-                yield Candidate(name, None, "", problem=("unreadable_image", "not in scikit-image's data folder"))
-                continue
-            yield _read(files[0], name, meta["caption"], list(meta["labels"]), dict(meta.get("details", {})))
+            yield _bundled_photo(name, meta, dirs)
     elif source.kind == "folder":
         files = image_files(source)
         captions = _folder_captions(Path(source.path), {f.name for f in files}, quarantined)
@@ -101,6 +96,40 @@ def _candidates(source: ImageSourceSettings, quarantined: list[QuarantineRow]) -
                         meta.details)
     else:
         yield from _dataset_candidates(source)
+
+
+def _bundled_photo_dirs() -> list[Path]:
+    """Where installed wheels keep their sample photographs, searched in this order."""
+    import matplotlib
+    import skimage
+
+    return [Path(skimage.__file__).parent / "data", Path(matplotlib.get_data_path()) / "sample_data"]
+
+
+def _bundled_photo(name: str, meta: dict, dirs: list[Path]) -> Candidate:
+    """The photo of one captions entry: the file named by the entry, or the `crop` region of its source file."""
+    source, box = _crop_spec(name, meta["crop"]) if "crop" in meta else (name, None)
+    files = [f for d in dirs for f in sorted(d.glob(f"{source}.*"))]
+    caption, labels, details = meta["caption"], list(meta["labels"]), dict(meta.get("details", {}))
+    if not files:
+        return Candidate(name, None, caption, problem=("unreadable_image", f"no bundled photo named {source!r}"))
+    photo = _read(files[0], name, caption, labels, details)
+    if box is None or photo.image is None:
+        return photo
+    width, height = photo.image.size
+    if not (0 <= box[0] < box[2] <= width and 0 <= box[1] < box[3] <= height):
+        raise ConfigError(f"{SKIMAGE_CAPTIONS.name}: `{name}.crop.box` {box} is not inside {source} "
+                          f"({width}x{height} px)")
+    photo.image = photo.image.crop(tuple(box))
+    return photo
+
+
+def _crop_spec(name: str, crop: object) -> tuple[str, list[int]]:
+    if not (isinstance(crop, dict) and isinstance(crop.get("source"), str) and isinstance(crop.get("box"), list)
+            and len(crop["box"]) == 4 and all(type(v) is int for v in crop["box"])):
+        raise ConfigError(f"{SKIMAGE_CAPTIONS.name}: `{name}.crop` must be {{source: <photo>, box: [left, top, right, "
+                          f"bottom]}} in pixels, got {crop!r}")
+    return crop["source"], crop["box"]
 
 
 def _dataset_candidates(source: ImageSourceSettings) -> Iterator[Candidate]:
