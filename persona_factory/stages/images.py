@@ -112,7 +112,8 @@ def _bundled_photo(name: str, meta: dict, dirs: list[Path]) -> Candidate:
     files = [f for d in dirs for f in sorted(d.glob(f"{source}.*"))]
     caption, labels, details = meta["caption"], list(meta["labels"]), dict(meta.get("details", {}))
     if not files:
-        return Candidate(name, None, caption, problem=("unreadable_image", f"no bundled photo named {source!r}"))
+        return Candidate(name, None, caption, problem=("unreadable_image",
+                                                          f"FileNotFoundError: no bundled photo named {source!r}"))
     photo = _read(files[0], name, caption, labels, details)
     if box is None or photo.image is None:
         return photo
