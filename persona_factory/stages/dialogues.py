@@ -234,8 +234,11 @@ def check_turn(st: PersonaState, slot: TurnSlot, user: str, assistant: str) -> C
             return Check("premature_shift")
     doubtful = [f for f in standing_facts(st.persona, st.plan, slot.time)
                 if f != slot.item and negates(user, realization(f).phrases[0])]
-    if slot.item is not None and slot.item.kind != "dislike" and any(negates(user, p) for p in slot.phrases):
-        doubtful.append(slot.item)  # a dislike is told with a negative word by design
+    # a dislike is told with a negative word by design, and a shift may well deny the like it replaces
+    denied = () if slot.item is None or slot.item.kind == "dislike" else \
+        slot.phrases[:1] if slot.item.kind == "preference_shift" else slot.phrases
+    if any(negates(user, p) for p in denied):
+        doubtful.append(slot.item)
     return Check(None, doubtful)
 
 

@@ -447,7 +447,8 @@ def realization(item: PlanItem) -> Realization:
         case "dislike":
             return Realization(f"says they really dislike {v}", (v,), f"The user dislikes {v}.")
         case "preference_shift":
-            return Realization(f"says that these days they are more into {v} than {item.previous_value}", (v,),
+            return Realization(f"says that these days they are more into {v} than {item.previous_value}",
+                               tuple(x for x in (v, item.previous_value) if x),
                                f"The user is now more into {v} than {item.previous_value}.")
         case "event" if item.person:
             return Realization(f"says they {v} with {item.person}", (v, item.person),
