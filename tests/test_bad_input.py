@@ -117,7 +117,7 @@ def photos(tmp_path_factory) -> Path:
         write(folder / f"photo_{i}.png", noise_png(i))
     images, quarantined = load_image_pool(ImageSourceSettings(kind="folder", path=str(folder)),
                                           tmp_path_factory.mktemp("store"))
-    assert not quarantined and {image_side(i.image_id) for i in images} == {"train", "bench"}
+    assert not quarantined and {image_side(i) for i in images} == {"train", "bench"}
     return folder
 
 

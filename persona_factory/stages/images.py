@@ -53,6 +53,7 @@ class Candidate:
     labels: list[str] = field(default_factory=list)
     details: dict[str, str] = field(default_factory=dict)
     problem: tuple[str, str] | None = None  # (rule, reason) when there is no image
+    photograph: str | None = None  # the bundled photograph it shows, whole or cropped
 
 
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=300)]
@@ -115,6 +116,7 @@ def _bundled_photo(name: str, meta: dict, dirs: list[Path]) -> Candidate:
         return Candidate(name, None, caption, problem=("unreadable_image",
                                                           f"FileNotFoundError: no bundled photo named {source!r}"))
     photo = _read(files[0], name, caption, labels, details)
+    photo.photograph = source
     if box is None or photo.image is None:
         return photo
     width, height = photo.image.size
@@ -266,7 +268,7 @@ def load_image_pool(source: ImageSourceSettings, store: Path) -> tuple[list[Imag
         records[image_id] = ImageRecord(
             image_id=image_id, source=source.kind if source.kind == "skimage" else f"{source.kind}:{source.path}",
             name=c.name, caption=c.caption, labels=c.labels or [c.caption.split()[-1]], details=c.details,
-            path=str(path), width=rgb.width, height=rgb.height, phash=phash_int64(rgb))
+            path=str(path), width=rgb.width, height=rgb.height, phash=phash_int64(rgb), photograph=c.photograph)
         if source.limit and len(records) >= source.limit:
             break
     return sorted(records.values(), key=lambda r: r.name), quarantined
@@ -279,7 +281,7 @@ def require_usable_pool(cfg: PipelineConfig, images: list[ImageRecord], quaranti
         return
     src = cfg.image_source
     where = "the bundled photos" if src.kind == "skimage" else f"{src.path!r} (setting `image_source.path`)"
-    sides = Counter(image_side(i.image_id) for i in images)
+    sides = Counter(image_side(i) for i in images)
     skipped = f" ({len(quarantined)} quarantined, e.g. {quarantined[0].row_key}: {quarantined[0].rule})" \
         if quarantined else ""
     if len(images) < src.min_images or len(sides) < 2:
