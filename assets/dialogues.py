@@ -4,7 +4,7 @@ from persona_factory.catalog import DIALOGUE_TURNS, DIALOGUES, IMAGE_POOL, PERSO
 from persona_factory.readers import read_shards
 from persona_factory.stages.dialogues import generate_dialogues
 from persona_factory.store import read_records
-from persona_factory.teacher.types import TeacherStats
+from persona_factory.teacher.types import TeacherResult, TeacherStats
 from pipelines.jobs import HISTORIES
 from pipelines.partitions import SHARD_BACKFILL
 from pipelines.resources import FactoryConfig, StoreResource, TeacherResource
@@ -26,14 +26,15 @@ def dialogues_asset(shards: dg.PartitionsDefinition) -> dg.AssetsDefinition:
             plans = read_shards(con, TIMELINE_PLANS, keys)
             images = read_records(con, IMAGE_POOL)
         stats = TeacherStats()
-        rows, quarantined = generate_dialogues(cfg, teacher.get(), people, plans, images, stats)
+        failures: list[TeacherResult] = []
+        rows, quarantined = generate_dialogues(cfg, teacher.get(), people, plans, images, stats, failures)
         answered("dialogues", stats)
         turns = [t for d in rows for t in d.turns]
         shard_of = {p.persona_id: p.shard for p in people}
         batch = shard_batch("dialogues", keys, cfg)
         batch.add(DIALOGUES, rows, shard_of=shard_of)
         batch.add(DIALOGUE_TURNS, turns, shard_of=shard_of)
-        return finish(store.get(), batch, stats, quarantined, results=(), owner_shard=shard_of,
+        return finish(store.get(), batch, stats, quarantined, failures, owner_shard=shard_of,
                       dialogues=len(rows), turns=len(turns), image_turns=sum(t.image_id is not None for t in turns),
                       realizing_turns=sum(bool(t.realizes) for t in turns), sessions=sum(len(d.sessions) for d in rows))
 
