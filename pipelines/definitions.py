@@ -13,7 +13,7 @@ from assets.plans import timeline_plans_asset
 from .checks import release_checks
 from .jobs import factory_job
 from .partitions import persona_shards
-from .resources import FactoryConfig, TeacherResource, default_settings, duckdb_path
+from .resources import EmbedderResource, FactoryConfig, TeacherResource, default_settings, duckdb_path
 from .schedules import regeneration_job, regeneration_schedule
 from .sensors import publish_job, republish_sensor
 from .supervision_checks import supervision_checks
@@ -34,6 +34,7 @@ def build_definitions(settings: FactoryConfig | None = None) -> dg.Definitions:
         sensors=[republish_sensor(settings)],
         executor=dg.in_process_executor,
         resources={"settings": settings, "teacher": TeacherResource(settings=settings),
+                   "embedder": EmbedderResource(settings=settings),
                    "duckdb": DuckDBResource(database=str(duckdb_path(settings)))},
     )
 

@@ -10,6 +10,7 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from persona_factory.config import PipelineConfig, load_config
+from persona_factory.embeddings import TextEmbedder
 from persona_factory.teacher.backends import OfflineBackend, ServerBackend
 from persona_factory.teacher.cache import ResponseCache
 from persona_factory.teacher.client import Backend, Teacher
@@ -33,6 +34,25 @@ class FactoryConfig(dg.ConfigurableResource):
         if self.teacher_base_urls:
             overrides["teacher"] = {"base_urls": list(self.teacher_base_urls)}
         return load_config(self.preset, self.config_path, overrides)
+
+
+class EmbedderResource(dg.ConfigurableResource):
+    """One text embedder per run (retrieval, question dedup), its vectors cached in the output folder; the model
+    loads on the first text the cache does not hold."""
+
+    settings: FactoryConfig
+
+    _embedder: Optional[TextEmbedder] = PrivateAttr(default=None)
+
+    def get(self) -> TextEmbedder:
+        if self._embedder is None:
+            self._embedder = TextEmbedder(self.settings.load().output_path / "embeddings.sqlite")
+        return self._embedder
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._embedder is not None:
+            self._embedder.close()
+            self._embedder = None
 
 
 class TeacherResource(dg.ConfigurableResource):

