@@ -10,7 +10,8 @@ from .common import QUALITY, finish
 @dg.asset(group_name=QUALITY, deps=["personas", "dialogues", "benchmark_items", "training_records", "image_pool"],
           description="Exact and near duplicates (turns, sessions, questions by words and by MiniLM embedding, "
                       "images) and train/benchmark leakage, every pair with its reason.")
-def dedup_decisions(settings: FactoryConfig, embedder: EmbedderResource, duckdb: DuckDBResource) -> dg.MaterializeResult:
+def dedup_decisions(settings: FactoryConfig, embedder: EmbedderResource,
+                    duckdb: DuckDBResource) -> dg.MaterializeResult:
     cfg = settings.load()
     with duckdb.get_connection() as con:
         pairs = dedup.find_duplicates(con, cfg.quality, embedder.get())

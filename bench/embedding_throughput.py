@@ -66,7 +66,8 @@ def throughput(texts: list[str], rounds: int) -> dict:
     encoder = load_encoder()
     encoder.encode(texts[:64], batch_size=32)  # warm-up
     rows = {
-        "pipeline (TextEmbedder, fixed-shape batches of 16)": rate(lambda: TextEmbedder().embed(texts), len(texts), rounds),
+        "pipeline (TextEmbedder, fixed-shape batches of 16)": rate(
+            lambda: TextEmbedder().embed(texts), len(texts), rounds),
         "sentence-transformers encode, batch 32": rate(
             lambda: encoder.encode(texts, batch_size=32, show_progress_bar=False), len(texts), rounds),
         "sentence-transformers encode, one text at a time": rate(

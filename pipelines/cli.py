@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nAll assets materialized (preset {cfg.preset}, run {result.run_id}).")
     for label, path in [("working database", cfg.duckdb_path), ("Hub-layout dataset", out / "hub"),
                         ("PersonaVLM release layout", out / "native"), ("teacher response cache",
-                         out / "teacher_cache.sqlite"), ("image store", out / "images")]:
+                         out / "teacher_cache.sqlite"), ("embedding cache", out / "embeddings.sqlite"),
+                        ("image store", out / "images")]:
         print(f"  {label:28s} {path}")
     return 0
 

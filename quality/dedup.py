@@ -3,8 +3,8 @@
 What is compared (quality/sql/dedup_units.sql): turns and sessions (exact and MinHash-LSH near duplicates),
 benchmark questions of one persona (exact, paraphrase by content words, and paraphrase by MiniLM embedding cosine),
 pool images (perceptual hash within a Hamming distance), and training against benchmark: personas, sessions and
-images. `release_exclusions` turns the pairs
-into what the release leaves out; that keeps finding (SQL) and deciding (a pure function) apart.
+images. `release_exclusions` turns the pairs into what the release leaves out; that keeps finding (SQL) and
+deciding (a pure function) apart.
 """
 
 from __future__ import annotations

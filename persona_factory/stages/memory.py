@@ -465,7 +465,8 @@ class MemoryEntry:
     keywords: str = ""  # the keywords stored with a semantic memory or an episodic topic
 
 
-def held_memories(user_data: dict[str, Any], at: str, gap_minutes: int, last_turn: int | None = None) -> list[MemoryEntry]:
+def held_memories(user_data: dict[str, Any], at: str, gap_minutes: int,
+                  last_turn: int | None = None) -> list[MemoryEntry]:
     """What the database holds when a query arrives at time `at`, oldest first within each kind: semantic memories of
     the turns up to `last_turn` (of every turn before `at` when None), short-term window included; episodic topics
     and procedural memory of the sessions closed by then (their last turn older than the window)."""
