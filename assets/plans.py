@@ -1,3 +1,5 @@
+from collections import Counter
+
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
@@ -37,7 +39,8 @@ def timeline_plans_asset(shards: dg.PartitionsDefinition) -> dg.AssetsDefinition
             for plan in plans:
                 for item in plan.items:
                     kinds[item.kind] = kinds.get(item.kind, 0) + 1
+            refused = Counter(q.value.split(":")[0] for q in quarantined if q.rule == "plan_value_refused")
             return finish(con, "timeline_plans", stats, quarantined, results, shards=keys, owner_shard=shard_of,
-                          plans=len(plans), items_by_kind=kinds)
+                          plans=len(plans), items_by_kind=kinds, proposals_refused_by_kind=dict(sorted(refused.items())))
 
     return timeline_plans

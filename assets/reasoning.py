@@ -6,6 +6,7 @@ from dagster_duckdb import DuckDBResource
 
 from persona_factory.schema import QuarantineRow, SemanticMemoryTarget
 from persona_factory.stages import reasoning as stage
+from persona_factory.stages.distractors import Pools
 from persona_factory.stages.retrieval import RETRIEVERS, retrievers
 from persona_factory.store import read_records, write_records
 from persona_factory.teacher.types import TeacherStats
@@ -31,11 +32,11 @@ def reasoning_trajectories(settings: FactoryConfig, teacher: TeacherResource, em
         user_data = {pid: json.loads(u) for pid, u in con.execute(
             "SELECT persona_id, user_data FROM memory_db WHERE split = 'train' ORDER BY persona_id").fetchall()}
     by_image = {i.image_id: i for i in images}
-    pools = stage.question_kind_pools(list(plans.values()), images)
+    pools = Pools.of(plans.values(), images)
     owners = [pid for pid in sorted(user_data) if pid in plans]
     text_embedder = embedder.get()
     text_embedder.embed(t for pid in owners for t in stage.search_texts(  # one batched pass over every persona
-        cfg, dialogues[pid], plans[pid], semantic.get(pid, []), user_data[pid]))
+        cfg, personas[pid], dialogues[pid], plans[pid], semantic.get(pid, []), user_data[pid]))
     found_by = retrievers(text_embedder)
     jobs = {pid: stage.prepare_jobs(cfg, personas[pid], dialogues[pid], plans[pid], semantic.get(pid, []),
                                     user_data[pid], pools, by_image, found_by) for pid in owners}

@@ -113,6 +113,7 @@ def stage_costs(db: Path) -> dict:
     from persona_factory.config import load_config
     from persona_factory.schema import SemanticMemoryTarget
     from persona_factory.stages import reasoning
+    from persona_factory.stages.distractors import Pools
     from persona_factory.stages.retrieval import KeywordRetriever, retrievers
     from persona_factory.store import read_records
     from quality import dedup
@@ -124,13 +125,13 @@ def stage_costs(db: Path) -> dict:
         user_data = {pid: json.loads(u) for pid, u in con.execute(
             "SELECT persona_id, user_data FROM memory_db WHERE split = 'train' ORDER BY persona_id").fetchall()}
     owners = [pid for pid in sorted(user_data) if pid in plans]
-    pools = reasoning.question_kind_pools(list(plans.values()), images)
+    pools = Pools.of(plans.values(), images)
     by_image = {i.image_id: i for i in images}
     out: dict[str, float] = {"model import and load (fresh process)": load_seconds()}
     with tempfile.TemporaryDirectory() as tmp:
         embedder = TextEmbedder(Path(tmp) / "embeddings.sqlite")
         t0 = time.perf_counter()
-        texts = [t for pid in owners for t in reasoning.search_texts(cfg, dialogues[pid], plans[pid],
+        texts = [t for pid in owners for t in reasoning.search_texts(cfg, personas[pid], dialogues[pid], plans[pid],
                                                                       semantic.get(pid, []), user_data[pid])]
         embedder.embed(texts)
         out["embedding the probes' texts"] = time.perf_counter() - t0

@@ -201,7 +201,6 @@ class BenchmarkSettings(Strict):
     # the blind runs gets right is dropped
     blind_judges: list[JudgeSettings] = Field(default_factory=list)
     blind_max_correct_share: float = Field(0.5, ge=0, le=1)
-    balance_alpha: float = Field(0.05, gt=0, lt=1)  # significance of "more often than chance" in the balance gate
 
 
 class QualitySettings(Strict):

@@ -7,9 +7,12 @@ Persona-MME item fields); everything else is ours and documented here.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from .stages.timeline import TimelineState
 
 TIME_FORMAT = "%Y-%m-%d %H:%M"
 BIG_FIVE_TRAITS = ("openness", "conscientiousness", "extraversion", "agreeableness", "neuroticism")
@@ -99,7 +102,8 @@ PlanKind = Literal[
     "preference",  # a stated like (subject: its category, value: the liked thing)
     "dislike",  # a stated dislike (value: the disliked thing)
     "preference_shift",  # a like replaced by another (value: new, previous_value: old), caused by an event
-    "event",  # a dated happening (value: what the user did; person: who was there, if anyone)
+    "event",  # a dated happening (value: what the user did; person: who was there, if anyone; subject: "event", or
+    # the interest a first try was of)
     "routine",  # a recurring habit (subject: when it happens, value: what the user does)
     "goal",  # a long-term goal (subject: the goal, value: "started")
     "goal_update",  # a status report on a goal (value: one of GOAL_OUTCOMES), caused by the goal
@@ -111,7 +115,7 @@ PlanKind = Literal[
     "personality_drift",  # a planned change in one Big Five trait, caused by an event
 ]
 GOAL_OUTCOMES = ("finished", "gave up", "making progress")
-SKILL_LEVELS = ("beginner", "intermediate", "advanced")
+SKILL_LEVELS = ("beginner", "intermediate", "advanced", "expert")
 
 
 class PlanItem(Record):
@@ -327,22 +331,259 @@ class BenchmarkItem(Record):
     alignment: dict[str, str] | None = None  # {"chosen", "rejected"}
 
 
-class OptionFact(Record):
-    """What an option claims when offered as the answer (e.g. likes_now [pottery]); re-evaluated against the
-    whole history it must hold for the gold option and fail for every distractor."""
+class Claim(Record):
+    """What an option asserts when offered as the answer ("the user likes pottery now"). Evaluated against the
+    state the whole history leaves, it must hold for the gold option and fail for every distractor; `entity` is
+    what the user would have told (checked for mentions and later denials)."""
 
-    fact: str
-    args: list[str]
+    negatable: ClassVar[bool] = False  # a claim about a current state that a later "no longer ..." undoes
+    value_field: ClassVar[str]  # the field holding the value the option asserts
+    entity_field: ClassVar[str | None] = None  # the field holding what the user told, if the claim names it
+
+    @property
+    def value(self) -> str:
+        """The value the option asserts ("pottery", "gave up", "beginner"), what balance counts gold by."""
+        return getattr(self, self.value_field)
+
+    @property
+    def entity(self) -> str | None:
+        return getattr(self, self.entity_field) if self.entity_field else None
+
+    def holds(self, state: "TimelineState", images: dict[str, ImageRecord]) -> bool:
+        raise NotImplementedError
+
+
+class LikesNow(Claim):
+    kind: Literal["likes_now"] = "likes_now"
+    value_field: ClassVar[str] = "thing"
+    entity_field: ClassVar[str | None] = "thing"
+    thing: str
+    negatable: ClassVar[bool] = True
+
+    def holds(self, state, images) -> bool:
+        return state.likes_now(self.thing)
+
+
+class Dislikes(Claim):
+    kind: Literal["dislikes"] = "dislikes"
+    value_field: ClassVar[str] = "thing"
+    entity_field: ClassVar[str | None] = "thing"
+    thing: str
+    day: str | None = None  # told that day, when the question names one
+
+    def holds(self, state, images) -> bool:
+        return self.thing in state.dislikes and (self.day is None or state.told_on(self.thing, self.day))
+
+
+class EventOn(Claim):
+    kind: Literal["event_on"] = "event_on"
+    value_field: ClassVar[str] = "event"
+    entity_field: ClassVar[str | None] = "event"
+    day: str
+    event: str
+
+    def holds(self, state, images) -> bool:
+        return any(e.day == self.day and e.value == self.event for e in state.events)
+
+
+class EventWith(Claim):
+    kind: Literal["event_with"] = "event_with"
+    value_field: ClassVar[str] = "person"
+    entity_field: ClassVar[str | None] = "person"
+    event: str
+    person: str
+
+    def holds(self, state, images) -> bool:
+        return any(e.value == self.event and e.person == self.person for e in state.events)
+
+
+class PhotoOn(Claim):
+    kind: Literal["photo_on"] = "photo_on"
+    value_field: ClassVar[str] = "label"
+    entity_field: ClassVar[str | None] = "label"
+    day: str
+    label: str
+
+    def holds(self, state, images) -> bool:
+        return any(p.day == self.day and p.label == self.label for p in state.photos)
+
+
+class PhotoPurposeOn(Claim):
+    kind: Literal["photo_purpose_on"] = "photo_purpose_on"
+    value_field: ClassVar[str] = "purpose"
+    day: str
+    label: str
+    purpose: str
+
+    def holds(self, state, images) -> bool:
+        return any((p.day, p.label, p.purpose) == (self.day, self.label, self.purpose) for p in state.photos)
+
+
+class PhotoFor(Claim):
+    kind: Literal["photo_for"] = "photo_for"
+    value_field: ClassVar[str] = "label"
+    entity_field: ClassVar[str | None] = "label"
+    label: str
+    purpose: str
+
+    def holds(self, state, images) -> bool:
+        return any(p.label == self.label and p.purpose == self.purpose for p in state.photos)
+
+
+class ImageDetail(Claim):
+    kind: Literal["image_detail"] = "image_detail"
+    value_field: ClassVar[str] = "answer"
+    image_id: str
+    question: str
+    answer: str
+
+    def holds(self, state, images) -> bool:
+        shared = {p.image_id for p in state.photos}
+        return self.image_id in shared and self.image_id in images \
+            and images[self.image_id].details.get(self.question) == self.answer
+
+
+class ImageShows(Claim):
+    kind: Literal["image_shows"] = "image_shows"
+    value_field: ClassVar[str] = "label"
+    image_id: str
+    label: str
+
+    def holds(self, state, images) -> bool:
+        shared = {p.image_id for p in state.photos}
+        return self.image_id in shared and self.image_id in images and self.label in images[self.image_id].labels
+
+
+class RoutineAt(Claim):
+    kind: Literal["routine_at"] = "routine_at"
+    value_field: ClassVar[str] = "action"
+    entity_field: ClassVar[str | None] = "action"
+    when: str
+    action: str
+    negatable: ClassVar[bool] = True
+
+    def holds(self, state, images) -> bool:
+        return state.routines.get(self.when) == self.action
+
+
+class GoalStatus(Claim):
+    kind: Literal["goal_status"] = "goal_status"
+    value_field: ClassVar[str] = "state"
+    goal: str
+    state: str  # a GOAL_OUTCOMES value or "unknown"
+
+    def holds(self, state, images) -> bool:
+        return state.goals.get(self.goal) == self.state
+
+
+class GoalActive(Claim):
+    kind: Literal["goal_active"] = "goal_active"
+    value_field: ClassVar[str] = "goal"
+    entity_field: ClassVar[str | None] = "goal"
+    goal: str
+    negatable: ClassVar[bool] = True
+
+    def holds(self, state, images) -> bool:
+        return state.goal_open(self.goal)
+
+
+class RelationOf(Claim):
+    kind: Literal["relation_of"] = "relation_of"
+    value_field: ClassVar[str] = "person"
+    entity_field: ClassVar[str | None] = "person"
+    person: str
+    relation: str
+
+    def holds(self, state, images) -> bool:
+        return state.relations.get(self.person) == self.relation
+
+
+class MostPresent(Claim):
+    kind: Literal["most_present"] = "most_present"
+    value_field: ClassVar[str] = "person"
+    entity_field: ClassVar[str | None] = "person"
+    person: str
+
+    def holds(self, state, images) -> bool:
+        seen = state.appearances
+        return seen[self.person] > max((n for name, n in seen.items() if name != self.person), default=0)
+
+
+class ToneFor(Claim):
+    kind: Literal["tone_for"] = "tone_for"
+    value_field: ClassVar[str] = "tone"
+    person: str
+    tone: str
+
+    def holds(self, state, images) -> bool:
+        return self.person in state.relations and state.tone_of(self.person) == self.tone
+
+
+class SkillTier(Claim):
+    kind: Literal["skill_tier"] = "skill_tier"
+    value_field: ClassVar[str] = "tier"
+    skill: str
+    tier: str
+
+    def holds(self, state, images) -> bool:
+        return state.skills.get(self.skill) == self.tier
+
+
+class ShiftCause(Claim):
+    kind: Literal["shift_cause"] = "shift_cause"
+    value_field: ClassVar[str] = "event"
+    entity_field: ClassVar[str | None] = "event"
+    old: str  # the like that was replaced
+    event: str  # what set the change off
+
+    def holds(self, state, images) -> bool:
+        return any(s.old == self.old and s.cause == self.event for s in state.shifts)
+
+
+class Suits(Claim):
+    kind: Literal["suits"] = "suits"
+    value_field: ClassVar[str] = "thing"
+    entity_field: ClassVar[str | None] = "thing"
+    thing: str
+    dimension: str
+    pole: str
+    negatable: ClassVar[bool] = True
+
+    def holds(self, state, images) -> bool:
+        return state.likes_now(self.thing) and state.styles.get(self.dimension) == self.pole
+
+
+AnyClaim = Annotated[
+    Union[LikesNow, Dislikes, EventOn, EventWith, PhotoOn, PhotoPurposeOn, PhotoFor, ImageDetail, ImageShows,
+          RoutineAt, GoalStatus, GoalActive, RelationOf, MostPresent, ToneFor, SkillTier, ShiftCause, Suits],
+    Field(discriminator="kind")]
+
+
+class Option(Record):
+    """One answer option: its text as shown, its claim, and whether the user's history tells of its value (a
+    told-but-wrong distractor, or the gold)."""
+
+    text: str
+    claim: AnyClaim
+    told: bool = False
 
 
 class BenchmarkCandidate(Record):
-    """A generated item plus what the gates re-check it with; only items that pass every gate are published."""
+    """A generated item plus what the gates re-check it with; only items that pass every gate are published.
+    `pool` holds every wrong option the history allows; the distractor assignment picks the item's three."""
 
     item: BenchmarkItem
     answer_type: str  # what kind of answer every option is (name, tone, hobby, colour, ...)
     time_phrase: str | None = None  # the relative time phrase in the query, said of evidence_turns[0]
-    option_facts: dict[str, OptionFact]  # option text -> its claim
+    gold: Option
+    pool: list[Option] = Field(default_factory=list)
+    distractors: list[Option] = Field(default_factory=list)  # the three offered, once assigned
+    once_key: str | None = None  # a question asked of one persona only across the benchmark (a photo's detail)
     rejected_by: str | None = None  # "<gate>: <reason>" once a gate rejects it
+
+    @property
+    def options(self) -> list[Option]:
+        return [self.gold, *self.distractors]
 
 
 class BenchmarkGateCount(Record):

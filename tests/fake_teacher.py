@@ -119,3 +119,81 @@ def openai_responder() -> Callable[[dict[str, Any]], str]:
         return answer(schema, int(body.get("seed") or 0))
 
     return respond
+
+
+# Values a capable teacher might propose for personas and plans, varied enough that answers do not repeat across a
+# few dozen personas, plus a few it must not (a sentence, a list, a dangling clause) for the typed checks to refuse.
+VARIED = {
+    "names": """Maya Tom Priya Lucas Elena Omar Hana David Sofia Jonas Amara Leo Nina Kenji Clara Mateo Ines Felix Zara
+        Noah Lena Ravi Julia Marco Aisha Ben Mei Oscar Freya Samir Yusuf Alma Teo Rosa Ivan Leila Hugo Nora Emil Vera
+        Arjun Lucia Tariq Ada Bruno Kira Milan Esme Idris Greta Pavel Luz Kofi Selma Rafael Dina Otto Wren Joaquin
+        Anouk""".split(),
+    "hobbies": ["pottery", "bouldering", "birdwatching", "salsa dancing", "sourdough baking", "film photography",
+                "chess", "knitting", "woodworking", "yoga", "calligraphy", "cycling", "origami", "archery",
+                "sailing", "board games", "hiking", "swimming", "stargazing", "sketching", "fishing", "kayaking",
+                "gardening", "beekeeping", "fencing", "rowing", "surfing", "skateboarding", "jazz piano",
+                "oil painting", "ceramics", "embroidery", "trail running", "table tennis", "volleyball",
+                "mountain biking", "bird photography", "jigsaw puzzles", "model trains", "tap dancing",
+                "creative writing", "podcasting", "home brewing", "cheese making", "urban sketching", "judo",
+                "rock climbing", "scuba diving", "ice skating", "crochet", "bonsai", "astronomy", "poetry"],
+    "events": ["went to a jazz concert", "visited the science museum", "repainted the kitchen", "hiked up a nearby hill",
+               "helped a friend move flats", "watched a film festival screening", "took a pottery workshop",
+               "went to a pottery fair", "visited an old friend", "ran a charity race", "tried a new ramen place",
+               "went camping by the lake", "saw a play at the theatre", "took a day trip to the coast",
+               "went to a wedding", "visited an art gallery", "volunteered at a food bank", "went to a flea market",
+               "joined a book club", "watched a football match", "built a birdhouse", "planted tomatoes",
+               "went ice skating", "hosted a dinner party", "cleaned out the garage", "fixed a leaking tap",
+               "adopted a kitten", "went to a karaoke night", "baked a birthday cake", "walked along the river",
+               "visited a botanical garden", "went to a comedy show", "sold old books online", "painted a mural",
+               "attended a cooking class", "went to a car boot sale", "cycled to the next town",
+               "watched the sunrise from the pier", "went to a farm open day", "assembled a new desk"],
+    "routines": [("every Saturday morning", "go to the farmers market"), ("after work on Mondays", "swim at the pool"),
+                 ("every Sunday evening", "call the family"), ("before breakfast", "write in a journal"),
+                 ("on Thursday nights", "play board games"), ("every Friday evening", "cook a big dinner"),
+                 ("on weekday mornings", "cycle to work"), ("every Tuesday night", "go to a quiz night"),
+                 ("on Sunday mornings", "bake fresh bread"), ("after dinner", "walk around the block"),
+                 ("every Wednesday evening", "practise the piano"), ("on Saturday afternoons", "visit the library"),
+                 ("before bed", "read a few pages"), ("every morning", "stretch for ten minutes"),
+                 ("on Monday nights", "watch a documentary"), ("every weekend", "clean the whole flat"),
+                 ("on Friday mornings", "meet friends for coffee"), ("every Sunday afternoon", "water the plants")],
+    "goals": ["run a half marathon", "learn conversational Spanish", "save for a trip to Japan", "build a bookshelf",
+              "write a short novel", "learn to swim properly", "climb a big mountain", "learn to draw portraits",
+              "get a first aid certificate", "start a vegetable garden", "visit ten new cities", "learn sign language",
+              "finish a woodworking project", "cook every recipe in one book", "learn to play the cello",
+              "pass a driving test", "run a small online shop", "learn to code a website"],
+    "dislikes": ["crowded shopping malls", "horror films", "early morning meetings", "very spicy food",
+                 "loud music bars", "long queues", "cold coffee", "crowded trains", "reality shows", "traffic jams",
+                 "messy kitchens", "late buses", "slow internet", "rainy weekends", "overcooked pasta",
+                 "noisy restaurants", "strong perfume", "waiting rooms", "small talk at parties", "muddy boots"],
+    "skills": ["watercolor painting", "guitar", "photography", "cooking Thai food", "public speaking", "sewing",
+               "carpentry", "touch typing", "baking pastry", "juggling", "drawing comics", "playing the violin",
+               "speaking French", "car repair", "flower arranging", "video editing"],
+    "bad": ["I have a love for mushrooms", "Mike,Carolina,Davey", "tip for", "when", "going to the", "My garden."],
+}
+
+
+def varied_answers(request: TeacherRequest) -> str | None:
+    """An override for SchemaTeacher answering persona and plan requests with VARIED values (seeded by the request),
+    a tenth of the lists carrying one value the plan checks must refuse; None for every other request."""
+    kind = request.tag.split(":", 1)[0]
+    if kind not in ("persona", "plan"):
+        return None
+    rng = random.Random(request.tag)
+    v = VARIED
+
+    def some(values: list, lo: int, hi: int) -> list:
+        picked = rng.sample(values, k=rng.randint(lo, hi))
+        if picked and isinstance(picked[0], str) and rng.random() < 0.1:
+            picked[rng.randrange(len(picked))] = rng.choice(v["bad"])
+        return picked
+
+    if kind == "persona":
+        draft = json.loads(answer(request.json_schema(), request.sampling.seed))
+        draft["name"] = rng.choice(v["names"])
+        draft["preferences"] = some(v["hobbies"], 3, 6)
+        return json.dumps(draft)
+    return json.dumps({
+        "people": rng.sample(v["names"], k=rng.randint(3, 6)), "goals": some(v["goals"], 2, 6),
+        "routines": [{"when": w, "action": a} for w, a in rng.sample(v["routines"], k=rng.randint(2, 6))],
+        "events": some(v["events"], 6, 12), "new_interests": some(v["hobbies"], 1, 4),
+        "dislikes": some(v["dislikes"], 1, 4), "skills": some(v["skills"], 1, 3)})

@@ -30,6 +30,8 @@ from persona_factory.stages import personality as PE
 from persona_factory.stages import plans as PL
 from persona_factory.stages import reasoning as R
 from persona_factory.stages import retrieval as RT
+from persona_factory.stages.distractors import Pools
+from persona_factory.stages.timeline import plan_state, replay
 from persona_factory.stages.common import contains_phrase, parse_time
 from persona_factory.store import dumps, write_records
 from persona_factory.teacher.types import TeacherResult, TeacherStats
@@ -87,7 +89,7 @@ def supervise(cfg, images, personas, plans, dialogues, embedder) -> dict[str, La
     teacher = SchemaTeacher()
     retrievers = RT.retrievers(embedder)
     by_image = {i.image_id: i for i in images}
-    pools = R.question_kind_pools(plans, images)
+    pools = Pools.of(plans, images)
     prov = {task: provenance(cfg, teacher.model_id, *templates) for task, templates in TASK_TEMPLATES.items()}
     plan_of = {p.persona_id: p for p in plans}
     out = {}
@@ -99,7 +101,7 @@ def supervise(cfg, images, personas, plans, dialogues, embedder) -> dict[str, La
         specs = A.pair_specs(cfg, persona, plan, dialogue)
         lab.pairs, _ = A.build_pairs(cfg, specs, teacher.generate(A.reply_requests(cfg, specs)))
         if persona.split == "train":
-            embedder.embed(R.search_texts(cfg, dialogue, plan, semantic, user_data))
+            embedder.embed(R.search_texts(cfg, persona, dialogue, plan, semantic, user_data))
             lab.jobs = R.prepare_jobs(cfg, persona, dialogue, plan, semantic, user_data, pools, by_image, retrievers)
             lab.trajectories = R.build_trajectories(persona, lab.jobs,
                                                     teacher.generate(R.answer_requests(cfg, persona, lab.jobs)))
@@ -197,7 +199,7 @@ def test_trajectory_starts_neutral_and_counts_unparsed_states_as_neutral(world):
     assert steps[1].ema == steps[0].ema and steps[1].skipped == list(BIG_FIVE_TRAITS)
     lam = 0.7 - 0.2 * math.cos(math.pi * 2 / 50)
     assert steps[2].ema["openness"] == round(lam * 4.0 + (1 - lam) * 1, 4)
-    assert steps[2].planned == D.current_personality(lab.persona, lab.plan, three.turns[2].time)
+    assert steps[2].planned == plan_state(lab.persona, lab.plan, three.turns[2].time).personality
 
 
 def test_pearson_and_the_per_persona_correlation():
@@ -457,7 +459,7 @@ def test_probes_cover_many_kinds_both_modes_and_answers_state_the_plans_gold(wor
     verified = [(lab, t) for lab in training(world) for t in lab.trajectories if t.verdict == "verified"]
     assert len({t.question_kind for _, t in verified}) >= 6
     assert {t.question_kind for _, t in verified} <= set(R.QUESTION_KINDS)
-    assert set(R.question_kind_pools(world[2][1], world[1])) == set(R.QUESTION_KINDS)
+    assert set(R.ANSWER_TYPES) == set(R.QUESTION_KINDS)
     assert {t.mode for _, t in verified} == {"direct", "retrieve"}
     for lab, t in verified:
         turns = lab.dialogue.turns
@@ -483,7 +485,7 @@ def test_trajectories_retrieve_with_embeddings_by_default_and_both_retrievers_sc
     assert searched and all(j.retriever == "embedding" and j.found == j.answer_hits["embedding"] for j in searched)
     assert {t.retriever for t in lab.trajectories} == {"embedding"}
     assert all(set(t.answer_hits) == set(RT.RETRIEVERS) for t in lab.trajectories if t.mode == "retrieve")
-    args = (lab.persona, lab.dialogue, lab.plan, lab.semantic, lab.user_data, R.question_kind_pools(world[2][1], images),
+    args = (lab.persona, lab.dialogue, lab.plan, lab.semantic, lab.user_data, Pools.of(world[2][1], images),
             {i.image_id: i for i in images})
     # a fresh embedder, no batched warm-up (each search encodes what it lacks): the very same trajectories
     fresh = R.prepare_jobs(cfg, *args, RT.retrievers(TextEmbedder(tmp_path / "embeddings.sqlite")))
@@ -495,7 +497,7 @@ def test_trajectories_retrieve_with_embeddings_by_default_and_both_retrievers_sc
                if j.probe.mode == "retrieve")
 
 
-def test_the_gold_is_the_latest_state_at_probe_time():
+def test_the_gold_is_the_latest_state_at_probe_time(world):
     turn = lambda k, item_id: Turn(persona_id="p", session_index=0, turn_index=k, time=f"2024-05-0{k + 1} 10:00",  # noqa: E731
                                      user="u", assistant="a", realizes=[item_id])
     goal = item("goal", "learn Spanish", "started", 1)
@@ -504,28 +506,32 @@ def test_the_gold_is_the_latest_state_at_probe_time():
     shift = item("preference_shift", "hobby", "pottery", 4, previous_value="chess")
     told = [(turn(0, goal.item_id), goal), (turn(1, update.item_id), update), (turn(2, pref.item_id), pref),
             (turn(3, shift.item_id), shift)]
-    early = {q.kind: q for q in R.questions_at(told, told[0][0], "2024-05-01 10:05")}
+    persona = world[2][0][0]
+    state_after = lambda k: replay(persona, [(i, t.time[:10]) for t, i in told[:k + 1]])  # noqa: E731
+    early = {q.kind: q for q in R.questions_at(told, told[0][0], "2024-05-01 10:05", state_after(0))}
     assert early["open_goal"].gold == "learn Spanish" and "goal_status" not in early
-    late = {q.kind: q for q in R.questions_at(told, told[3][0], "2024-05-04 10:05")}
+    late = {q.kind: q for q in R.questions_at(told, told[3][0], "2024-05-04 10:05", state_after(3))}
     assert late["goal_status"].gold == "gave up" and "open_goal" not in late
     assert late["latest_preference"].gold == "pottery"
 
 
 def test_multiple_choice_offers_only_options_that_could_be_gold(world):
-    """Every option comes from the gold's own answer type; goal outcomes and skill levels have three values each,
-    so their probes get no multiple choice rather than a fourth option that is never right."""
-    pools = R.question_kind_pools(world[2][1], world[1])
+    """Every option comes from the gold's own answer type; goal outcomes have three values, so their probes get no
+    multiple choice rather than a fourth option that is never right; the four skill levels make one."""
+    pools = Pools.of(world[2][1], world[1])
     plan = world[2][1][0]
     turn = Turn(persona_id="p", session_index=0, turn_index=0, time="2024-05-01 10:00", user="u", assistant="a")
     rng = random.Random(0)
-    for kind, plan_kind, values in (("goal_status", "goal_update", GOAL_OUTCOMES),
-                                    ("skill_level", "skill_update", SKILL_LEVELS)):
-        assert sorted(pools[kind]) == sorted(values)
-        q = R.Question(kind, "q?", values[0], item(plan_kind, "x", values[0], 1), turn, "x", "x", "x")
-        assert R.distractors_for(q, plan, pools, {}, rng) == []
+    q = R.Question("goal_status", "q?", "gave up", item("goal_update", "x", "gave up", 1), turn, "x", "x", "x")
+    assert sorted(pools["goal state"]) == sorted(GOAL_OUTCOMES)
+    assert R.distractors_for(q, plan, pools, set(), {}, rng) == []
+    q = R.Question("skill_level", "q?", "advanced", item("skill_update", "x", "advanced", 1, previous_value="beginner"),
+                   turn, "x", "x", "x")
+    assert R.distractors_for(q, plan, pools, set(), {}, rng)[0] == "beginner"  # the outdated level first
+    assert sorted(["advanced", *R.distractors_for(q, plan, pools, set(), {}, rng)]) == sorted(SKILL_LEVELS)
     q = R.Question("relationship", "q?", "sister", item("relationship", "Ana", "sister", 1), turn, "x", "x", "x")
-    options = R.distractors_for(q, plan, pools, {}, rng)
-    assert len(options) == 3 and set(options) <= set(pools["relationship"]) and "sister" not in options
+    options = R.distractors_for(q, plan, pools, set(), {}, rng)
+    assert len(options) == 3 and set(options) <= set(pools["relation"]) and "sister" not in options
 
 
 def test_a_probe_whose_evidence_is_not_in_memory_is_not_answered(world, text_embedder):
@@ -572,7 +578,7 @@ def test_alignment_pairs_fit_the_personality_at_query_time_and_reject_half_gener
     assert kinds.count("generic") == kinds.count("other_profile")
     for lab in world[3].values():
         for p in lab.pairs:
-            assert p.chosen_profile == D.current_personality(lab.persona, lab.plan, p.query_time)
+            assert p.chosen_profile == plan_state(lab.persona, lab.plan, p.query_time).personality
             assert p.query_time > lab.dialogue.turns[p.after_turn_index].time
             if p.rejected_kind == "other_profile":
                 for t in BIG_FIVE_TRAITS:

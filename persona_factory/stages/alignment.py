@@ -20,8 +20,7 @@ from ..config import PipelineConfig
 from ..schema import BIG_FIVE_TRAITS, AlignmentPair, Dialogue, Persona, QuarantineRow, TimelinePlan, Turn, fmt_time
 from ..teacher.types import TeacherRequest, TeacherResult
 from .common import chat, normalize, parse_time, personality_text, rng_for, sampling, stable_id
-from .dialogues import current_personality
-from .plans import likes_at
+from .timeline import plan_state
 
 QUERIES = [
     "Can you help me plan my weekend?",
@@ -87,11 +86,11 @@ def pair_specs(cfg: PipelineConfig, persona: Persona, plan: TimelinePlan, dialog
     specs = []
     for k, (query, after) in enumerate(zip(queries, turns)):
         time = fmt_time(parse_time(after.time) + timedelta(minutes=QUERY_DELAY_MINUTES))
-        current = current_personality(persona, plan, time)
+        now = plan_state(persona, plan, time)
         kind = ("generic", "other_profile")[(start + k) % 2]
         specs.append(PairSpec(stable_id("a_", persona.persona_id, query, after.turn_index), after, time, query, kind,
-                              current, contrasting_profile(current, rng) if kind == "other_profile" else None,
-                              likes_at(persona, plan, time)))
+                              now.personality, contrasting_profile(now.personality, rng)
+                              if kind == "other_profile" else None, tuple(now.likes)))
     return specs
 
 

@@ -1,7 +1,8 @@
 """The benchmark build as one pure function over the histories: tiered tips (templates, or the teacher's rewording
-where a blind tier check agrees), candidates for every task, the per-item gates (form, time, consistency,
-near-duplicates, blind), selection, the balance gates, gold letters, Personality Alignment. The asset only loads
-its inputs and writes what this returns."""
+where a blind tier check agrees), candidates for every registered task, the per-candidate gates (lint, time,
+consistency, near-duplicates), selection, the balanced distractor assignment, the gates on the offered options
+(options, form, blind), the balance gate, gold letters, Personality Alignment. The asset only loads its inputs and
+writes what this returns."""
 
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ from ..teacher.types import TeacherResult, TeacherStats
 from . import alignment
 from . import benchmark as stage
 from . import benchmark_gates as gates
+from . import benchmark_select as select
 from .dialogues import TeacherLike
+from .distractors import Pools, assign_distractors
+from .timeline import history_state
 
 
 @dataclass
@@ -76,36 +80,41 @@ def build_benchmark(cfg: PipelineConfig, teacher: TeacherLike, judges: dict[str,
     bench = {pid: d for pid, d in sorted(dialogues.items()) if personas[pid].split != "train" and d.turns}
     probes = {pid: fmt_time(stage.probe_time(cfg, d)) for pid, d in bench.items()}
     by_image = {i.image_id: i for i in images}
+    states = {pid: history_state(personas[pid], plans[pid], d, probes[pid]) for pid, d in bench.items()}
 
     skills = stage.skills_to_explain([plans[pid] for pid in bench], bench)
     tips, tip_wording, tip_results = tiered_tips(cfg, teacher, skills, stats)
-    pools = stage.answer_type_pools(list(plans.values()), images)
+    pools = Pools.of(plans.values(), images)
     candidates = [c for pid, d in bench.items()
-                  for c in stage.persona_candidates(cfg, personas[pid], d, plans[pid], by_image, pools, tips)]
+                  for c in select.persona_candidates(cfg, personas[pid], d, plans[pid], by_image, pools, tips)]
 
     run, b = gates.GateRun(), cfg.benchmark
-    kept = run.apply_each("form", candidates, lambda c: gates.form_problem(c, b.max_option_length_ratio))
-    kept = run.apply_each("time", kept, lambda c: gates.time_problem(c, bench[c.item.persona_id]))
-    states = {pid: gates.HistoryState.replay(d, plans[pid], probes[pid], personas[pid])
-              for pid, d in bench.items()}
-    kept = run.apply_each("consistency", kept, lambda c: gates.consistency_problem(
+    kept = run.apply_each("lint", candidates, gates.lint)
+    kept = run.apply("time", kept, {c.item.item_id: p for c in kept
+                                    if (p := gates.time_problem(c, bench[c.item.persona_id]))})
+    kept = run.apply_each("consistency", kept, lambda c: gates.consistency(
         c, bench[c.item.persona_id], plans[c.item.persona_id], states[c.item.persona_id], by_image))
     kept = run.apply("near_duplicate", kept, gates.near_duplicates(kept, b.near_duplicate_ratio))
-    asks = gates.blind_asks(cfg, kept, personas)
+
+    selected = select.select_items(cfg, kept)
+    assigned, short = assign_distractors(selected, cfg.seed, b.max_option_length_ratio)
+    offered = select.assign_letters(cfg, run.apply("distractors", assigned, short))
+    offered = run.apply("options", offered, {c.item.item_id: p for c in offered if (p := gates.offered_problem(
+        c, bench[c.item.persona_id], states[c.item.persona_id], by_image))})
+    offered = run.apply("form", offered, {c.item.item_id: p for c in offered
+                                          if (p := gates.form_problem(c, b.max_option_length_ratio))})
+    asks = gates.blind_asks(cfg, offered, personas)
     answers = {name: judge.generate([a.request for a in asks], stats) if asks else [] for name, judge in judges.items()}
     solved, accuracy = gates.blind_verdicts(asks, answers, b.blind_max_correct_share)
-    kept = run.apply("blind", kept, solved)
+    offered = run.apply("blind", offered, solved)
+    final = run.apply("balance", offered, gates.balance_problems(offered))
 
-    selected = stage.select_items(cfg, kept)
-    selected = run.apply("balance", selected, gates.balance_problems(selected, b.balance_alpha))
-    lettered = stage.assign_letters(cfg, selected)
-    lettered = run.apply("letters", lettered, gates.letter_problems(lettered))
-    specs = {item_id: spec for pid, d in bench.items() for item_id, spec in stage.alignment_specs(
-        cfg, personas[pid], plans[pid], d, probes[pid], [c for c in lettered if c.item.persona_id == pid]).items()}
+    specs = {item_id: spec for pid, d in bench.items() for item_id, spec in select.alignment_specs(
+        cfg, personas[pid], plans[pid], d, probes[pid], [c for c in final if c.item.persona_id == pid]).items()}
     reply_results = teacher.generate(alignment.reply_requests(cfg, list(specs.values())), stats) if specs else []
     pairs, unpaired = alignment.build_pairs(cfg, list(specs.values()), reply_results)
     by_spec = {p.pair_id: p for p in pairs}
-    final = stage.attach_alignment(lettered, {i: by_spec[s.pair_id] for i, s in specs.items() if s.pair_id in by_spec})
+    final = select.attach_alignment(final, {i: by_spec[s.pair_id] for i, s in specs.items() if s.pair_id in by_spec})
 
     done = {c.item.item_id for c in final} | {c.item.item_id for c in run.rejected}
     asked = {c.item.persona_id for c in final}

@@ -1,22 +1,24 @@
-"""Automated quality gates for benchmark items, one per failure mode peer persona benchmarks shipped (items a model
-solves without the history, gold given away by its length, wrong date arithmetic, answers a later turn changed,
-duplicates):
+"""Automated quality gates for benchmark items, one per failure mode peer persona benchmarks shipped (broken text,
+items a model solves without the history, gold given away by its form, wrong date arithmetic, answers a later turn
+changed, duplicates):
 
-- form: four distinct, non-nested options of one answer type, within a length ratio, in one casing and
-  punctuation style, with no name or number only the gold carries;
+- lint: the query has no empty or dangling slot; every option's value reads as a phrase of its kind (no sentence,
+  list or template words inside a slot); a wrong option failing it leaves the pool, a failing gold the item;
 - time: every relative time phrase the item adds to its query is the one computed from the probe and the evidence
   turn (a phrase inside a plan value, like a routine's "on Thursday nights", is the plan's, not the item's);
-- consistency: evidence turns exist, precede the probe and are user turns stating the facts; every option's claim
-  is re-evaluated against the state the *whole* history leaves (so a later turn that changes a fact sends the item
-  back), the gold must hold and no distractor may; a later user turn negating the gold rejects it; a distractor
-  said never to have been told must not appear in any user turn;
+- consistency: evidence turns exist, precede the probe and are user turns stating the facts; the gold's claim holds
+  in the state the *whole* history leaves and no later user turn denies it; a wrong option whose claim holds, or a
+  never-told one the history mentions, leaves the pool; an item left with fewer than three wrong options goes;
 - near_duplicate: one question per persona however it is worded;
+- distractors: three distractors could be assigned (see `distractors.assign_distractors`);
+- options: the four offered options re-checked: the gold's claim holds, every distractor's fails;
+- form: four distinct, non-nested options of one claim kind, within a length ratio, in one casing and punctuation
+  style, with no name or number only the gold carries;
 - blind: the teacher and any extra judges answer from the query and options only, and with the profile only; an
   item most blind runs get right is dropped;
-- balance: over the selected items, no task's gold is the unique longest or shortest option more often than
-  chance, Long-term Goal Tracking gold states are not skewed, and "I don't know" options are gold no more often
-  than they are distractors;
-- letters: gold letters balanced per task (assigned so by construction, verified here).
+- balance: per task, the gold is the unique longest or the unique shortest option at most one item more than a
+  quarter of the time, no gold value of a task with a fixed option set (goal states, tip tiers) is gold more than
+  one item over a quarter of the time, and "I don't know" options are gold no more often than they are distractors.
 
 Every gate counts, per task, the items it checked and rejected; every rejected candidate keeps its reason.
 """
@@ -34,29 +36,28 @@ from pydantic import BaseModel, ConfigDict
 
 from ..config import PipelineConfig
 from ..schema import (
-    BenchmarkCandidate, BenchmarkGateCount, BlindAccuracy, Dialogue, ImageRecord, OptionFact, Persona, PlanItem,
-    QuarantineRow, TimelinePlan, Turn,
+    BenchmarkCandidate, BenchmarkGateCount, BlindAccuracy, Dialogue, ImageRecord, Option, Persona, QuarantineRow,
+    TimelinePlan,
 )
 from ..teacher.types import Sampling, TeacherRequest, TeacherResult
-from .benchmark import (
-    LETTERS, LGT, TASKS, UNKNOWN_STATE, bench_vocabulary, gold_text, goal_state_group, length_ratio, names_a_tier,
-    option_length, relative_phrase,
-)
+from .benchmark import LETTERS, bench_vocabulary, length_ratio, relative_phrase
+from .benchmark_tasks import TASKS
 from .common import chat, contains_phrase, negates, normalize, parse_time, request_seed
-from .plans import likes_at, realization, relation_tone, vocabulary
+from .plan_values import OPENERS, value_problem
+from .plans import realization
+from .timeline import TimelineState
 
-GATES = ("form", "time", "consistency", "near_duplicate", "blind", "balance", "letters")
+GATES = ("lint", "time", "consistency", "near_duplicate", "distractors", "options", "form", "blind", "balance")
 BLIND_CONTEXTS = ("query_only", "profile_only")
 WEEKDAYS = "monday|tuesday|wednesday|thursday|friday|saturday|sunday"
 NUMBER_WORDS = r"\d+|a|an|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|a few|several"
 TIME_REFERENCE = re.compile(
     rf"\b(earlier today|today|yesterday|last (?:{WEEKDAYS}|week|month|weekend)|on (?:{WEEKDAYS})"
     rf"|(?:about |around |roughly )?(?:{NUMBER_WORDS}) (?:days?|weeks?|months?|years?) ago)\b", re.IGNORECASE)
-CLOSED_TYPES = {"tone", "purpose", "goal state", "photo", "first try", "activity and style"}
-# the argument of a claim that names something the user told (checked for mentions and later negations)
-ENTITY_ARG = {"likes_now": 0, "dislikes": 0, "event_told_on": 1, "event_with": 1, "photo_of_on": 1, "photo_for": 0,
-              "routine": 1, "goal_active": 0, "relation_of": 0, "most_present": 0, "shift_cause": 1, "suits": 0}
-NEGATABLE = {"likes_now", "suits", "routine", "goal_active"}  # claims about a current state a later "no longer" undoes
+# answer type -> the plan value kind its option values are checked as (closed vocabularies need no check)
+LINTED_TYPES = {"event": "event", "routine": "routine_action", "hobby": "hobby", "dislike": "dislike",
+                "goal": "goal", "label": "label", "photo": "label"}
+NAME = re.compile(r"[A-Z][a-z]{1,15}")
 
 
 # ---------------------------------------------------------------------------------------------- ledger
@@ -83,8 +84,11 @@ class GateRun:
         return kept
 
     def apply_each(self, gate: str, cands: list[BenchmarkCandidate],
-                   problem: Callable[[BenchmarkCandidate], str | None]) -> list[BenchmarkCandidate]:
-        return self.apply(gate, cands, {c.item.item_id: p for c in cands if (p := problem(c)) is not None})
+                   check: Callable[[BenchmarkCandidate], BenchmarkCandidate | str]) -> list[BenchmarkCandidate]:
+        """`check` returns the candidate (its pool possibly pruned) or why it is rejected."""
+        results = {c.item.item_id: check(c) for c in cands}
+        kept = self.apply(gate, cands, {k: v for k, v in results.items() if isinstance(v, str)})
+        return [results[c.item.item_id] for c in kept]  # type: ignore[misc]
 
     def counts(self, extra_tasks: Iterable[str] = ()) -> list[BenchmarkGateCount]:
         """One row per gate and task (all 13 tasks, zeros included), so the table's shape never changes."""
@@ -99,93 +103,59 @@ class GateRun:
                 for c in self.rejected]
 
 
-# ---------------------------------------------------------------------------------------------- form
+def pruned(c: BenchmarkCandidate, problem: Callable[[Option], str | None]) -> BenchmarkCandidate | str:
+    """The candidate without the wrong options `problem` refuses, or why it cannot stand with what is left."""
+    kept = [o for o in c.pool if problem(o) is None]
+    if len(kept) < 3:
+        reasons = Counter(p.split(":")[0] for o in c.pool if (p := problem(o)))
+        return f"too_few_wrong_options: {len(kept)} left ({', '.join(f'{k} {n}' for k, n in sorted(reasons.items()))})"
+    return c.model_copy(update={"pool": kept})
 
 
-def option_family(text: str, visual: bool) -> str | None:
-    """Which closed family of answers an option text belongs to (image-detail answer types only where the item
-    asks about an image detail: a hobby may well be called "sand"); None for free phrases."""
-    vocab, bench = vocabulary(), bench_vocabulary()
-    key = normalize(text)
-    families = {"name": vocab["names"], "tone": vocab["relations"].values(),
-                "purpose": [p["option"] for p in bench["photo_purposes"].values()],
-                "goal state": bench["goal_states"].values()}
-    if visual:
-        families.update({f"visual {kind}": values for kind, values in bench["visual_answers"].items()})
-    for family, values in families.items():
-        if key in {normalize(v) for v in values}:
-            return family
-    if re.fullmatch(r"The .+ photo", text):
-        return "photo"
-    if text.startswith("My first go at "):
-        return "first try"
-    poles = {short for dim in bench["style_poles"].values() for short in dim.values()}
-    if any(text.endswith(f", {pole}") for pole in poles):
-        return "activity and style"
+# ---------------------------------------------------------------------------------------------- lint
+
+
+def query_problem(query: str) -> str | None:
+    """An empty or dangling slot in the question's template ("What do I usually do when?")."""
+    if re.search(r"[{}\[\]<>]|\s{2,}|\s[?.,]|^\s|\s$", query):
+        return "broken_template"
+    if not query.endswith("?"):
+        return "not_a_question"
+    last = normalize(query.rsplit("?", 1)[0]).split()[-1:]
+    if not last or last[0] in OPENERS | {"a", "an", "the", "my", "your"}:
+        return "dangling_slot"
     return None
 
 
-def answer_type_problem(c: BenchmarkCandidate, texts: list[str]) -> str | None:
-    """Every option answers the question the same way: all names, all of one closed family, or all free phrases
-    (events, hobbies, routines, goals, labels, tips) of which none belongs to a closed family."""
-    families = [option_family(t, c.answer_type.startswith("visual ")) for t in texts]
-    if c.answer_type == "name":
-        same = all(re.fullmatch(r"[A-Z][a-z]+", t) for t in texts)
-    elif c.answer_type in CLOSED_TYPES or c.answer_type.startswith("visual "):
-        same = all(f == c.answer_type for f in families)
-    else:
-        same = not any(families)
-    if not same:
-        return f"mixed_answer_types: {families} for {c.answer_type}"
-    if len({bool(re.search(r"\d", t)) for t in texts}) > 1:
-        return "mixed_answer_types: digits in some options only"
-    if c.answer_type == "tip" and any(names_a_tier(t, bench_vocabulary()["tip_tiers"]) for t in texts):
-        return "tip_names_a_tier"
-    return None
+def option_problem(answer_type: str, o: Option) -> str | None:
+    """Whether the value an option puts in its slot reads as a phrase of its kind."""
+    if not o.text.strip() or "\n" in o.text or re.search(r"[{}\[\]<>]", o.text):
+        return "broken_option"
+    if answer_type == "name":
+        return None if NAME.fullmatch(o.text) else "not_a_name"
+    kind = LINTED_TYPES.get(answer_type)
+    problem = value_problem(kind, o.claim.value) if kind else None
+    return f"{problem} in {o.claim.value!r}" if problem else None
 
 
-def form_problem(c: BenchmarkCandidate, max_ratio: float) -> str | None:
-    item = c.item
-    if list(item.choices) != list(LETTERS) or item.answer not in LETTERS:
-        return "malformed_choices"
-    texts = list(item.choices.values())
-    keys = [normalize(t) for t in texts]
-    if not all(keys):
-        return "empty_option"
-    if len(set(keys)) < 4:
-        return "duplicate_options"
-    for a in keys:
-        for b in keys:
-            if a != b and f" {a} " in f" {b} ":
-                return f"nested_options: {a!r} inside {b!r}"
-    if set(c.option_facts) != set(texts):
-        return "option_without_claim"
-    if (r := length_ratio(texts)) > max_ratio:
-        return f"option_length_ratio {r:.2f} > {max_ratio}"
-    if len({t[0].isupper() for t in texts}) > 1:
-        return "inconsistent_casing"
-    if len({t[-1] in ".!?;:," for t in texts}) > 1:
-        return "inconsistent_punctuation"
-    if problem := answer_type_problem(c, texts):
-        return problem
-    if c.answer_type != "name":
-        specifics = lambda t: set(re.findall(r"(?<=\s)[A-Z]\w+|\d+", t))  # noqa: E731  (names, numbers)
-        gold = item.choices[item.answer]
-        only_gold = specifics(gold) - set().union(*(specifics(t) for t in texts if t != gold))
-        if only_gold:
-            return f"gold_only_specifics: {sorted(only_gold)}"
-    return None
+def lint(c: BenchmarkCandidate) -> BenchmarkCandidate | str:
+    if problem := query_problem(c.item.query):
+        return f"query {problem}"
+    if problem := option_problem(c.answer_type, c.gold):
+        return f"gold {problem}"
+    return pruned(c, lambda o: option_problem(c.answer_type, o))
 
 
 # ---------------------------------------------------------------------------------------------- time
 
 
 def outside_own_values(c: BenchmarkCandidate) -> str:
-    """The query with the item's own plan values blanked out (its options and their claims' arguments): a time
-    phrase inside one of them, like a routine's "on Thursday nights", is the plan's wording, not a date the item
-    worked out."""
+    """The query with the item's own plan values blanked out (its options and their claims' fields): a time phrase
+    inside one of them, like a routine's "on Thursday nights", is the plan's wording, not a date the item worked
+    out."""
     query = c.item.query
-    values = {a for f in c.option_facts.values() for a in f.args} | set(c.item.choices.values())
+    values = {str(v) for o in [c.gold, *c.pool, *c.distractors] for v in o.claim.model_dump().values()}
+    values |= {o.text for o in [c.gold, *c.pool]}
     for v in sorted(filter(None, values), key=len, reverse=True):
         query = re.sub(rf"(?<!\w){re.escape(v)}(?!\w)", " ", query, flags=re.IGNORECASE)
     return query
@@ -202,9 +172,11 @@ def time_problem(c: BenchmarkCandidate, dialogue: Dialogue) -> str | None:
     said = [m.group(0).lower() for m in TIME_REFERENCE.finditer(outside_own_values(c))]
     if c.time_phrase is None:
         return f"unverified_time_reference: {said}" if said else None
-    if not item.evidence_turns or item.evidence_turns[0] not in turns:
+    anchor = [k for k in item.evidence_turns if k in turns and turns[k].realizes
+              and set(turns[k].realizes) & set(item.source_item_ids)]
+    if not anchor:
         return "time_phrase_without_evidence_turn"
-    computed = relative_phrase(probe, parse_time(turns[item.evidence_turns[0]].time))
+    computed = relative_phrase(probe, parse_time(turns[anchor[0]].time))
     if c.time_phrase != computed:
         return f"wrong_relative_time: {c.time_phrase!r}, computed {computed!r}"
     if c.time_phrase.lower() not in item.query.lower():
@@ -215,111 +187,6 @@ def time_problem(c: BenchmarkCandidate, dialogue: Dialogue) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------- consistency
-
-
-@dataclass
-class HistoryState:
-    """What the whole history says by the probe: the plan facts its turns state, replayed in turn order (a later
-    turn overrides an earlier one); the likes are the profile's (the core memory it starts from) with the told
-    likes and shifts applied."""
-
-    likes: set[str] = field(default_factory=set)
-    dislikes: set[str] = field(default_factory=set)
-    goals: dict[str, str] = field(default_factory=dict)  # goal -> last reported outcome, or unknown
-    skills: dict[str, str] = field(default_factory=dict)
-    relations: dict[str, str] = field(default_factory=dict)
-    routines: dict[str, str] = field(default_factory=dict)  # when -> what
-    styles: dict[str, str] = field(default_factory=dict)
-    events: list[tuple[str, str, str | None]] = field(default_factory=list)  # (day told, what, with whom)
-    photos: list[tuple[str, str, str, str | None]] = field(default_factory=list)  # (day, label, purpose, image)
-    shifts: list[tuple[str, str]] = field(default_factory=list)  # (old, new) whose first try was told before
-    appearances: Counter = field(default_factory=Counter)  # person -> events told with them
-    told: set[str] = field(default_factory=set)  # normalized values of every fact told
-
-    @classmethod
-    def replay(cls, dialogue: Dialogue, plan: TimelinePlan, probe: str, persona: Persona) -> "HistoryState":
-        s, items, seen = cls(), {i.item_id: i for i in plan.items}, set()
-        s.told |= {normalize(v) for v in persona.profile.preferences}
-        for turn in dialogue.turns:
-            if turn.time >= probe:
-                break
-            for item in (items[i] for i in turn.realizes if i in items):
-                s.tell(item, turn, seen)
-                seen.add(item.item_id)
-        s.likes = set(likes_at(persona, plan, probe, seen))
-        return s
-
-    def tell(self, item: PlanItem, turn: Turn, seen: set[str]) -> None:
-        v, subject, day = item.value, item.subject, turn.time[:10]
-        self.told |= {normalize(x) for x in (v, subject, item.person or "", item.previous_value or "") if x}
-        match item.kind:
-            case "dislike":
-                self.dislikes.add(v)
-            case "preference_shift":
-                if item.cause_item_id in seen:
-                    self.shifts.append((item.previous_value or "", v))
-            case "event":
-                self.events.append((day, v, item.person))
-                if item.person:
-                    self.appearances[item.person] += 1
-            case "routine":
-                self.routines[subject] = v
-            case "goal":
-                self.goals.setdefault(subject, UNKNOWN_STATE)
-            case "goal_update":
-                self.goals[subject] = v
-            case "skill" | "skill_update":
-                self.skills[subject] = v
-            case "relationship":
-                self.relations[subject] = v
-            case "style":
-                self.styles[subject] = v
-            case "photo_share":
-                self.photos.append((day, subject, v, item.image_id))
-
-    def holds(self, f: OptionFact, images: dict[str, ImageRecord]) -> bool:
-        """Whether the claim is true of this history (unknown claim kinds raise)."""
-        a = f.args
-        shared = {p[3] for p in self.photos}
-        match f.fact:
-            case "likes_now":
-                return a[0] in self.likes
-            case "dislikes":
-                return a[0] in self.dislikes
-            case "event_told_on":
-                return any(day == a[0] and what == a[1] for day, what, _ in self.events)
-            case "event_with":
-                return any(what == a[0] and who == a[1] for _, what, who in self.events)
-            case "photo_of_on":
-                return any(day == a[0] and label == a[1] for day, label, _, _ in self.photos)
-            case "photo_purpose_on":
-                return any((day, label, why) == tuple(a) for day, label, why, _ in self.photos)
-            case "photo_for":
-                return any(label == a[0] and why == a[1] for _, label, why, _ in self.photos)
-            case "image_detail":
-                return a[0] in shared and a[0] in images and images[a[0]].details.get(a[1]) == a[2]
-            case "image_shows":
-                return a[0] in shared and a[0] in images and a[1] in images[a[0]].labels
-            case "routine":
-                return self.routines.get(a[0]) == a[1]
-            case "goal_status":
-                return self.goals.get(a[0]) == a[1]
-            case "goal_active":
-                return self.goals.get(a[0]) in (UNKNOWN_STATE, "making progress")
-            case "relation_of":
-                return self.relations.get(a[0]) == a[1]
-            case "most_present":
-                others = [n for name, n in self.appearances.items() if name != a[0]]
-                return self.appearances[a[0]] > max(others, default=0)
-            case "tone_for":
-                return a[0] in self.relations and relation_tone(self.relations[a[0]]) == a[1]
-            case "skill_tier":
-                return self.skills.get(a[0]) == a[1]
-            case "shift_cause":
-                return (a[0], a[1]) in self.shifts
-            case "suits":
-                return a[0] in self.likes and self.styles.get(a[1]) == a[2]
-        raise ValueError(f"unknown option claim {f.fact!r}")
 
 
 def evidence_problem(c: BenchmarkCandidate, dialogue: Dialogue, plan: TimelinePlan) -> str | None:
@@ -350,27 +217,87 @@ def evidence_problem(c: BenchmarkCandidate, dialogue: Dialogue, plan: TimelinePl
     return None
 
 
-def consistency_problem(c: BenchmarkCandidate, dialogue: Dialogue, plan: TimelinePlan, state: HistoryState,
-                        images: dict[str, ImageRecord]) -> str | None:
-    if problem := evidence_problem(c, dialogue, plan):
+def user_text(dialogue: Dialogue) -> str:
+    return f" {normalize(' '.join(t.user for t in dialogue.turns))} "
+
+
+def wrong_option_problem(o: Option, state: TimelineState, images: dict[str, ImageRecord], history: str) -> str | None:
+    """A wrong option must be false in the history's state; a never-told one must not be mentioned in it."""
+    if o.claim.holds(state, images):
+        return f"true_in_history: {o.text!r}"
+    entity = o.claim.entity
+    if not o.told and entity is not None and normalize(entity) not in state.told and f" {normalize(entity)} " in history:
+        return f"mentioned_in_history: {entity!r}"
+    return None
+
+
+def gold_problem(c: BenchmarkCandidate, dialogue: Dialogue, state: TimelineState,
+                 images: dict[str, ImageRecord]) -> str | None:
+    """The gold's claim holds at the probe, and no user turn after its evidence denies a current-state claim."""
+    if not c.gold.claim.holds(state, images):
+        return f"gold_not_true_in_history: {c.gold.claim.model_dump()}"
+    entity = c.gold.claim.entity
+    if c.gold.claim.negatable and entity:
+        last = max(c.item.evidence_turns)
+        for t in dialogue.turns:
+            if t.turn_index > last and t.time < c.item.time and negates(t.user, entity):
+                return f"gold_negated_later: turn {t.turn_index}"
+    return None
+
+
+def consistency(c: BenchmarkCandidate, dialogue: Dialogue, plan: TimelinePlan, state: TimelineState,
+                images: dict[str, ImageRecord]) -> BenchmarkCandidate | str:
+    if problem := evidence_problem(c, dialogue, plan) or gold_problem(c, dialogue, state, images):
         return problem
-    gold = gold_text(c)
-    user_text = f" {normalize(' '.join(t.user for t in dialogue.turns))} "
-    for text, fact in c.option_facts.items():
-        if state.holds(fact, images) != (text == gold):
-            return f"gold_not_true_in_history: {fact.fact} {fact.args}" if text == gold \
-                else f"distractor_true_in_history: {text!r}"
-        position = ENTITY_ARG.get(fact.fact)
-        if position is None:
-            continue
-        entity = fact.args[position]
-        if text != gold and normalize(entity) not in state.told and f" {normalize(entity)} " in user_text:
-            return f"distractor_mentioned_in_history: {entity!r}"
-        if text == gold and fact.fact in NEGATABLE:
-            last = max(c.item.evidence_turns)
-            for t in dialogue.turns:
-                if t.turn_index > last and t.time < c.item.time and negates(t.user, entity):
-                    return f"gold_negated_later: turn {t.turn_index}"
+    history = user_text(dialogue)
+    return pruned(c, lambda o: wrong_option_problem(o, state, images, history))
+
+
+def offered_problem(c: BenchmarkCandidate, dialogue: Dialogue, state: TimelineState,
+                    images: dict[str, ImageRecord]) -> str | None:
+    """The four options as offered: the gold holds, every distractor is false (and unmentioned if never told)."""
+    if problem := gold_problem(c, dialogue, state, images):
+        return problem
+    history = user_text(dialogue)
+    return next((p for o in c.distractors if (p := wrong_option_problem(o, state, images, history))), None)
+
+
+# ---------------------------------------------------------------------------------------------- form
+
+
+def form_problem(c: BenchmarkCandidate, max_ratio: float) -> str | None:
+    item = c.item
+    if list(item.choices) != list(LETTERS) or item.answer not in LETTERS:
+        return "malformed_choices"
+    texts = list(item.choices.values())
+    keys = [normalize(t) for t in texts]
+    if not all(keys):
+        return "empty_option"
+    if len(set(keys)) < 4:
+        return "duplicate_options"
+    for a in keys:
+        for b in keys:
+            if a != b and f" {a} " in f" {b} ":
+                return f"nested_options: {a!r} inside {b!r}"
+    if sorted(o.text for o in c.options) != sorted(texts) or item.choices[item.answer] != c.gold.text:
+        return "option_without_claim"
+    if len({o.claim.kind for o in c.options}) > 1:
+        return f"mixed_answer_types: {sorted({o.claim.kind for o in c.options})}"
+    if (r := length_ratio(texts)) > max_ratio:
+        return f"option_length_ratio {r:.2f} > {max_ratio}"
+    if len({t[0].isupper() for t in texts}) > 1:
+        return "inconsistent_casing"
+    if len({t[-1] in ".!?;:," for t in texts}) > 1:
+        return "inconsistent_punctuation"
+    if len({bool(re.search(r"\d", t)) for t in texts}) > 1:
+        return "mixed_answer_types: digits in some options only"
+    if c.answer_type == "tip" and any(contains_phrase(t, tier) for t in texts for tier in bench_vocabulary()["tip_tiers"]):
+        return "tip_names_a_tier"
+    if c.answer_type != "name":
+        specifics = lambda t: set(re.findall(r"(?<=\s)[A-Z]\w+|\d+", t))  # noqa: E731  (names, numbers)
+        only_gold = specifics(c.gold.text) - set().union(*(specifics(t) for t in texts if t != c.gold.text))
+        if only_gold:
+            return f"gold_only_specifics: {sorted(only_gold)}"
     return None
 
 
@@ -382,10 +309,10 @@ def near_duplicates(cands: list[BenchmarkCandidate], ratio: float) -> dict[str, 
     out: dict[str, str] = {}
     kept: dict[str, list[BenchmarkCandidate]] = defaultdict(list)
     for c in sorted(cands, key=lambda c: c.item.item_id):
-        query, gold = normalize(c.item.query), normalize(gold_text(c))
+        query, gold = normalize(c.item.query), normalize(c.gold.text)
         for other in kept[c.item.persona_id]:
             similar = SequenceMatcher(None, query, normalize(other.item.query)).ratio()
-            if similar == 1.0 or (similar >= ratio and gold == normalize(gold_text(other))):
+            if similar >= ratio and gold == normalize(other.gold.text):
                 out[c.item.item_id] = f"near_duplicate_of {other.item.item_id} ({similar:.2f})"
                 break
         else:
@@ -422,7 +349,7 @@ def blind_asks(cfg: PipelineConfig, cands: list[BenchmarkCandidate], personas: d
             choices = dict(zip(LETTERS, texts))
             messages = chat("benchmark_blind", query=c.item.query, choices=choices,
                             profile=profile if context == "profile_only" else None)
-            gold = LETTERS[texts.index(gold_text(c))]
+            gold = LETTERS[texts.index(c.gold.text)]
             out.append(BlindAsk(c.item.item_id, c.item.question_type, gold, context, TeacherRequest(
                 messages, Sampling(0.0, 1.0, 24, request_seed(cfg.seed, "blind", c.item.item_id, context)),
                 BlindAnswer, tag=f"blind:{c.item.persona_id}:{context}")))
@@ -459,62 +386,47 @@ def blind_verdicts(asks: list[BlindAsk], answers: dict[str, list[TeacherResult]]
 # ---------------------------------------------------------------------------------------------- balance
 
 
-def binomial_tail(k: int, n: int, p: float) -> float:
-    """P(X >= k) for X ~ Binomial(n, p)."""
-    return sum(math.comb(n, j) * p ** j * (1 - p) ** (n - j) for j in range(k, n + 1))
+def allowed(n: int) -> int:
+    """The most items of n a cue may mark: one more than a quarter (chance for four options)."""
+    return math.ceil(n / 4) + 1
 
 
-def _trim(group: list[BenchmarkCandidate], flagged: Callable[[BenchmarkCandidate], bool], p: float, alpha: float,
-          reason: str, out: dict[str, str]) -> None:
-    """Drop flagged items (the last ids first) until their count is no longer improbably high under chance p."""
+def _trim(group: list[BenchmarkCandidate], flagged: Callable[[BenchmarkCandidate], bool], reason: str,
+          out: dict[str, str]) -> None:
+    """Drop flagged items (the last ids first) until at most `allowed` of the group's live items are flagged."""
     alive = [c for c in group if c.item.item_id not in out]
     hits = sorted((c for c in alive if flagged(c)), key=lambda c: c.item.item_id)
-    while hits and binomial_tail(len(hits), len(alive), p) < alpha:
+    while hits and len(hits) > allowed(len(alive)):
         dropped = hits.pop()
         alive.remove(dropped)
         out[dropped.item.item_id] = reason
 
 
 def gold_extreme(c: BenchmarkCandidate, longest: bool) -> bool:
-    lengths = [option_length(t) for t in c.item.choices.values()]
+    lengths = [len(t) for t in c.item.choices.values()]
     extreme = max(lengths) if longest else min(lengths)
-    return lengths.count(extreme) == 1 and option_length(gold_text(c)) == extreme
+    return lengths.count(extreme) == 1 and len(c.gold.text) == extreme
 
 
 def is_unknown_answer(text: str) -> bool:
     return normalize(text) in {normalize(u) for u in bench_vocabulary()["unknown_answers"]}
 
 
-def balance_problems(cands: list[BenchmarkCandidate], alpha: float) -> dict[str, str]:
+def balance_problems(cands: list[BenchmarkCandidate]) -> dict[str, str]:
     out: dict[str, str] = {}
     by_task: dict[str, list[BenchmarkCandidate]] = defaultdict(list)
     for c in cands:
         by_task[c.item.question_type].append(c)
     for task, group in sorted(by_task.items()):
-        if task == LGT:
-            for state in ("done", "not done", "unknown"):
-                _trim(group, lambda c, s=state: goal_state_group(c) == s, 1 / 3, alpha,
-                      f"goal_state_skewed: {state}", out)
-        _trim(group, lambda c: gold_extreme(c, True), 0.25, alpha, "gold_uniquely_longest_too_often", out)
-        _trim(group, lambda c: gold_extreme(c, False), 0.25, alpha, "gold_uniquely_shortest_too_often", out)
+        offered = {frozenset(o.claim.value for o in c.options) for c in group}
+        if len(offered) == 1:  # a fixed option set: every value gold about a quarter of the time
+            for value in sorted(next(iter(offered))):
+                _trim(group, lambda c, v=value: c.gold.claim.value == v, f"gold_value_skewed: {value}", out)
+        _trim(group, lambda c: gold_extreme(c, True), "gold_uniquely_longest_too_often", out)
+        _trim(group, lambda c: gold_extreme(c, False), "gold_uniquely_shortest_too_often", out)
         alive = [c for c in group if c.item.item_id not in out]
-        gold_unknown = sorted((c for c in alive if is_unknown_answer(gold_text(c))), key=lambda c: c.item.item_id)
-        as_distractor = sum(any(is_unknown_answer(t) for t in c.item.choices.values() if t != gold_text(c))
-                            for c in alive)
+        gold_unknown = sorted((c for c in alive if is_unknown_answer(c.gold.text)), key=lambda c: c.item.item_id)
+        as_distractor = sum(any(is_unknown_answer(o.text) for o in c.distractors) for c in alive)
         while len(gold_unknown) > as_distractor:
             out[gold_unknown.pop().item.item_id] = "unknown_answer_gold_more_often_than_distractor"
-    return out
-
-
-def letter_problems(cands: list[BenchmarkCandidate]) -> dict[str, str]:
-    """Per task, gold letters may differ in count by one at most; surplus items of the commonest letter go."""
-    out: dict[str, str] = {}
-    by_task: dict[str, list[BenchmarkCandidate]] = defaultdict(list)
-    for c in sorted(cands, key=lambda c: c.item.item_id):
-        by_task[c.item.question_type].append(c)
-    for group in by_task.values():
-        letters = {letter: [c for c in group if c.item.answer == letter] for letter in LETTERS}
-        while max(map(len, letters.values())) - min(map(len, letters.values())) > 1:
-            surplus = max(letters, key=lambda k: len(letters[k]))
-            out[letters[surplus].pop().item.item_id] = f"gold_letter_imbalance: {surplus}"
     return out

@@ -29,7 +29,8 @@ from ..teacher.types import TeacherRequest, TeacherResult, TeacherStats
 from .common import (
     chat, contains_phrase, negates, parse_time, personality_text, phrase_pattern, rng_for, sampling,
 )
-from .plans import MINUTES_PER_TURN, Realization, likes_at, realizable, realization, told_in
+from .plans import MINUTES_PER_TURN, Realization, realizable, realization, told_in
+from .timeline import plan_state
 
 IMG = "<img>"
 KNOWN_FACTS = 8  # statements of what the user told before that a session prompt carries
@@ -155,16 +156,7 @@ def _header(st: PersonaState, time: str) -> dict[str, object]:
     """The persona part of every prompt: identical across a persona's sessions except the drifted traits."""
     p = st.persona
     return {"name": p.profile.name, "age": p.profile.age, "role": p.role_description,
-            "personality": personality_text(current_personality(p, st.plan, time))}
-
-
-def current_personality(persona: Persona, plan: TimelinePlan, time: str) -> dict[str, float]:
-    """The sampled Big Five plus every planned drift dated at or before `time`, clipped to [1, 5]."""
-    values = persona.big_five.model_dump()
-    for item in plan.items:
-        if item.kind == "personality_drift" and item.trait and item.delta is not None and item.time <= time:
-            values[item.trait] = round(min(5.0, max(1.0, values[item.trait] + item.delta)), 1)
-    return values
+            "personality": personality_text(plan_state(p, st.plan, time).personality)}
 
 
 def _photos(cfg: PipelineConfig, slots: list[TurnSlot]) -> list[bytes]:
@@ -225,10 +217,10 @@ class Check:
 def standing_facts(persona: Persona, plan: TimelinePlan, time: str) -> list[PlanItem]:
     """Lasting facts no turn at `time` may deny: the plan's likes held then, its skills and routines, and its goals
     not given up by then."""
-    likes = set(likes_at(persona, plan, time))
-    ended = {i.subject for i in plan.items if i.kind == "goal_update" and i.value == "gave up" and i.time <= time}
-    return [i for i in plan.items if i.kind in ("skill", "routine") or (i.kind == "goal" and i.subject not in ended)
-            or (i.kind in ("preference", "preference_shift") and i.value in likes)]
+    now = plan_state(persona, plan, time)
+    return [i for i in plan.items if i.kind in ("skill", "routine")
+            or (i.kind == "goal" and now.goals.get(i.subject) != "gave up")
+            or (i.kind in ("preference", "preference_shift") and now.likes_now(i.value))]
 
 
 def check_turn(st: PersonaState, slot: TurnSlot, user: str, assistant: str) -> Check:

@@ -332,7 +332,7 @@ def update_profile(profile: dict[str, Any], told: list[PlanItem], last_time: str
     """Core memory after a session: preferences after shifts, dislikes, people, recent matters and ways of doing
     things; identity fields stay; `update time` = last turn + the session gap.
 
-    Unlike `plans.likes_at` (the set of likes the plan gives at a time), the preferences here are the memory's own
+    Unlike `timeline.plan_state` (the likes the plan gives at a time), the preferences here are the memory's own
     list, as PersonaVLM's core-memory update keeps it: recency-ordered (a like told again moves to the end) and cut
     to the last `PREFERENCES_MAX`, so an old like can drop out without any shift."""
     updated = {k: v for k, v in profile.items() if k != "update time"}  # re-added last, as the prompt writes it

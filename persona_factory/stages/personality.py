@@ -17,7 +17,7 @@ from ..config import PipelineConfig
 from ..schema import BIG_FIVE_TRAITS, Dialogue, Persona, PersonalityCorrelation, PersonalityStep, TimelinePlan
 from ..teacher.types import TeacherRequest, TeacherResult
 from .common import chat, sampling
-from .dialogues import current_personality
+from .timeline import plan_state
 from .memory import short_term
 
 Score = Literal[1, 2, 3, 4, 5]
@@ -80,7 +80,7 @@ def trajectory(cfg: PipelineConfig, persona: Persona, plan: TimelinePlan, dialog
         steps.append(PersonalityStep(persona_id=dialogue.persona_id, turn_index=turn.turn_index, inferred=inferred,
                                      inferred_by="teacher" if res.ok else "neutral_fallback",
                                      ema={t: round(v, 4) for t, v in current.items()}, skipped=skipped,
-                                     planned=current_personality(persona, plan, turn.time)))
+                                     planned=plan_state(persona, plan, turn.time).personality))
     return steps, failures
 
 

@@ -1,16 +1,19 @@
 """M2 timeline plans: the ground truth every later gold answer is traced to.
 
 The teacher proposes names and phrases (people, goals, routines, events, interests, dislikes, skills); the
-program checks them, fills what is short from a closed vocabulary, schedules the conversations, gives every item
-a date and a session, and draws the planned changes (preference shifts, goal outcomes, skill progress,
-personality drifts) with the probabilities declared in the config. Categories a benchmark answer depends on
-(relation and its tone, why a photo was shared, how the user likes to work) always come from the vocabulary.
+program checks each as a phrase of its kind (`plan_values`: a refused one is a quarantine row with the reason),
+fills what is short from a closed vocabulary, schedules the conversations, gives every item a date and a session,
+and draws the planned changes (preference shifts with the first try that set them off, goal outcomes, skill
+progress, personality drifts) with the probabilities declared in the config. Categories a benchmark answer depends
+on (relation and its tone, why a photo was shared, how the user likes to work) always come from the vocabulary.
+Item ids hash the persona, the kind and the item's position, never its value, so an id says nothing about it.
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from itertools import zip_longest
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -26,6 +29,7 @@ from ..schema import (
 )
 from ..teacher.types import TeacherRequest, TeacherResult
 from .common import chat, normalize, parse_time, rng_for, sampling, stable_id
+from .plan_values import value_problem
 
 VOCABULARY_FILE = Path(__file__).resolve().parent.parent / "data" / "plan_vocabulary.yaml"
 Phrase = Annotated[str, StringConstraints(min_length=3, max_length=48)]
@@ -86,6 +90,41 @@ def plan_request(cfg: PipelineConfig, persona: Persona) -> TeacherRequest:
                     dislikes=p.dislikes, skills=p.skills)
     return TeacherRequest(messages, sampling(cfg, "plan", persona.persona_id, schema=PlanDraft),
                           PlanDraft, tag=f"plan:{persona.persona_id}")
+
+
+# PlanDraft field -> the plan value kinds its entries are checked as
+DRAFT_KINDS = {"goals": ("goal",), "events": ("event",), "new_interests": ("hobby",), "dislikes": ("dislike",),
+               "skills": ("skill",), "routines": ("routine_when", "routine_action")}
+
+
+def checked_draft(persona: Persona, draft: PlanDraft) -> tuple[PlanDraft, list[QuarantineRow]]:
+    """The proposals that read as phrases of their kind, and a quarantine row for each refused one (the plan fills
+    its place from the vocabulary). The profile's likes become told likes only when they pass as hobbies too."""
+    refused: list[QuarantineRow] = []
+
+    def ok(kind: str, value: str, shown: str | None = None) -> bool:
+        problem = value_problem(kind, value)
+        if problem:
+            refused.append(QuarantineRow(table_name="timeline_plans", row_key=persona.persona_id,
+                                         rule="plan_value_refused", value=f"{kind}: {shown or value!r} ({problem})"))
+        return problem is None
+
+    kept: dict[str, list] = {}
+    for name, kinds in DRAFT_KINDS.items():
+        values = getattr(draft, name)
+        if name == "routines":
+            kept[name] = [r for r in values if all([ok(kinds[0], r.when, repr(f"{r.when} / {r.action}")),
+                                                    ok(kinds[1], r.action, repr(f"{r.when} / {r.action}"))])]
+        else:
+            kept[name] = [v for v in values if ok(kinds[0], v)]
+    for like in persona.profile.preferences:
+        ok("hobby", like, f"profile preference {like!r}")
+    return draft.model_copy(update=kept), refused
+
+
+def told_likes(persona: Persona) -> list[str]:
+    """The profile's likes a history may tell (each a phrase a slot can take)."""
+    return [v for v in persona.profile.preferences if value_problem("hobby", v) is None]
 
 
 def schedule_sessions(cfg: PipelineConfig, persona: Persona) -> list[PlannedSession]:
@@ -197,7 +236,7 @@ def build_plan(cfg: PipelineConfig, persona: Persona, draft: PlanDraft, images: 
         lo_t, hi_t = parse_time(lo), parse_time(hi)
         minutes = int((hi_t - lo_t).total_seconds() // 60)
         when = lo_t + timedelta(minutes=rng.randint(0, max(0, minutes)))
-        item = PlanItem(item_id=stable_id("i_", pid, kind, subject, value, len(items)), persona_id=pid, kind=kind,
+        item = PlanItem(item_id=stable_id("i_", pid, kind, len(items)), persona_id=pid, kind=kind,
                         time=fmt_time(when), subject=subject, value=value, **extra)
         items.append(item)
         return item
@@ -211,6 +250,10 @@ def build_plan(cfg: PipelineConfig, persona: Persona, draft: PlanDraft, images: 
                           p.routines, rng, key=lambda r: normalize(r[1]), taken=taken)
     events = _proposals(draft.events, vocab["events"], p.events + p.person_events, rng, taken=taken)
     interests = _proposals(draft.new_interests, vocab["interests"], 1, rng, taken=taken)
+    # likes the history tells: the profile's own, alternating with likes only the history reveals
+    profile_likes = told_likes(persona)
+    revealed = _proposals(draft.new_interests[1:], vocab["interests"], p.preferences, rng, taken=taken)
+    likes = [v for pair in zip_longest(profile_likes, revealed) for v in pair if v is not None][:p.preferences]
     dislikes = _proposals(draft.dislikes, vocab["dislikes"], p.dislikes, rng, taken=taken)
     skills = _proposals(draft.skills, vocab["skills"], p.skills, rng, taken=taken)
     styles = rng.sample(sorted(vocab["styles"]), k=min(p.styles, len(vocab["styles"])))
@@ -223,10 +266,10 @@ def build_plan(cfg: PipelineConfig, persona: Persona, draft: PlanDraft, images: 
                     for k in range(len(person_events))]
 
     def add_preference(k: int) -> bool:
-        if k >= min(p.preferences, len(persona.profile.preferences)):
+        if k >= len(likes):
             return False
         s = cal.take(rng, 0, max(0, len(sessions) // 3))
-        return s is not None and bool(add("preference", s, "hobby", persona.profile.preferences[k]))
+        return s is not None and bool(add("preference", s, "hobby", likes[k]))
 
     def add_person(k: int) -> bool:
         if k >= len(people):
@@ -275,22 +318,26 @@ def build_plan(cfg: PipelineConfig, persona: Persona, draft: PlanDraft, images: 
         return True
 
     def add_skill(k: int) -> bool:
+        """The level the history ends at is uniform over the levels; with skill_update_prob it is reached by a
+        later report of progress from the level below."""
         if k >= len(skills):
             return False
         s = cal.take(rng, 0, max(0, len(sessions) - 2))
         if s is None:
             return False
-        level = rng.choice(SKILL_LEVELS[:-1])
-        skill = add("skill", s, skills[k], level)
-        if s < len(sessions) - 1 and rng.random() < p.skill_update_prob:
-            u = cal.take(rng, s + 1)
-            if u is not None:
-                add("skill_update", u, skill.subject, SKILL_LEVELS[SKILL_LEVELS.index(level) + 1],
-                    previous_value=level, cause_item_id=skill.item_id)
+        final = rng.randrange(len(SKILL_LEVELS))
+        grows = final > 0 and s < len(sessions) - 1 and rng.random() < p.skill_update_prob
+        u = cal.take(rng, s + 1) if grows else None
+        skill = add("skill", s, skills[k], SKILL_LEVELS[final - (u is not None)])
+        if u is not None:
+            add("skill_update", u, skill.subject, SKILL_LEVELS[final], previous_value=skill.value,
+                cause_item_id=skill.item_id)
         return True
 
     def add_shift(k: int) -> bool:
-        """A new interest replacing an earlier like, caused by a first try one or more sessions before."""
+        """A new interest replacing an earlier like, caused by a first try one or more sessions before; and, where
+        a turn is free, a first try of something else that changed nothing (so "what set it off" needs the
+        history's order, not just spotting a first try)."""
         old = [i for i in items if i.kind == "preference"]
         if k >= len(interests) or not old or len(sessions) < 2 or rng.random() >= p.preference_shift_prob:
             return False
@@ -302,10 +349,14 @@ def build_plan(cfg: PipelineConfig, persona: Persona, draft: PlanDraft, images: 
         if shift_s is None:
             cal.free[cause_s] += 1
             return False
-        cause = add("event", cause_s, "event", f"tried {interests[k]} for the first time")
+        cause = add("event", cause_s, interests[k], first_try(interests[k]))
         add("preference_shift", shift_s, "hobby", interests[k],
             previous_value=rng.choice([i for i in old if told_in(sessions, i) <= cause_s]).value,
             cause_item_id=cause.item_id)
+        decoy = _proposals([], vocab["interests"], 1, rng, taken=taken)
+        decoy_s = cal.take(rng)
+        if decoy and decoy_s is not None:
+            add("event", decoy_s, decoy[0], first_try(decoy[0]))
         return True
 
     # most telling first: when turns run short, the kinds at the end lose their items first
@@ -332,6 +383,15 @@ def build_plan(cfg: PipelineConfig, persona: Persona, draft: PlanDraft, images: 
     return TimelinePlan(persona_id=pid, span_days=span_days(cfg, persona), sessions=sessions, items=items)
 
 
+def first_try(interest: str) -> str:
+    return f"tried {interest} for the first time"
+
+
+def tried_interest(item: PlanItem) -> str | None:
+    """The interest a first-try event is about (its subject), or None for any other item."""
+    return item.subject if item.kind == "event" and item.value == first_try(item.subject) else None
+
+
 def image_side(image_id: str) -> str:
     """Training and benchmark histories draw from disjoint halves of the pool, so no image leaks across."""
     return "train" if int(image_id[:8], 16) % 2 == 0 else "bench"
@@ -351,7 +411,9 @@ def build_plans(cfg: PipelineConfig, personas: list[Persona], results: list[Teac
     plans, quarantined = [], []
     for persona, res in zip(personas, results):
         if res.ok:
-            plans.append(build_plan(cfg, persona, res.value, images))  # type: ignore[arg-type]
+            draft, refused = checked_draft(persona, res.value)  # type: ignore[arg-type]
+            plans.append(build_plan(cfg, persona, draft, images))
+            quarantined += refused
         else:
             quarantined.append(QuarantineRow(table_name="timeline_plans", row_key=persona.persona_id,
                                              rule="teacher_failure", value=res.failure or ""))
@@ -419,16 +481,3 @@ def realization(item: PlanItem) -> Realization:
 def told_in(sessions: list[PlannedSession], item: PlanItem) -> int:
     """The session an item is told in: the first one starting at or after the item's time."""
     return next(s.session_index for s in sessions if item.time <= s.start)
-
-
-def likes_at(persona: Persona, plan: TimelinePlan, time: str, told: set[str] | None = None) -> tuple[str, ...]:
-    """What the user likes at `time`: the profile's likes and the plan's, with every preference shift dated by then
-    applied (the replaced like out, the new one last). With `told` (the ids of the plan items a history has told),
-    only told likes and told shifts count: what the history says, where the plan may hold more."""
-    counts = lambda i: told is None or i.item_id in told  # noqa: E731
-    planned = [i.value for i in plan.items if i.kind == "preference" and counts(i)]
-    likes = list({normalize(v): v for v in [*persona.profile.preferences, *planned]}.values())
-    for shift in sorted((i for i in plan.items if i.kind == "preference_shift"), key=lambda i: i.time):
-        if shift.time <= time and counts(shift):
-            likes = [x for x in likes if normalize(x) != normalize(shift.previous_value or "")] + [shift.value]
-    return tuple(likes)

@@ -26,15 +26,16 @@ from pydantic import BaseModel, ConfigDict, StringConstraints, create_model
 
 from ..config import PipelineConfig
 from ..schema import (
-    GOAL_OUTCOMES, SKILL_LEVELS, Dialogue, ImageRecord, Persona, PlanItem, ReasoningStep, ReasoningTrajectory,
+    Dialogue, ImageRecord, Persona, PlanItem, ReasoningStep, ReasoningTrajectory,
     RetrieveCall, SemanticMemoryTarget, TimelinePlan, Turn, fmt_time,
 )
 from ..teacher.types import TeacherRequest, TeacherResult
 from .benchmark import relative_phrase
 from .common import chat, contains_phrase, normalize, parse_time, rng_for, sampling, stable_id
+from .distractors import Pools, own_values, pick
 from .memory import SENTENCE_MAX, MemoryEntry, echoes_prompt, phrase_text, short_term, visible_memories
-from .plans import vocabulary
 from .retrieval import Retriever, database_at, holds, index_texts, search_until, terms
+from .timeline import TimelineState, replay
 
 PROBE_DELAY_MINUTES = 5  # a probe is posed this long after its turn
 THINK_MAX = 240
@@ -85,10 +86,13 @@ def _unique_by(pairs: list[tuple[Turn, PlanItem]], key: Callable[[Turn, PlanItem
     return [(t, i) for t, i in pairs if counts[key(t, i)] == 1]
 
 
-def questions_at(told: list[tuple[Turn, PlanItem]], probe: Turn, probe_time: str) -> list[Question]:
+def questions_at(told: list[tuple[Turn, PlanItem]], probe: Turn, probe_time: str,
+                 state: TimelineState) -> list[Question]:
     """Every question whose gold is settled by what was told up to the probe's turn, with the latest state of
-    changing facts (goal outcomes, skill levels, preference shifts)."""
+    changing facts (goal outcomes, skill levels, preference shifts) as `state`, the history replayed to that turn,
+    holds them."""
     known = [(t, i) for t, i in told if t.turn_index <= probe.turn_index]
+    settled = {i.item_id: (t, i) for t, i in known}
     now = parse_time(probe_time)
     day = lambda t: t.time[:10]  # noqa: E731
     when = lambda t: relative_phrase(now, parse_time(t.time))  # noqa: E731
@@ -108,28 +112,22 @@ def questions_at(told: list[tuple[Turn, PlanItem]], probe: Turn, probe_time: str
         qs.append(Question("routine", f"What do I usually do {i.subject}?", i.value, i, t,
                            f"their habit {i.subject}", i.subject, f"{i.subject}, habit, routine, usually"))
     goals = of("goal")
-    for t, i in goals:
-        updates = [(u, g) for u, g in of("goal_update") if g.cause_item_id == i.item_id]
-        if updates:
-            u, g = updates[-1]
+    for _, i in goals:
+        u, g = settled[state.settled_by["goal", i.subject]]
+        if g.kind == "goal_update":
             qs.append(Question("goal_status", f"How is my goal to {i.subject} going, as far as I've told you?", g.value,
                                g, u, f"how their goal to {i.subject} is going", i.subject,
                                f"{i.subject}, goal, progress, news"))
-    if len(goals) == 1:
+    if len(goals) == 1 and state.goal_open(goals[0][1].subject):
         t, i = goals[0]
-        ended = any(g.cause_item_id == i.item_id and g.value != "making progress" for _, g in of("goal_update"))
-        if not ended:
-            qs.append(Question("open_goal", "What long-term goal did I tell you I'm working on?", i.subject, i, t,
-                               "the long-term goal they are working on", "long-term goal",
-                               "goal, working towards, aim"))
-    for t, i in of("skill"):
-        latest = [(u, s) for u, s in of("skill_update") if s.cause_item_id == i.item_id][-1:] or [(t, i)]
-        u, s = latest[0]
+        qs.append(Question("open_goal", "What long-term goal did I tell you I'm working on?", i.subject, i, t,
+                           "the long-term goal they are working on", "long-term goal", "goal, working towards, aim"))
+    for _, i in of("skill"):
+        u, s = settled[state.settled_by["skill", i.subject]]
         qs.append(Question("skill_level", f"What level did I say I'm at in {i.subject} now?", s.value, s, u,
                            f"their level in {i.subject}", i.subject, f"{i.subject}, level, practise"))
-    shifts = of("preference_shift")
-    if shifts:
-        t, i = shifts[-1]
+    if state.shifts:
+        t, i = settled[state.shifts[-1].item_id]
         qs.append(Question("latest_preference", "Which hobby am I most into these days?", i.value, i, t,
                            "what they are most into these days", "hobby, into, these days",
                            "enjoy, interest, favourite"))
@@ -174,16 +172,20 @@ def told_facts(dialogue: Dialogue, plan: TimelinePlan) -> list[tuple[Turn, PlanI
     return [(t, items[t.realizes[0]]) for t in dialogue.turns if t.realizes and t.realizes[0] in items]
 
 
-def probes(cfg: PipelineConfig, dialogue: Dialogue, plan: TimelinePlan) -> list[Probe]:
+def probes(cfg: PipelineConfig, persona: Persona, dialogue: Dialogue, plan: TimelinePlan) -> list[Probe]:
     """Random probe points and questions, `direct_answer_share` of them answerable from the recent context, spread
     over question kinds (round robin) and over facts (each fact asked once before any is asked twice)."""
     rng = rng_for(cfg.seed, "probes", dialogue.persona_id)
     gap = timedelta(minutes=cfg.dialogue.session_gap_minutes)
     told = told_facts(dialogue, plan)
+    state = replay(persona, [])
+    told_at = {t.turn_index: i for t, i in told}
     candidates: dict[str, list[Probe]] = {"direct": [], "retrieve": []}
     for turn in dialogue.turns:
+        if turn.turn_index in told_at:
+            state.apply(told_at[turn.turn_index], turn.time[:10])
         at = fmt_time(parse_time(turn.time) + timedelta(minutes=PROBE_DELAY_MINUTES))
-        for q in questions_at(told, turn, at):
+        for q in questions_at(told, turn, at, state):
             mode = "direct" if parse_time(at) - parse_time(q.evidence.time) <= gap else "retrieve"
             candidates[mode].append(Probe(q, turn, at, mode))
     n = cfg.supervision.probes_per_persona
@@ -294,13 +296,13 @@ def run_probe(cfg: PipelineConfig, persona: Persona, dialogue: Dialogue, probe: 
                     hits)
 
 
-def search_texts(cfg: PipelineConfig, dialogue: Dialogue, plan: TimelinePlan, semantic: list[SemanticMemoryTarget],
-                 user_data: dict[str, Any]) -> list[str]:
+def search_texts(cfg: PipelineConfig, persona: Persona, dialogue: Dialogue, plan: TimelinePlan,
+                 semantic: list[SemanticMemoryTarget], user_data: dict[str, Any]) -> list[str]:
     """Every text the embedding searches of this persona's probes embed: the memories the database holds at each
     retrieval probe, the question and each call's keywords (embedded together up front, in full batches)."""
     by_turn = {s.turn_index: s for s in semantic}
     texts: list[str] = []
-    for p in probes(cfg, dialogue, plan):
+    for p in probes(cfg, persona, dialogue, plan):
         if p.mode == "retrieve":
             db = database_at(user_data, p.time, cfg.dialogue.session_gap_minutes, p.turn.turn_index)
             texts += [*index_texts(db.held), p.question.query,
@@ -374,62 +376,32 @@ def render_step(step: ReasoningStep) -> str:
 
 # ---------------------------------------------------------------------------------------------- distractors
 
-
-def question_kind_pools(plans: list[TimelinePlan], images: list[ImageRecord]) -> dict[str, list[str]]:
-    """Type-consistent wrong answers per probe question kind: the closed vocabulary plus what other plans hold. A
-    closed kind with fewer than four values (goal outcomes, skill levels) gets no multiple choice at all: a filler
-    fourth option would never be the gold, and a model would learn to skip it."""
-    vocab = vocabulary()
-    values = lambda *kinds: [i.value for p in plans for i in p.items if i.kind in kinds]  # noqa: E731
-    subjects = lambda *kinds: [i.subject for p in plans for i in p.items if i.kind in kinds]  # noqa: E731
-    events = list(vocab["events"]) + values("event")
-    pools = {
-        "relationship": sorted(vocab["relations"]),
-        "person_event": events, "event": events,
-        "routine": [r[1] for r in vocab["routines"]] + values("routine"),
-        "goal_status": list(GOAL_OUTCOMES),
-        "open_goal": list(vocab["goals"]) + subjects("goal"),
-        "skill_level": list(SKILL_LEVELS),
-        "latest_preference": list(vocab["interests"]) + values("preference", "preference_shift"),
-        "dislike": list(vocab["dislikes"]) + values("dislike"),
-        "style": [pole for poles in vocab["styles"].values() for pole in poles],
-        "photo_purpose": list(vocab["photo_purposes"]),
-        "photo_object": [label for img in images for label in img.labels],
-    }
-    return {k: sorted(set(v)) for k, v in pools.items()}
+# question kind -> the answer type whose pool its wrong answers come from
+ANSWER_TYPES = {"relationship": "relation", "person_event": "event", "event": "event", "routine": "routine",
+                "goal_status": "goal state", "open_goal": "goal", "skill_level": "skill level",
+                "latest_preference": "hobby", "dislike": "dislike", "style": "style", "photo_purpose": "purpose",
+                "photo_object": "label"}
 
 
-# question kind -> plan kinds whose values, for this persona, must not be offered as wrong answers (they may be true)
-OWN_VALUES = {"person_event": ("event",), "event": ("event",), "routine": ("routine",), "open_goal": ("goal",),
-              "latest_preference": ("preference", "preference_shift"), "dislike": ("dislike",)}
-
-
-def distractors_for(q: Question, plan: TimelinePlan, pools: dict[str, list[str]],
-                    images: dict[str, ImageRecord], rng) -> list[str]:
-    """Three wrong answers of the gold's type (an outdated value first, where the fact replaced one); none when the
-    pool is too small."""
-    own = {normalize(i.subject if q.kind == "open_goal" else i.value)
-           for i in plan.items if i.kind in OWN_VALUES.get(q.kind, ())}
+def distractors_for(q: Question, plan: TimelinePlan, pools: Pools, own: set[str], images: dict[str, ImageRecord],
+                    rng) -> list[str]:
+    """Three wrong answers of the gold's type (an outdated value first, where the fact replaced one), never a value
+    of the persona's own plan or profile otherwise; none when the pool is too small (goal outcomes: three)."""
     if q.kind == "photo_object" and q.item.image_id in images:
-        own |= {normalize(label) for label in images[q.item.image_id].labels}
+        own = own | {normalize(label) for label in images[q.item.image_id].labels}
     hard = [q.item.previous_value] if q.kind in ("latest_preference", "skill_level") and q.item.previous_value else []
-    taken = {normalize(q.gold)}
-    out: list[str] = []
-    for cand in hard + rng.sample(pools[q.kind], k=len(pools[q.kind])):
-        key = normalize(cand)
-        if len(out) < 3 and key and key not in taken and (cand in hard or key not in own):
-            out.append(cand)
-            taken.add(key)
-    return out if len(out) == 3 else []
+    return pick(q.gold, hard, pools[ANSWER_TYPES[q.kind]], own, rng)
 
 
 def prepare_jobs(cfg: PipelineConfig, persona: Persona, dialogue: Dialogue, plan: TimelinePlan,
-                 semantic: list[SemanticMemoryTarget], user_data: dict[str, Any], pools: dict[str, list[str]],
+                 semantic: list[SemanticMemoryTarget], user_data: dict[str, Any], pools: Pools,
                  images: dict[str, ImageRecord], retrievers: dict[str, Retriever]) -> list[ProbeJob]:
     by_turn = {s.turn_index: s for s in semantic}
     rng = rng_for(cfg.seed, "distractors", persona.persona_id)
-    return [run_probe(cfg, persona, dialogue, p, user_data, by_turn, distractors_for(p.question, plan, pools, images, rng),
-                      retrievers) for p in probes(cfg, dialogue, plan)]
+    own = own_values(persona, plan, images)
+    return [run_probe(cfg, persona, dialogue, p, user_data, by_turn,
+                      distractors_for(p.question, plan, pools, own, images, rng), retrievers)
+            for p in probes(cfg, persona, dialogue, plan)]
 
 
 # ---------------------------------------------------------------------------------------------- invariants
