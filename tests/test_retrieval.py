@@ -10,6 +10,7 @@ from collections import Counter
 import faiss
 import numpy as np
 import pytest
+import torch
 
 from persona_factory.embeddings import DIM, TextEmbedder
 from persona_factory.schema import RetrieveCall, Turn
@@ -131,8 +132,14 @@ def test_a_texts_vector_depends_on_the_text_alone_and_comes_back_from_the_cache(
     assert together.shape == (len(texts), DIM) and together.dtype == np.float32
     assert np.allclose(np.linalg.norm(together, axis=1), 1.0, atol=1e-5)
     assert first.encoded == len(texts)
-    alone = TextEmbedder().embed(texts[:1])  # encoded in a batch of its own
+    alone = TextEmbedder().embed(texts[:1])  # encoded with copies of itself, not with the others
     assert alone.tobytes() == together[:1].tobytes()
     again = TextEmbedder(tmp_path / "embeddings.sqlite")  # a warm cache: nothing encoded
     assert again.embed(reversed(texts)).tobytes() == together[::-1].tobytes() and again.encoded == 0
     assert first.embed(texts[:2] * 2).shape == (4, DIM) and first.encoded == len(texts)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert TextEmbedder().embed(texts).tobytes() == together.tobytes()
+    finally:
+        torch.set_num_threads(threads)
