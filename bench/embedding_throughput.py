@@ -11,7 +11,7 @@
    shaped like the ones retrieval embeds: keyword lists (2-6 words), memory sentences (8-25 words) and questions
    (6-14 words), drawn from the planner's vocabulary, all distinct.
 2. Exact search: the numpy squared-L2 top-k of stages/retrieval.py against FAISS `IndexFlatL2`, per query, over a
-   user's memories (1,000 and 5,000 vectors).
+   user's memories of one kind (100 vectors: a 100-turn history; 1,000 and 5,000: far longer ones).
 3. With `--db` (a built `pipeline.duckdb`): what the reasoning stage and the question dedup add, on an empty
    embedding cache: loading the model (import included, in a fresh process), embedding every text the probes'
    searches need, running the probes with both retrievers against the keyword retriever alone, and the dedup's
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import subprocess
 import sys
@@ -85,7 +86,7 @@ def search(rounds: int) -> dict:
 
     rng = np.random.default_rng(0)
     out = {}
-    for n in (1_000, 5_000):
+    for n in (100, 1_000, 5_000):
         vectors = rng.normal(size=(n, DIM)).astype(np.float32)
         queries = rng.normal(size=(200, DIM)).astype(np.float32)
         index = faiss.IndexFlatL2(DIM)
@@ -121,6 +122,7 @@ def stage_costs(db: Path) -> dict:
     from quality import dedup
 
     cfg = load_config("tiny")
+    keyword_cfg = load_config("tiny", overrides={"supervision": {"retriever": "keyword"}})
     with duckdb.connect(str(db), read_only=True) as con:
         personas, plans, dialogues, images = load_histories(con)
         semantic = by_persona(read_records(con, "semantic_memory_targets", SemanticMemoryTarget))
@@ -138,15 +140,15 @@ def stage_costs(db: Path) -> dict:
         embedder.embed(texts)
         out["embedding the probes' texts"] = time.perf_counter() - t0
 
-        def jobs(found_by) -> float:
+        def jobs(run_cfg, found_by) -> float:
             t = time.perf_counter()
             for pid in owners:
-                reasoning.prepare_jobs(cfg, personas[pid], dialogues[pid], plans[pid], semantic.get(pid, []),
+                reasoning.prepare_jobs(run_cfg, personas[pid], dialogues[pid], plans[pid], semantic.get(pid, []),
                                        user_data[pid], pools, by_image, found_by)
             return time.perf_counter() - t
 
-        keyword_only = jobs({"keyword": KeywordRetriever()})
-        both = jobs(retrievers(embedder))
+        keyword_only = jobs(keyword_cfg, {"keyword": KeywordRetriever()})
+        both = jobs(cfg, retrievers(embedder))
         out["probes: both retrievers minus keyword alone"] = both - keyword_only
         with duckdb.connect() as work:
             work.execute(f"ATTACH '{db}' AS built (READ_ONLY)")
@@ -162,10 +164,10 @@ def stage_costs(db: Path) -> dict:
             out["dedup: embedding the benchmark questions"] = time.perf_counter() - t0
         out["texts embedded for retrieval"] = embedder.encoded
     for name, value in out.items():
-        print(f"  {name:48s} {value:8.2f}", flush=True)
+        print(f"  {name:48s} {value:9.3f}", flush=True)
     added = sum(v for k, v in out.items() if k != "texts embedded for retrieval")
-    print(f"  {'added wall time':48s} {added:8.2f} s", flush=True)
-    return {k: round(v, 2) for k, v in out.items()} | {"added_s": round(added, 2)}
+    print(f"  {'added wall time':48s} {added:9.3f} s", flush=True)
+    return {k: round(v, 3) for k, v in out.items()} | {"added_s": round(added, 3)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,13 +182,14 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     texts = synthetic_texts(args.texts)
     print(f"Embedding {len(texts)} distinct texts, torch {args.threads} threads, best of {args.rounds} "
-          f"(batches of {BATCH_ROWS} in the pipeline):", flush=True)
+          f"(batches of {BATCH_ROWS} in the pipeline), 1-minute load {os.getloadavg()[0]:.1f}:", flush=True)
     result = {"throughput_texts_s": throughput(texts, args.rounds)}
     print("Exact top-4 search, one query at a time:", flush=True)
     result["search"] = search(args.rounds)
     if args.db:
         print(f"Stage costs on {args.db} (seconds):", flush=True)
         result["stage_costs"] = stage_costs(args.db)
+    print(f"1-minute load at the end: {os.getloadavg()[0]:.1f}")
     print(json.dumps(result))
     return 0
 
