@@ -13,8 +13,13 @@
 - the call's time range does not filter: the released code never applies it to semantic or procedural memory, and
   its episodic check `continue`s after the topic was already indexed, so it is a no-op there too.
 
+A call returns semantic memories and episodic topics oldest first (the released code sorts them by session and
+round) and procedural entries nearest first. The released code skips repeats per episodic turn; here per topic,
+which is the same, since every round belongs to exactly one topic and topics exist only for closed sessions.
+
 Where this deviates from the released code, and why: the search is numpy, not FAISS (the same exact squared-L2
-ranking, ties to the older memory, float sums rounded alike up to ~1e-7; see tests); a memory exactly 60 minutes
+ranking, ties to the older memory; distances agree to float rounding, see tests); texts are embedded in padded
+batches, not one at a time (vectors agree to ~1e-7, see persona_factory.embeddings); a memory exactly 60 minutes
 old is left out here (it is still in the recent context, which the agent shows as well); visual-concept retrieval
 (CLIP crops) is not run, as it only runs for a query carrying an image and probes are text questions; the query's
 `<img_fill>` placeholders, which the released code strips, never occur in probe questions.
