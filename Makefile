@@ -28,7 +28,7 @@ serve-teacher: setup
 	$(PY) -m persona_factory.teacher.embedded serve
 
 setup: .venv/.synced $(DAGSTER_HOME)/dagster.yaml
-	$(PY) -m persona_factory.teacher.embedded prepare
+	$(PY) -m persona_factory.teacher.prepare
 
 $(UV):
 	python3 -m venv .tools

@@ -13,7 +13,7 @@ from persona_factory.schema import (
 from persona_factory.stages.personas import shard_keys
 from persona_factory.store import read_records, replace_bookkeeping, write_records
 from persona_factory.teacher.client import Teacher, TeacherUnavailable
-from persona_factory.teacher.types import TeacherRequest, TeacherResult, TeacherStats
+from persona_factory.teacher.types import TRANSPORT, TeacherRequest, TeacherResult, TeacherStats, failure_kind
 from prompts import template_hashes
 
 R = TypeVar("R")
@@ -48,8 +48,11 @@ def answered(asset: str, stats: TeacherStats) -> None:
     """Stops the run, before anything is written, when every request an asset made failed: that is a teacher or
     config problem (a refused schema, a wrong model, a dead engine), not data to replace good rows with."""
     if stats.requests and stats.failures == stats.requests:
-        raise TeacherUnavailable(f"{asset}: all {stats.requests} teacher requests failed, the first with: "
-                                 f"{stats.first_failure} (check the teacher settings and its log)")
+        first = stats.first_failure or ""
+        recover = "" if failure_kind(first) == TRANSPORT else (
+            "; such failures are cached: once fixed, re-run with `teacher.retry_cached_failures: true`")
+        raise TeacherUnavailable(f"all {stats.requests} teacher requests failed, the first with: {first} (check "
+                                 f"the teacher settings and its log{recover})")
 
 
 def run_shards(context: dg.AssetExecutionContext, cfg: PipelineConfig) -> list[str]:

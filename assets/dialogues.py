@@ -4,7 +4,7 @@ from dagster_duckdb import DuckDBResource
 from persona_factory.schema import ImageRecord, TimelinePlan
 from persona_factory.stages.dialogues import generate_dialogues
 from persona_factory.store import read_records
-from persona_factory.teacher.types import TeacherStats
+from persona_factory.teacher.types import TeacherResult, TeacherStats
 from pipelines.partitions import SHARD_BACKFILL
 from pipelines.resources import FactoryConfig, TeacherResource
 
@@ -28,7 +28,8 @@ def dialogues_asset(shards: dg.PartitionsDefinition) -> dg.AssetsDefinition:
                                  "WHERE persona_id IN (SELECT unnest(?::VARCHAR[]))", [ids])
             images = read_records(con, "image_pool", ImageRecord)
         stats = TeacherStats()
-        rows, quarantined = generate_dialogues(cfg, teacher.get(), people, plans, images, stats)
+        failures: list[TeacherResult] = []
+        rows, quarantined = generate_dialogues(cfg, teacher.get(), people, plans, images, stats, failures)
         answered("dialogues", stats)
         turns = [t for d in rows for t in d.turns]
         shard_of = {p.persona_id: p.shard for p in people}
@@ -44,7 +45,7 @@ def dialogues_asset(shards: dg.PartitionsDefinition) -> dg.AssetsDefinition:
                 "user_text": ("VARCHAR", lambda t: t.user), "assistant_text": ("VARCHAR", lambda t: t.assistant),
                 "image_id": ("VARCHAR", lambda t: t.image_id), "realizes": ("VARCHAR[]", lambda t: t.realizes)},
                 keys, cfg)
-            return finish(con, "dialogues", stats, quarantined, results=(), shards=keys, owner_shard=shard_of,
+            return finish(con, "dialogues", stats, quarantined, failures, shards=keys, owner_shard=shard_of,
                           dialogues=len(rows), turns=len(turns), image_turns=sum(t.image_id is not None for t in turns),
                           realizing_turns=sum(bool(t.realizes) for t in turns),
                           sessions=sum(len(d.sessions) for d in rows))

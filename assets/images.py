@@ -1,7 +1,7 @@
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from persona_factory.stages.images import load_image_pool
+from persona_factory.stages.images import load_image_pool, require_usable_pool
 from persona_factory.store import write_records
 from pipelines.resources import FactoryConfig
 
@@ -12,6 +12,7 @@ from .common import HISTORIES, finish
 def image_pool(settings: FactoryConfig, duckdb: DuckDBResource) -> dg.MaterializeResult:
     cfg = settings.load()
     images, quarantined = load_image_pool(cfg.image_source, cfg.output_path / "images")
+    require_usable_pool(cfg, images, quarantined)
     with duckdb.get_connection() as con:
         write_records(con, "image_pool", images, {"image_id": ("VARCHAR", lambda i: i.image_id),
                                                   "name": ("VARCHAR", lambda i: i.name),

@@ -1,3 +1,5 @@
+from collections import defaultdict
+
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
@@ -18,7 +20,8 @@ def personas_asset(shards: dg.PartitionsDefinition) -> dg.AssetsDefinition:
                  duckdb: DuckDBResource) -> dg.MaterializeResult:
         cfg = settings.load()
         keys = run_shards(context, cfg)
-        assigned = [a for a in stage.assign_splits(stage.load_seeds(cfg.persona_source), cfg) if a.shard in keys]
+        seeds, bad_seeds = stage.read_seeds(cfg.persona_source)
+        assigned = [a for a in stage.assign_splits(seeds, cfg) if a.shard in keys]
         requests = [stage.enrichment_request(cfg, a.seed, stage.sample_big_five(cfg, a.seed)) for a in assigned]
         stats = TeacherStats()
         results = teacher.get().generate(requests, stats)
@@ -28,8 +31,13 @@ def personas_asset(shards: dg.PartitionsDefinition) -> dg.AssetsDefinition:
             write_shards(con, "personas", rows, {
                 "persona_id": ("VARCHAR", lambda p: p.persona_id), "split": ("VARCHAR", lambda p: p.split),
                 "shard": ("VARCHAR", lambda p: p.shard), "name": ("VARCHAR", lambda p: p.profile.name)}, keys, cfg)
-            return finish(con, "personas", stats, quarantined, results, shards=keys,
-                          owner_shard={a.seed.seed_id: a.shard for a in assigned}, personas=len(rows),
+            # the seed source's bad lines are filed under the first shard, so each is recorded once
+            first = stage.shard_keys(cfg)[0]
+            if first in keys:
+                quarantined = bad_seeds + quarantined
+            owner = defaultdict(lambda: first, {a.seed.seed_id: a.shard for a in assigned})
+            return finish(con, "personas", stats, quarantined, results, shards=keys, owner_shard=owner,
+                          personas=len(rows),
                           per_split={s: sum(p.split == s for p in rows) for s in ("train", "bench_32k", "bench_128k")})
 
     return personas

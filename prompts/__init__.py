@@ -22,7 +22,7 @@ TEMPLATES = {
     "episodic_topic": "episodic_topic.v2.j2",
     "personality_inference": "personality_inference.v2.j2",
     "reasoning_answer": "reasoning_answer.v2.j2",
-    "alignment_reply": "alignment_reply.v2.j2",
+    "alignment_reply": "alignment_reply.v3.j2",
     "benchmark_tips": "benchmark_tips.v2.j2",
     "benchmark_tip_tier": "benchmark_tip_tier.v1.j2",
     "benchmark_blind": "benchmark_blind.v1.j2",

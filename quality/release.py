@@ -10,20 +10,22 @@ from dataclasses import dataclass, field
 import duckdb
 
 from persona_factory.config import PipelineConfig
+from persona_factory.markdown import markdown_table
 from persona_factory.publish import PublishBundle
-from persona_factory.publish.hub_layout import markdown_table
+from persona_factory.publish.native import persona_mme
 from persona_factory.schema import (
     BenchmarkItem, Dialogue, ImageRecord, Persona, PersonalityStep, Provenance, QuarantineRow,
     RLRecord, SFTRecord, TimelinePlan,
 )
 from persona_factory.store import read_records, table_exists, write_records
-from quality import dedup, validate
+from quality import audit, dedup, validate
 from quality.dedup import Exclusion
 
 EXCLUSIONS = "release_exclusions"
 # written by the benchmark asset's gates; the card shows them when present
 GATE_TABLE = "benchmark_gate_counts"
 BLIND_TABLE = "benchmark_blind_accuracy"
+AUDIT_SECTION = "Shortcut audit"
 
 
 @dataclass
@@ -165,7 +167,13 @@ def _write_release(con: duckdb.DuckDBPyConnection, personas: list[Persona], hist
 
 
 def release_bundle(con: duckdb.DuckDBPyConnection, provenance: Provenance) -> PublishBundle:
-    """The released rows only, plus the curation figures the card reports."""
+    """The released rows only, plus the curation figures and the shortcut audit the card reports."""
+    return audited_release(con, provenance)[0]
+
+
+def audited_release(con: duckdb.DuckDBPyConnection,
+                    provenance: Provenance) -> tuple[PublishBundle, audit.AuditReport]:
+    """The release bundle and the shortcut audit of its benchmark (a section of the bundle's card)."""
     personas = read_records(con, "release_personas", Persona)
     released = [p.persona_id for p in personas]
     train = [p.persona_id for p in personas if p.split == "train"]
@@ -174,12 +182,16 @@ def release_bundle(con: duckdb.DuckDBPyConnection, provenance: Provenance) -> Pu
         "ORDER BY persona_id", [train]).fetchall()}
     steps = read_records(con, "personality_steps", PersonalityStep,
                          "WHERE record->>'$.persona_id' IN (SELECT unnest(?::VARCHAR[]))", [released])
-    return PublishBundle(
+    bundle = PublishBundle(
         personas=personas, dialogues=read_records(con, "release_dialogues", Dialogue),
         images={i.image_id: i for i in read_records(con, "image_pool", ImageRecord)}, memory_dbs=memory,
         sft=read_records(con, "release_sft", SFTRecord), rl=read_records(con, "release_rl", RLRecord),
         benchmark=read_records(con, "release_benchmark", BenchmarkItem), provenance=provenance,
         personality_steps=steps, card_sections=curation_sections(con))
+    mme = persona_mme(bundle)  # the benchmark exactly as the native exporter will write it
+    report = audit.run_audit(audit.AuditInput(mme.records, mme.users, source="this release"))
+    bundle.card_sections[AUDIT_SECTION] = report.markdown()
+    return bundle, report
 
 
 REASONS = {  # what each dedup reason means, for the card

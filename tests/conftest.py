@@ -15,7 +15,13 @@ import pytest
 
 from persona_factory.config import TeacherSettings
 from persona_factory.embeddings import TextEmbedder
-from persona_factory.teacher.embedded import EmbeddedServer, prepare_embedded_model, prepare_tiny_vlm
+from persona_factory.teacher.embedded import EmbeddedServer
+from persona_factory.teacher.prepare import prepare_embedded_model
+
+try:
+    from tests.tiny_vlm import prepare_tiny_vlm
+except ImportError:
+    from tiny_vlm import prepare_tiny_vlm
 
 os.environ.update({
     "DAGSTER_DISABLE_TELEMETRY": "1",

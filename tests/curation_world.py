@@ -106,11 +106,13 @@ def make_dialogue(pid: str, split: str, images: dict[int, str]) -> Dialogue:
 
 
 def make_item(item_id: str, pid: str, bucket: str, query: str, gold: str, evidence_images: list[str] = (),
-              question_type: str = "Semantic Information Recall") -> BenchmarkItem:
-    others = [w for w in ("chestnut", "lavender", "graphite", "turquoise", "saffron") if w != gold][:3]
+              question_type: str = "Semantic Information Recall", letter: str = "(a)") -> BenchmarkItem:
+    letters = ("(a)", "(b)", "(c)", "(d)")
+    options = [w for w in ("chestnut", "lavender", "graphite", "turquoise", "saffron") if w != gold][:3]
+    options.insert(letters.index(letter), gold)
     return BenchmarkItem(item_id=item_id, persona_id=pid, bucket=bucket, type="Memory Recall",
                          question_type=question_type, time="2024-05-09 12:00", query=query,
-                         choices=dict(zip(("(a)", "(b)", "(c)", "(d)"), [gold, *others])), answer="(a)",
+                         choices=dict(zip(letters, options)), answer=letter,
                          evidence_turns=[1], evidence_images=list(evidence_images))
 
 
@@ -148,9 +150,9 @@ def clean_world(image_dir: Path) -> World:
     items = [
         make_item("q1", "pbench1", "50", "Which colour was the kite I flew at the beach?", "chestnut"),
         make_item("q2", "pbench1", "50", "What did the photo I sent you show?", "lavender", [ids[2]],
-                  "Visual Detail Recall"),
-        make_item("q3", "pbench1", "50", "Where do I usually go running on Sundays?", "graphite"),
-        make_item("q4", "pbench2", "200", "Who taught me how to tie climbing knots?", "turquoise"),
+                  "Visual Detail Recall", letter="(b)"),
+        make_item("q3", "pbench1", "50", "Where do I usually go running on Sundays?", "graphite", letter="(c)"),
+        make_item("q4", "pbench2", "200", "Who taught me how to tie climbing knots?", "turquoise", letter="(d)"),
     ]
     conv = lambda n: [{"from": "human", "value": "<image>" * n + "hello"}, {"from": "gpt", "value": "hi"}]  # noqa: E731
     sft = [SFTRecord(record_id=f"sft-{pid}", persona_id=pid, task="semantic_memory", conversations=conv(1),

@@ -101,8 +101,10 @@ class InFlight:
 
 class FakeOpenAI:
     def __init__(self, model: str = "fake-model", responder: Responder | None = None,
-                 served_models: list[str] | None = None, shared_in_flight: InFlight | None = None):
+                 served_models: list[str] | None = None, shared_in_flight: InFlight | None = None,
+                 api_key: str | None = None):
         self.model = model
+        self.api_key = api_key  # when set, requests without `Authorization: Bearer <api_key>` get HTTP 401
         self.served_models = served_models if served_models is not None else [model]
         self.responder = responder
         self.requests: list[dict[str, Any]] = []  # chat-completions bodies, in arrival order
@@ -192,7 +194,15 @@ class FakeOpenAI:
         self.stop()
 
     # -- protocol ----------------------------------------------------------------------------------------------
+    def _refused_key(self, h: BaseHTTPRequestHandler) -> bool:
+        if self.api_key is None or h.headers.get("Authorization") == f"Bearer {self.api_key}":
+            return False
+        _send(h, 401, {"error": {"message": "Unauthorized", "type": "AuthenticationError", "code": 401}})
+        return True
+
     def _get(self, h: BaseHTTPRequestHandler) -> None:
+        if self._refused_key(h):
+            return
         if h.path.rstrip("/") == "/v1/models":
             with self._lock:
                 self.model_listings += 1
@@ -202,6 +212,8 @@ class FakeOpenAI:
             _send(h, 404, {"error": {"message": f"no route {h.path}", "type": "NotFoundError", "code": 404}})
 
     def _post(self, h: BaseHTTPRequestHandler) -> None:
+        if self._refused_key(h):
+            return
         if h.path.rstrip("/") != "/v1/chat/completions":
             _send(h, 404, {"error": {"message": f"no route {h.path}", "type": "NotFoundError", "code": 404}})
             return

@@ -649,7 +649,7 @@ def test_alignment_pairs_answer_their_item_query_at_the_probe(tiny):
     probe = fmt_time(B.probe_time(tiny.cfg, tiny.dialogues[pid]))
     now = plan_state(tiny.personas[pid], tiny.plans[pid], probe).personality
     assert personality_text(now) in chosen_prompt
-    kinds = Counter("generic" if "generic" in r.messages[1].content else "other_profile"
+    kinds = Counter("generic" if "does not adapt" in r.messages[1].content else "other_profile"
                     for r in asked if r.tag.endswith(":rejected"))
     assert abs(kinds["generic"] - kinds["other_profile"]) <= len(per_persona)
 

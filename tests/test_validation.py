@@ -218,7 +218,7 @@ def test_a_clean_release_passes_every_check_and_publishes(published):
     _, _, instance, result, out = published
     assert result.success
     assert {c.check_name for c in result.get_asset_check_evaluations() if c.passed} == {
-        "record_schemas", "release_dedup", *(f"{s}_suite" for s in validate.SUITES)}
+        "record_schemas", "release_dedup", "shortcut_audit", *(f"{s}_suite" for s in validate.SUITES)}
     assert (out / "hub" / "README.md").is_file() and (out / "native" / "data").is_dir()
     assert isinstance(republish_decision(instance), dg.SkipReason)  # already published
 
@@ -243,7 +243,8 @@ def test_the_card_reports_provenance_curation_and_charts(published):
     card = (out / "hub" / "README.md").read_text()
     assert all(f"`{name}`" in card for name in TEMPLATES.values())  # every prompt template with its hash
     for needle in ("Teacher model:", "Seed: `0`", "Code version:", "Preset: `tiny`",
-                   "## Deduplication and leakage", "## Quarantine", "## Benchmark gates", "## Retrieval", "## Charts",
+                   "## Deduplication and leakage", "## Quarantine", "## Benchmark gates", "## Retrieval",
+                   "## Shortcut audit", "| letters_unpredictable | pass |", "## Charts",
                    "| sft | train | 2 |", "| semantic_memory | 2 |"):
         assert needle in card, needle
     figures = [line.split("](")[1].rstrip(")") for line in card.splitlines() if line.startswith("![")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import tempfile
@@ -68,23 +69,49 @@ def history_images(dialogue: Dialogue) -> list[str]:
 def atomic_dir(out_dir: Path) -> Iterator[Path]:
     """Yield an empty sibling temp folder; on success swap it in for `out_dir`, on error drop it.
 
-    Readers see either the previous release or the new one, never a half-written folder.
+    Readers see either the previous release or the new one, never a half-written folder. Exports into one parent
+    folder take turns (a lock on it), and each first sweeps what a killed one left: its temp folder, or the
+    previous release moved aside just before the swap (put back when the folder itself is missing).
     """
     out_dir = Path(out_dir).absolute()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.new-", dir=out_dir.parent))
-    try:
-        yield tmp
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a release folder is not
-        old = tmp.with_name(tmp.name.replace(".new-", ".old-"))
-        if out_dir.exists():
-            out_dir.rename(old)
+    with _exclusive(out_dir.parent):
+        _sweep(out_dir)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.new-", dir=out_dir.parent))
         try:
-            tmp.rename(out_dir)
-        except BaseException:
-            if old.exists():
-                old.rename(out_dir)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
+            yield tmp
+            os.chmod(tmp, 0o755)  # mkdtemp makes it private; a release folder is not
+            old = tmp.with_name(tmp.name.replace(".new-", ".old-"))
+            if out_dir.exists():
+                out_dir.rename(old)
+            try:
+                tmp.rename(out_dir)
+            except BaseException:
+                if old.exists():
+                    old.rename(out_dir)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def _exclusive(folder: Path) -> Iterator[None]:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        os.close(fd)  # closing releases the lock
+
+
+def _sweep(out_dir: Path) -> None:
+    """Temp folders of exports killed before their swap: a new one is dropped; an old one is the previous release
+    (put back when the swap never happened), else dropped."""
+    for stale in sorted(out_dir.parent.glob(f".{out_dir.name}.new-*")):
+        shutil.rmtree(stale, ignore_errors=True)
+    for old in sorted(out_dir.parent.glob(f".{out_dir.name}.old-*")):
+        if not out_dir.exists():
+            old.rename(out_dir)
+        else:
+            shutil.rmtree(old, ignore_errors=True)

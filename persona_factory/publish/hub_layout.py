@@ -20,6 +20,7 @@ from datasets.utils.metadata import MetadataConfigs
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from persona_factory.config import canonical_json
+from persona_factory.markdown import markdown_table
 from persona_factory.publish.bundle import PublishBundle, atomic_dir, history_images
 from persona_factory.publish.charts import write_charts
 from persona_factory.schema import BIG_FIVE_TRAITS, BenchmarkItem, Dialogue, RLRecord, SFTRecord, Split
@@ -342,15 +343,6 @@ def _card_body(bundle: PublishBundle, pretty_name: str, manifest: dict[str, dict
     for title, path in figures.items():
         lines += ["", f"### {title}", "", f"![{title}]({path})"]
     return "\n".join(lines) + "\n"
-
-
-def markdown_table(header: tuple[str, ...] | list[str], rows) -> str:
-    """A markdown table, or "None." when there are no rows (a section never disappears from the card)."""
-    rows = list(rows)
-    if not rows:
-        return "None."
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(str(v) for v in r) + " |" for r in rows])
 
 
 def _count_table(header: str, counts: Counter[str]) -> list[str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,18 @@ def export_native(bundle: PublishBundle, out_dir: Path) -> dict:
         }
 
 
-def _persona_mme(bundle: PublishBundle, root: Path) -> dict[str, Any]:
-    """One `samples/<bucket>/<persona_id>/user_data.json` per asked persona, and the flat question list."""
+@dataclass
+class PersonaMME:
+    """The Persona-MME part of a release as data: what `Persona-MME.json` and each `user_data.json` hold."""
+
+    records: list[dict[str, Any]]  # the question list, in file order
+    users: dict[str, dict[str, Any]]  # data_path -> that user's user_data.json
+    images: dict[str, list[str]]  # data_path -> image ids, in the order of its `imgs` file names
+
+
+def persona_mme(bundle: PublishBundle) -> PersonaMME:
+    """One user_data per asked persona and the flat question list, built in memory (the shortcut audit reads this
+    before anything is written; the exporter writes exactly this)."""
     items = sorted(bundle.benchmark, key=lambda i: i.item_id)
     buckets: dict[str, str] = {}
     for item in items:
@@ -39,22 +50,24 @@ def _persona_mme(bundle: PublishBundle, root: Path) -> dict[str, Any]:
                 f"persona {item.persona_id!r} has items in buckets {buckets[item.persona_id]!r} and {item.bucket!r}"
             )
     dialogues = {d.persona_id: d for d in bundle.dialogues}
+    users: dict[str, dict[str, Any]] = {}
+    images: dict[str, list[str]] = {}
     files: dict[str, dict[str, str]] = {}  # persona_id -> image_id -> file name of its first occurrence
     for pid, bucket in sorted(buckets.items()):
         if pid not in dialogues:
             raise KeyError(f"benchmark persona {pid!r} has no dialogue in the bundle")
         d = dialogues[pid]
-        folder = root / MME_DIR / "samples" / bucket / pid
+        data_path = f"./{MME_DIR}/samples/{bucket}/{pid}/user_data.json"
         ids = history_images(d)
-        imgs = _copy_images(bundle, ids, folder)
-        user_data = {
+        imgs = _image_names(ids)
+        users[data_path] = {
             "profile": bundle.persona(pid).profile.to_spec(),
             "imgs": imgs,
             "sessions": [
                 [{"time": t.time, "user": t.user, "assistant": t.assistant} for t in s.turns] for s in d.sessions
             ],
         }
-        _write_json(folder / "user_data.json", user_data)
+        images[data_path] = ids
         files[pid] = dict(zip(reversed(ids), reversed(imgs)))  # a repeated image resolves to its first file
     records = []
     for item in items:
@@ -76,8 +89,18 @@ def _persona_mme(bundle: PublishBundle, root: Path) -> dict[str, Any]:
                 "evidence_images": [files[item.persona_id][i] for i in item.evidence_images],  # files beside data_path
             }
         )
-    _write_json(root / MME_DIR / "Persona-MME.json", records)
-    return {"path": f"{MME_DIR}/Persona-MME.json", "items": len(records), "samples": len(buckets)}
+    return PersonaMME(records=records, users=users, images=images)
+
+
+def _persona_mme(bundle: PublishBundle, root: Path) -> dict[str, Any]:
+    """One `samples/<bucket>/<persona_id>/user_data.json` (with its images) per asked persona, and the question list."""
+    mme = persona_mme(bundle)
+    for data_path, user_data in mme.users.items():
+        folder = (root / data_path).parent
+        _copy_images(bundle, mme.images[data_path], user_data["imgs"], folder)
+        _write_json(folder / "user_data.json", user_data)
+    _write_json(root / MME_DIR / "Persona-MME.json", mme.records)
+    return {"path": f"{MME_DIR}/Persona-MME.json", "items": len(mme.records), "samples": len(mme.users)}
 
 
 def _sft(bundle: PublishBundle, root: Path) -> dict[str, Any]:
@@ -108,7 +131,8 @@ def _memory_dbs(bundle: PublishBundle, root: Path) -> dict[str, Any]:
     for pid, db in sorted(bundle.memory_dbs.items()):
         folder = root / SAMPLES_DIR / pid
         ids = list(db.get("imgs", []))
-        paths = _copy_images(bundle, ids, folder, prefix="media/imgs/")
+        paths = _image_names(ids, prefix="media/imgs/")
+        _copy_images(bundle, ids, paths, folder)
         names = dict(zip(reversed(ids), reversed(paths)))  # an id repeated in `imgs` maps to its first file
         _write_json(folder / "user_data.json", {**_replace_ids(db, names), "imgs": paths})
     return {"path": SAMPLES_DIR, "users": len(bundle.memory_dbs)}
@@ -124,13 +148,15 @@ def _replace_ids(obj: Any, names: dict[str, str]) -> Any:
     return obj
 
 
-def _copy_images(bundle: PublishBundle, image_ids: list[str], folder: Path, prefix: str = "") -> list[str]:
-    """Copy images as `<prefix><n>.png` in the given order (loaders consume them by position); return the names."""
-    names = [f"{prefix}{n}.png" for n in range(len(image_ids))]
+def _image_names(image_ids: list[str], prefix: str = "") -> list[str]:
+    """`<prefix><n>.png` in the given order: loaders consume a user's images by position."""
+    return [f"{prefix}{n}.png" for n in range(len(image_ids))]
+
+
+def _copy_images(bundle: PublishBundle, image_ids: list[str], names: list[str], folder: Path) -> None:
     for image_id, name in zip(image_ids, names):
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(bundle.image_path(image_id), folder / name)
-    return names
 
 
 def _copy_by_id(bundle: PublishBundle, image_ids: list[str], folder: Path) -> None:

@@ -1,7 +1,7 @@
 """Alignment pairs: for an in-situ query, a reply fitting the persona's planned personality at that moment
 (chosen) against one that is either generic or personalized for a *different* Big Five profile (rejected), half
-each, so a pair cannot be solved by spotting the generic reply. The personalized rejected reply sees the same
-interests as the chosen one: only the personality differs.
+each, so a pair cannot be solved by spotting the generic reply. Every reply sees the user's interests, the generic
+one too: only the personality differs, so mentioning what the profile lists does not single out the chosen one.
 
 Checks: both replies present and distinct, neither naming the traits or scores it was written for, and their
 lengths within `alignment_max_length_ratio` of each other (length must not give the chosen one away); a pair
@@ -101,7 +101,7 @@ def reply_requests(cfg: PipelineConfig, specs: list[PairSpec]) -> list[TeacherRe
         for role, profile in (("chosen", s.current), ("rejected", s.other)):
             out.append(TeacherRequest(
                 chat("alignment_reply", query=s.query, personality=describe(profile) if profile else None,
-                     interests=", ".join(s.interests) if profile else None),
+                     interests=", ".join(s.interests)),
                 sampling(cfg, "alignment", s.pair_id, role, schema=ReplyDraft), ReplyDraft, tag=f"alignment:{s.after.persona_id}:{s.pair_id}:{role}"))
     return out
 

@@ -25,7 +25,7 @@ from ..config import PipelineConfig
 from ..schema import (
     Dialogue, ImageRecord, Persona, PlanItem, QuarantineRow, Session, TimelinePlan, Turn, fmt_time,
 )
-from ..teacher.types import TeacherRequest, TeacherResult, TeacherStats
+from ..teacher.types import TeacherRequest, TeacherResult, TeacherStats, is_answer_failure
 from .common import (
     chat, contains_phrase, negates, parse_time, personality_text, phrase_pattern, rng_for, sampling,
 )
@@ -234,8 +234,11 @@ def check_turn(st: PersonaState, slot: TurnSlot, user: str, assistant: str) -> C
             return Check("premature_shift")
     doubtful = [f for f in standing_facts(st.persona, st.plan, slot.time)
                 if f != slot.item and negates(user, realization(f).phrases[0])]
-    if slot.item is not None and slot.item.kind != "dislike" and any(negates(user, p) for p in slot.phrases):
-        doubtful.append(slot.item)  # a dislike is told with a negative word by design
+    # a dislike is told with a negative word by design, and a shift may well deny the like it replaces
+    denied = () if slot.item is None or slot.item.kind == "dislike" else \
+        slot.phrases[:1] if slot.item.kind == "preference_shift" else slot.phrases
+    if any(negates(user, p) for p in denied):
+        doubtful.append(slot.item)
     return Check(None, doubtful)
 
 
@@ -243,7 +246,10 @@ def check_turn(st: PersonaState, slot: TurnSlot, user: str, assistant: str) -> C
 
 
 def generate_dialogues(cfg: PipelineConfig, teacher: TeacherLike, personas: list[Persona], plans: list[TimelinePlan],
-                       images: list[ImageRecord], stats: TeacherStats) -> tuple[list[Dialogue], list[QuarantineRow]]:
+                       images: list[ImageRecord], stats: TeacherStats,
+                       failures: list[TeacherResult] | None = None) -> tuple[list[Dialogue], list[QuarantineRow]]:
+    """Dialogues and quarantine rows; `failures`, if given, receives the teacher failure that cost each dropped
+    turn (once per request), so dropped turns are counted with the other teacher failures."""
     by_id = {p.persona_id: p for p in personas}
     by_image = {i.image_id: i for i in images}
     states, quarantined = [], []
@@ -258,11 +264,13 @@ def generate_dialogues(cfg: PipelineConfig, teacher: TeacherLike, personas: list
         for attempt in range(1, cfg.dialogue.realization_retries + 1):
             if not rejected:
                 break
-            results = teacher.generate([turn_request(cfg, d.st, d.slot, attempt, d.failure) for d in rejected], stats)
+            results = teacher.generate([_next_request(cfg, d, attempt) for d in rejected], stats)
             rejected = _accept(cfg, teacher, [Draft.of(d.st, d.slot, res) for d, res in zip(rejected, results)], stats)
         for d in rejected:
             quarantined.append(QuarantineRow(table_name="dialogue_turns", row_key=d.slot.key,
                                              rule=d.failure.split(":")[0], value=f"{d.slot.instruction()} | {d.failure}"))
+            if failures is not None and d.result is not None and all(f.key != d.result.key for f in failures):
+                failures.append(d.result)
         for st in active:
             kept = [s for s in st.sessions[k] if s.key in st.kept]
             window = cfg.dialogue.recent_window
@@ -286,12 +294,26 @@ class Draft:
     user: str = ""
     assistant: str = ""
     failure: str | None = None
+    result: TeacherResult | None = None  # the failed teacher request behind `failure`, if the teacher's
 
     @classmethod
     def of(cls, st: PersonaState, slot: TurnSlot, res: TeacherResult) -> "Draft":
         if not res.ok:
-            return cls(st, slot, failure=res.failure or "teacher_failure")
+            return cls(st, slot, failure=res.failure or "teacher_failure", result=res)
         return cls(st, slot, res.value.user.strip(), res.value.assistant.strip())  # type: ignore[union-attr]
+
+    def feedback(self) -> str | None:
+        """What a rewrite is told: why the text was rejected (a failed check, an answer that broke its schema).
+        A failure on the way (lost in transport, refused by the server, an unanswered judge) says nothing about
+        the text and never reaches a prompt (it would carry endpoint URLs and server error bodies)."""
+        return self.failure if self.result is None or is_answer_failure(self.failure or "") else None
+
+
+def _next_request(cfg: PipelineConfig, d: Draft, attempt: int) -> TeacherRequest:
+    """A rewrite told what was wrong; or, when nothing was said about the text, the turn's first draft (written
+    alone) asked again as it was, so a failure on the way does not change the text a run ends with."""
+    problem = d.feedback()
+    return turn_request(cfg, d.st, d.slot, attempt if problem else 0, problem)
 
 
 def _first_drafts(cfg: PipelineConfig, teacher: TeacherLike, active: list[PersonaState], k: int,
@@ -304,7 +326,7 @@ def _first_drafts(cfg: PipelineConfig, teacher: TeacherLike, active: list[Person
     drafts: list[Draft] = []
     for st, res in zip(active, teacher.generate([session_request(cfg, st, k) for st in active], stats)):
         if not res.ok:
-            drafts += [Draft(st, slot, failure=res.failure or "teacher_failure") for slot in st.sessions[k]]
+            drafts += [Draft.of(st, slot, res) for slot in st.sessions[k]]
         else:
             drafts += [Draft(st, slot, t.user.strip(), t.assistant.strip())
                        for slot, t in zip(st.sessions[k], res.value.turns)]  # type: ignore[union-attr]
@@ -334,7 +356,9 @@ def _accept(cfg: PipelineConfig, teacher: TeacherLike, drafts: list[Draft], stat
         if all(a.ok and a.value.consistent for a in answers):  # type: ignore[union-attr]
             d.st.kept[d.slot.key] = (d.user, d.assistant)
         else:  # an unanswered judge cannot clear the turn either, but says so
-            d.failure = next((f"judge_failure: {a.failure}" for a in answers if not a.ok), "contradiction")
+            unanswered = next((a for a in answers if not a.ok), None)
+            d.failure = "contradiction" if unanswered is None else f"judge_failure: {unanswered.failure}"
+            d.result = unanswered
             rejected.append(d)
     return rejected
 

@@ -11,6 +11,7 @@ Item ids hash the persona, the kind and the item's position, never its value, so
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass
 from itertools import zip_longest
@@ -218,7 +219,7 @@ def build_plan(cfg: PipelineConfig, persona: Persona, draft: PlanDraft, images: 
     sessions = schedule_sessions(cfg, persona)
     total_turns = sum(s.n_turns for s in sessions)
     side = "train" if persona.split == "train" else "bench"
-    photo_pool = sorted((i for i in images if image_side(i.image_id) == side), key=lambda i: i.image_id)
+    photo_pool = sorted((i for i in images if image_side(i) == side), key=lambda i: i.image_id)
     n_photos = round(cfg.dialogue.image_turn_share * total_turns) if photo_pool else 0
     facts = total_turns - n_photos - round(p.small_talk_share * total_turns)
     free = [s.n_turns for s in sessions]
@@ -392,9 +393,11 @@ def tried_interest(item: PlanItem) -> str | None:
     return item.subject if item.kind == "event" and item.value == first_try(item.subject) else None
 
 
-def image_side(image_id: str) -> str:
-    """Training and benchmark histories draw from disjoint halves of the pool, so no image leaks across."""
-    return "train" if int(image_id[:8], 16) % 2 == 0 else "bench"
+def image_side(image: ImageRecord) -> str:
+    """Training and benchmark histories draw from disjoint halves of the pool, so no image leaks across; the crops
+    of a bundled photograph go with it, which a perceptual hash would not tie them to."""
+    key = image.image_id if image.photograph is None else hashlib.sha256(image.photograph.encode()).hexdigest()
+    return "train" if int(key[:8], 16) % 2 == 0 else "bench"
 
 
 def _add_photos(pool: list[ImageRecord], photo_sessions: list[int], add: Callable, rng: random.Random) -> None:
@@ -447,7 +450,8 @@ def realization(item: PlanItem) -> Realization:
         case "dislike":
             return Realization(f"says they really dislike {v}", (v,), f"The user dislikes {v}.")
         case "preference_shift":
-            return Realization(f"says that these days they are more into {v} than {item.previous_value}", (v,),
+            return Realization(f"says that these days they are more into {v} than {item.previous_value}",
+                               tuple(x for x in (v, item.previous_value) if x),
                                f"The user is now more into {v} than {item.previous_value}.")
         case "event" if item.person:
             return Realization(f"says they {v} with {item.person}", (v, item.person),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import os
 from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
@@ -13,6 +14,33 @@ import httpx
 
 from ..config import ConfigError, TeacherSettings
 from .types import RawCompletion, TeacherRequest
+
+
+# 4xx answers that are about the endpoint's set-up (credentials, route, model name), not the request: a later run
+# with the set-up fixed must ask again, so they are never recorded as the request's own refusal
+ENDPOINT_STATUSES = {401, 403, 404}
+RETRY_STATUSES = {408, 429}  # timeouts and rate limits: ask again
+
+
+def status_failure(status: int, body: str) -> RawCompletion:
+    """What an HTTP error means for the request: retried (5xx, 408, 429), refused for good (any other 4xx, e.g.
+    a prompt longer than the context), or an endpoint problem."""
+    detail = f"HTTP {status}: {error_message(body)}"
+    if status >= 500 or status in RETRY_STATUSES:
+        return RawCompletion(error=detail)
+    return RawCompletion(error=detail, retryable=False, refused=status not in ENDPOINT_STATUSES)
+
+
+def error_message(body: str, limit: int = 200) -> str:
+    """The message of an OpenAI-style error body ({"message"} or {"error": {"message"}}), else the body's start,
+    on one line."""
+    try:
+        data = json.loads(body)
+        inner = data.get("error", data) if isinstance(data, dict) else {}
+        message = inner.get("message") if isinstance(inner, dict) else None
+    except ValueError:
+        message = None
+    return " ".join(str(message or body).split())[:limit]
 
 
 def response_format(request: TeacherRequest) -> dict[str, Any] | None:
@@ -46,17 +74,25 @@ class ServerBackend:
                    api_key=os.environ.get(settings.api_key_env))
 
     def check(self, setting: str = "teacher") -> None:
-        """Fail fast, naming the setting to fix (`<setting>.base_urls` / `.model`), when an endpoint is down or does
-        not serve the model."""
+        """Fail fast, naming the setting to fix (`<setting>.base_urls` / `.model` / `.api_key_env`), when an endpoint
+        is down, is not an OpenAI-compatible server, refuses the key or does not serve the model."""
+        timeout = httpx.Timeout(min(10.0, self.timeout.read or 10.0), connect=self.timeout.connect)
         for base in self.base_urls:
+            where = f"teacher endpoint {base} (setting `{setting}.base_urls`)"
             try:
-                r = httpx.get(f"{base}/models", headers=self.headers, timeout=httpx.Timeout(10.0, connect=5.0))
+                r = httpx.get(f"{base}/models", headers=self.headers, timeout=timeout)
+            except httpx.HTTPError as e:
+                raise ConfigError(f"{where} is unreachable: {type(e).__name__}: {e or 'no answer'}") from None
+            if r.status_code in (401, 403):
+                raise ConfigError(f"{where} refused the API key (HTTP {r.status_code}): put the key in the "
+                                  f"environment variable named by `{setting}.api_key_env`") from None
+            try:
                 r.raise_for_status()
                 served = [m.get("id") for m in r.json().get("data", [])]
-            except (httpx.HTTPError, ValueError) as e:
-                raise ConfigError(
-                    f"teacher endpoint {base} (setting `{setting}.base_urls`) is unreachable or not OpenAI-compatible: "
-                    f"{type(e).__name__}: {e}") from None
+            except (httpx.HTTPError, ValueError, AttributeError, TypeError) as e:
+                raise ConfigError(f"{where} is not an OpenAI-compatible server (GET {base}/models: "
+                                  f"{type(e).__name__}: {error_message(str(e) or r.text, 120)}); the URL should end "
+                                  "in /v1") from None
             if self.model_id not in served:
                 raise ConfigError(
                     f"teacher endpoint {base} does not serve model {self.model_id!r} (setting `{setting}.model`); "
@@ -90,8 +126,7 @@ class ServerBackend:
             except httpx.TransportError as e:
                 return RawCompletion(error=f"{type(e).__name__} at {base}: {e}")
         if r.status_code >= 400:
-            retryable = r.status_code >= 500 or r.status_code == 429
-            return RawCompletion(error=f"HTTP {r.status_code} at {base}: {r.text[:200]}", retryable=retryable)
+            return status_failure(r.status_code, r.text)
         try:
             data = r.json()
             choice = data["choices"][0]
@@ -103,7 +138,7 @@ class ServerBackend:
                 completion_tokens=int(usage.get("completion_tokens", 0)),
             )
         except (ValueError, KeyError, IndexError, TypeError) as e:
-            return RawCompletion(error=f"malformed response at {base}: {type(e).__name__}: {r.text[:200]}")
+            return RawCompletion(error=f"malformed response at {base}: {type(e).__name__}: {error_message(r.text)}")
 
     @contextlib.asynccontextmanager
     async def session(self) -> AsyncIterator[Callable[[TeacherRequest], Awaitable[RawCompletion]]]:
@@ -155,7 +190,8 @@ class OfflineBackend:
         except Exception as e:  # the engine refuses a whole batch for one bad prompt: find it, answer the rest
             if len(requests) > 1:
                 return [raw for r in requests for raw in self.complete([r])]
-            return [RawCompletion(error=f"engine refused the request: {type(e).__name__}: {e}", retryable=False)]
+            return [RawCompletion(error=f"engine refused the request: {type(e).__name__}: {e}", retryable=False,
+                                  refused=True)]
 
     def _chat(self, requests: Sequence[TeacherRequest]) -> list[RawCompletion]:
         from vllm import SamplingParams

@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ..config import canonical_json
+from ..config import InputError, canonical_json
 from .types import TeacherRequest
 
 
@@ -38,14 +38,18 @@ class ResponseCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
-        self._con = sqlite3.connect(str(path), check_same_thread=False, timeout=60)
-        self._con.execute("PRAGMA journal_mode=WAL")
-        self._con.execute(
-            "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, model TEXT, tag TEXT, ok INTEGER,"
-            " payload TEXT, failure TEXT, attempts INTEGER, prompt_tokens INTEGER, completion_tokens INTEGER,"
-            " created TEXT DEFAULT CURRENT_TIMESTAMP)"
-        )
-        self._con.commit()
+        try:
+            self._con = sqlite3.connect(str(path), check_same_thread=False, timeout=60)
+            self._con.execute("PRAGMA journal_mode=WAL")
+            self._con.execute(
+                "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, model TEXT, tag TEXT, ok INTEGER,"
+                " payload TEXT, failure TEXT, attempts INTEGER, prompt_tokens INTEGER, completion_tokens INTEGER,"
+                " created TEXT DEFAULT CURRENT_TIMESTAMP)"
+            )
+            self._con.commit()
+        except sqlite3.DatabaseError as e:
+            raise InputError(f"teacher response cache {path} cannot be used ({e}): move it away (every answer is "
+                             "then asked again) or point `output_dir` elsewhere") from None
 
     def get(self, key: str) -> dict[str, Any] | None:
         with self._lock:

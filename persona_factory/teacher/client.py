@@ -10,14 +10,15 @@ from typing import Callable, Protocol, Sequence
 
 from pydantic import ValidationError
 
-from ..config import ConfigError
+from ..config import ConfigError, UserError
 from .cache import ResponseCache, request_key
-from .types import RawCompletion, TeacherRequest, TeacherResult, TeacherStats
+from .types import REFUSED, TRANSPORT, RawCompletion, TeacherRequest, TeacherResult, TeacherStats, failure_kind
 
 
-class TeacherUnavailable(RuntimeError):
-    """No request of a call could even connect: the endpoint is down (not a bad answer), so the asset fails
-    instead of producing empty data; a re-run resumes from the cache."""
+class TeacherUnavailable(UserError):
+    """No request of a call could even connect, or every request of an asset failed: the endpoint or the teacher
+    settings are wrong (not one bad answer), so the asset fails instead of producing empty data; a re-run resumes
+    from the cache."""
 
 
 class Backend(Protocol):
@@ -46,7 +47,7 @@ class _Pending:
     def attempt(self, n: int) -> TeacherRequest:
         """What attempt n sends: the same request after a transport error (so it is routed elsewhere), else, since
         a bad answer under the same seed would repeat itself, the request with a moved seed."""
-        if n == 0 or self.reason.startswith("transport"):
+        if n == 0 or failure_kind(self.reason) == TRANSPORT:
             return self.request
         return dataclasses.replace(self.request, sampling=self.request.sampling.with_seed(
             self.request.sampling.seed + 7919 * n))
@@ -55,7 +56,7 @@ class _Pending:
 def validate_completion(request: TeacherRequest, raw: RawCompletion) -> tuple[object | None, str | None]:
     """(value, None) when the completion is usable, else (None, reason)."""
     if raw.error is not None:
-        return None, f"transport: {raw.error}"
+        return None, f"{REFUSED if raw.refused else TRANSPORT}: {raw.error}"
     if raw.finish_reason == "length":
         return None, "truncated: output hit max_tokens"
     if request.schema is None:
@@ -140,7 +141,7 @@ class Teacher:
                 return
             if n:
                 stats.retries += len(live)
-                if any(p.reason.startswith("transport") for p in live):
+                if any(failure_kind(p.reason) == TRANSPORT for p in live):
                     time.sleep(self.backoff_s * 2 ** (n - 1))
             raws = self.backend.complete([p.attempt(n) for p in live])
             for p, raw in zip(live, raws):
@@ -152,7 +153,7 @@ class Teacher:
                 for n in range(self.max_retries + 1):
                     if n:
                         stats.retries += 1
-                        if p.reason.startswith("transport"):
+                        if failure_kind(p.reason) == TRANSPORT:
                             await asyncio.sleep(self.backoff_s * 2 ** (n - 1))
                     self._absorb(p, await call(p.attempt(n)), n, stats)
                     if p.done:
@@ -186,8 +187,8 @@ class Teacher:
                         stats: TeacherStats) -> None:
         res.failure = reason
         stats.count_failure(reason)
-        if reason.startswith("transport"):
-            return  # not an answer of the model: a later run asks again
+        if failure_kind(reason) == TRANSPORT:
+            return  # lost on the way, not an answer nor a refusal: a later run asks again
         self.cache.put(res.key, self.model_id, res.tag, failure=reason, attempts=res.attempts,
                        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
 

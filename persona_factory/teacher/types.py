@@ -145,9 +145,26 @@ class RawCompletion:
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    error: str | None = None  # transport/protocol problem; None when the backend answered
+    error: str | None = None  # transport/protocol problem or refusal; None when the backend answered
     retryable: bool = True
     unreachable: bool = False  # no connection could be made at all (endpoint down), as opposed to a bad answer
+    refused: bool = False  # the server rejected this request as invalid (a 4xx such as a too-long prompt): final
+
+
+# Why a request has no value, by the kind a failure reason starts with ("<kind>: <detail>"). Only an answer the
+# model wrote says anything about the text asked for; the others are about the way there and never reach a prompt.
+TRANSPORT = "transport"  # the request or its answer was lost (down, timeout, 5xx, malformed body): never cached
+REFUSED = "refused"  # the server rejected the request itself (4xx): cached, a re-run asks again only to recover
+ANSWER_FAILURES = ("truncated", "schema")  # the model answered, and the answer failed validation: cached
+
+
+def failure_kind(reason: str) -> str:
+    return reason.split(":", 1)[0]
+
+
+def is_answer_failure(reason: str) -> bool:
+    """Whether a failure reason is about what the model wrote (feedback a rewrite can use)."""
+    return failure_kind(reason) in ANSWER_FAILURES
 
 
 @dataclass
@@ -182,7 +199,7 @@ class TeacherStats:
     def count_failure(self, reason: str) -> None:
         self.failures += 1
         self.first_failure = self.first_failure or reason
-        kind = reason.split(":", 1)[0]
+        kind = failure_kind(reason)
         self.failure_reasons[kind] = self.failure_reasons.get(kind, 0) + 1
 
     def as_metadata(self) -> dict[str, int | dict[str, int]]:
