@@ -3,20 +3,20 @@ import dagster as dg
 from persona_factory.catalog import DEDUP_DECISIONS
 from persona_factory.store import Batch
 from pipelines.jobs import QUALITY
-from pipelines.resources import FactoryConfig, StoreResource
+from pipelines.resources import EmbedderResource, FactoryConfig, StoreResource
 from quality import dedup, release
 
 from .common import finish
 
 
 @dg.asset(group_name=QUALITY, deps=["personas", "dialogues", "benchmark_items", "training_records", "image_pool"],
-          description="Exact and near duplicates (turns, sessions, questions, images) and train/benchmark leakage, "
-                      "every pair with its reason.")
-def dedup_decisions(settings: FactoryConfig, store: StoreResource) -> dg.MaterializeResult:
+          description="Exact and near duplicates (turns, sessions, questions by words and by MiniLM embedding, "
+                      "images) and train/benchmark leakage, every pair with its reason.")
+def dedup_decisions(settings: FactoryConfig, embedder: EmbedderResource, store: StoreResource) -> dg.MaterializeResult:
     cfg = settings.load()
     batch = Batch("dedup_decisions")
     with store.get().reader() as con:
-        pairs = dedup.find_duplicates(con, cfg.quality)
+        pairs = dedup.find_duplicates(con, cfg.quality, embedder.get())
         by_reason = dedup.summary(con)
         batch.add_arrow(DEDUP_DECISIONS, con.sql(f"SELECT * FROM {DEDUP_DECISIONS.name}").to_arrow_table())
     store.get().commit(batch)

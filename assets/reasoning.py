@@ -7,10 +7,11 @@ from persona_factory.readers import by_persona, load_histories, memory_databases
 from persona_factory.schema import QuarantineRow
 from persona_factory.stages import reasoning as stage
 from persona_factory.stages.distractors import Pools
+from persona_factory.stages.retrieval import RETRIEVERS, retrievers
 from persona_factory.teacher.types import TeacherStats
 from pipelines.jobs import SUPERVISION
 from pipelines.partitions import SHARD_BACKFILL
-from pipelines.resources import FactoryConfig, StoreResource, TeacherResource
+from pipelines.resources import EmbedderResource, FactoryConfig, StoreResource, TeacherResource
 
 from .common import answered, finish, generate_batched, run_shards, shard_batch
 
@@ -22,10 +23,10 @@ def count(values) -> dict[str, int]:
 def reasoning_asset(shards: dg.PartitionsDefinition) -> dg.AssetsDefinition:
     @dg.asset(group_name=SUPERVISION, deps=["memory_db"], partitions_def=shards, backfill_policy=SHARD_BACKFILL,
               description="In-situ probes of training histories: think/retrieve/answer trajectories with retrieval "
-                          "executed over the memory database as it was at probe time, answers regenerated from what "
-                          "was retrieved and checked against the plan.")
+                          "executed over the memory database as it was at probe time (PersonaVLM's MiniLM retriever "
+                          "by default), answers regenerated from what was retrieved and checked against the plan.")
     def reasoning_trajectories(context: dg.AssetExecutionContext, settings: FactoryConfig, teacher: TeacherResource,
-                               store: StoreResource) -> dg.MaterializeResult:
+                               embedder: EmbedderResource, store: StoreResource) -> dg.MaterializeResult:
         cfg = settings.load()
         keys = run_shards(context, cfg)
         with store.get().reader() as con:
@@ -33,12 +34,17 @@ def reasoning_asset(shards: dg.PartitionsDefinition) -> dg.AssetsDefinition:
             semantic = by_persona(read_shards(con, SEMANTIC_MEMORY_TARGETS, keys))
             user_data = memory_databases(con, "train", keys)
         by_image = {i.image_id: i for i in images}
+        owners = [pid for pid in sorted(user_data) if pid in plans]
+        text_embedder = embedder.get()
+        text_embedder.embed(t for pid in owners for t in stage.search_texts(  # one batched pass over every persona
+            cfg, personas[pid], dialogues[pid], plans[pid], semantic.get(pid, []), user_data[pid]))
+        found_by = retrievers(text_embedder)
         jobs = {}
         for shard in keys:  # wrong answers come from the shard's own plans, so a shard's data never depends on others
             pools = Pools.of([p for pid, p in plans.items() if personas[pid].shard == shard], images)
             jobs.update({pid: stage.prepare_jobs(cfg, personas[pid], dialogues[pid], plans[pid], semantic.get(pid, []),
-                                                 user_data[pid], pools, by_image)
-                         for pid in sorted(user_data) if pid in plans and personas[pid].shard == shard})
+                                                 user_data[pid], pools, by_image, found_by)
+                         for pid in owners if personas[pid].shard == shard})
         stats = TeacherStats()
         res = generate_batched(teacher.get(), stats,
                                {pid: stage.answer_requests(cfg, personas[pid], jobs[pid]) for pid in jobs})
@@ -56,6 +62,14 @@ def reasoning_asset(shards: dg.PartitionsDefinition) -> dg.AssetsDefinition:
                       by_verdict=count(r.verdict for r in rows),
                       verified_by_kind=count(r.question_kind for r in verified),
                       verified_by_mode=count(r.mode for r in verified),
-                      retrieval_steps=count(str(sum(s.action == "retrieve" for s in r.steps)) for r in verified))
+                      retrieval_steps=count(str(sum(s.action == "retrieve" for s in r.steps)) for r in verified),
+                      retriever=cfg.supervision.retriever, answer_hit_share=hit_shares(rows),
+                      texts_embedded=text_embedder.encoded)
 
     return reasoning_trajectories
+
+
+def hit_shares(rows) -> dict[str, float]:
+    """Per retriever, the share of retrieval probes whose searches retrieved the evidence."""
+    probed = [r.answer_hits for r in rows if r.answer_hits]
+    return {name: round(sum(h[name] for h in probed) / len(probed), 3) for name in RETRIEVERS} if probed else {}

@@ -209,6 +209,9 @@ class SupervisionSettings(Strict):
     probes_per_persona: int = Field(3, ge=0)
     direct_answer_share: float = Field(0.25, ge=0, le=1)  # probes answerable from the recent context
     max_retrieval_steps: int = Field(3, ge=1, le=3)  # PersonaVLM's RL caps retrieval at 3 calls
+    # what a <retrieve> call returns (stages/retrieval.py): PersonaVLM's agent retriever (MiniLM embeddings, exact
+    # L2) or IDF-weighted keyword overlap; the card compares both on the same probes
+    retriever: Literal["embedding", "keyword"] = "embedding"
     alignment_pairs_per_persona: int = Field(2, ge=0)
     alignment_max_length_ratio: float = Field(2.0, ge=1)  # longer/shorter reply, so length does not give it away
     # JSON-schema patterns make the teacher write the phrases a memory, topic or answer must state; checks verify
@@ -265,6 +268,8 @@ class QualitySettings(Strict):
     # content-word Jaccard at which two questions of one persona with the same gold answer text ask the same thing;
     # questions with different gold answers are never near duplicates ("the cat's nose" vs "the cat's eyes")
     question_similarity: float = Field(0.5, gt=0, le=1)
+    # MiniLM cosine at which two such questions (one persona, the same gold) ask the same thing in other words
+    question_embedding_similarity: float = Field(0.9, gt=0, le=1)
     # phash bits; resized and re-encoded copies stay within 4, unrelated photos are >= 10 apart
     image_max_hamming: int = Field(8, ge=0, le=31)
 

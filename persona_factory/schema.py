@@ -270,7 +270,7 @@ class ReasoningStep(Record):
     action: Literal["retrieve", "answer"]
     retrieve: RetrieveCall | None = None
     # memory keys the executed call returned: "semantic:<session>:<round>", "episodic:<session>:<topic>",
-    # "procedural:<key>" (see stages.memory.visible_memories)
+    # "procedural:<key>" (see stages.memory.held_memories)
     retrieved: list[str] = Field(default_factory=list)
     answer: str | None = None
 
@@ -292,6 +292,9 @@ class ReasoningTrajectory(Record):
     distractors: list[str]  # type-consistent wrong answers for multiple choice (empty when too few)
     steps: list[ReasoningStep]
     verdict: ProbeVerdict  # only verified trajectories are exported
+    retriever: str  # what executed the steps' <retrieve> calls (stages.retrieval.RETRIEVERS)
+    # retrieve mode: per retriever, whether the same calls retrieve the evidence turn (the card compares them)
+    answer_hits: dict[str, bool] = Field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------- alignment (M7)

@@ -180,7 +180,8 @@ def _summary(cfg: PipelineConfig, run_id: str) -> None:
     tables = cfg.duckdb_path if cfg.storage.backend == "duckdb" else (cfg.storage.url or out / "tables")
     for label, path in [("working tables", tables), ("Hub-layout dataset", out / "hub"),
                         ("PersonaVLM release layout", out / "native"), ("teacher response cache",
-                         out / "teacher_cache.sqlite"), ("image store", out / "images")]:
+                         out / "teacher_cache.sqlite"), ("embedding cache", out / "embeddings.sqlite"),
+                        ("image store", out / "images")]:
         print(f"  {label:28s} {path}")
     with open_store(cfg).reader() as con:
         quarantined, failed = (con.execute(f"SELECT count(*) FROM {t.name}").fetchone()[0]

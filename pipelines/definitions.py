@@ -16,7 +16,7 @@ from assets.training import training_asset
 from .checks import release_checks
 from .jobs import factory_job, images_job, release_job, shard_job
 from .partitions import persona_shards
-from .resources import FactoryConfig, StoreResource, TeacherResource, default_settings
+from .resources import EmbedderResource, FactoryConfig, StoreResource, TeacherResource, default_settings
 from .schedules import regeneration_job, regeneration_schedule
 from .sensors import publish_job, republish_sensor
 from .supervision_checks import supervision_checks
@@ -38,7 +38,7 @@ def build_definitions(settings: FactoryConfig | None = None) -> dg.Definitions:
         sensors=[republish_sensor(settings)],
         executor=dg.in_process_executor,
         resources={"settings": settings, "teacher": TeacherResource(settings=settings),
-                   "store": StoreResource(settings=settings)},
+                   "embedder": EmbedderResource(settings=settings), "store": StoreResource(settings=settings)},
     )
 
 

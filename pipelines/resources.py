@@ -9,6 +9,7 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from persona_factory.config import PipelineConfig, load_config
+from persona_factory.embeddings import TextEmbedder
 from persona_factory.store import Store, open_store
 from persona_factory.teacher.backends import OfflineBackend, ServerBackend
 from persona_factory.teacher.cache import open_cache
@@ -42,6 +43,25 @@ class StoreResource(dg.ConfigurableResource):
 
     def get(self) -> Store:
         return open_store(self.settings.load())
+
+
+class EmbedderResource(dg.ConfigurableResource):
+    """One text embedder per run (retrieval, question dedup), its vectors cached in the output folder; the model
+    loads on the first text the cache does not hold."""
+
+    settings: FactoryConfig
+
+    _embedder: Optional[TextEmbedder] = PrivateAttr(default=None)
+
+    def get(self) -> TextEmbedder:
+        if self._embedder is None:
+            self._embedder = TextEmbedder(self.settings.load().output_path / "embeddings.sqlite")
+        return self._embedder
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._embedder is not None:
+            self._embedder.close()
+            self._embedder = None
 
 
 class TeacherResource(dg.ConfigurableResource):

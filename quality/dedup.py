@@ -1,9 +1,10 @@
 """Deduplication and leakage, computed in DuckDB; every pair found is recorded in `dedup_decisions` with its reason.
 
 What is compared (quality/sql/dedup_units.sql): turns and sessions (exact and MinHash-LSH near duplicates),
-benchmark questions of one persona (exact and paraphrase), pool images (perceptual hash within a Hamming
-distance), and training against benchmark: personas, sessions and images. `release_exclusions` turns the pairs
-into what the release leaves out; that keeps finding (SQL) and deciding (a pure function) apart.
+benchmark questions of one persona (exact, paraphrase by content words, and paraphrase by MiniLM embedding cosine),
+pool images (perceptual hash within a Hamming distance), and training against benchmark: personas, sessions and
+images. `release_exclusions` turns the pairs into what the release leaves out; that keeps finding (SQL) and
+deciding (a pure function) apart.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import re
 from pathlib import Path
 
 import duckdb
+import numpy as np
 
 from persona_factory.catalog import DEDUP_DECISIONS
 from persona_factory.config import QualitySettings
+from persona_factory.embeddings import TextEmbedder
 
 SQL_DIR = Path(__file__).parent / "sql"
 DECISIONS = DEDUP_DECISIONS.name
@@ -50,14 +53,14 @@ def install_macros(con: duckdb.DuckDBPyConnection) -> None:
 # ---------------------------------------------------------------------------------------------- finding
 
 
-def find_duplicates(con: duckdb.DuckDBPyConnection, settings: QualitySettings) -> int:
+def find_duplicates(con: duckdb.DuckDBPyConnection, settings: QualitySettings, embedder: TextEmbedder) -> int:
     """Replace `dedup_decisions` with every pair found; return how many."""
     install_macros(con)
     create_decisions(con)
     run_script(con, "dedup_units")
     text_duplicates(con, "dedup_turns", "turn", settings, leaks_across_sides=False)
     text_duplicates(con, "dedup_sessions", "session", settings, leaks_across_sides=True)
-    question_duplicates(con, settings)
+    question_duplicates(con, settings, embedder)
     con.execute("CREATE OR REPLACE TEMP VIEW image_hashes AS "
                 "SELECT record->>'$.image_id' AS image_id, TRY_CAST(record->>'$.phash' AS BIGINT) AS phash "
                 "FROM image_pool WHERE phash IS NOT NULL")
@@ -111,14 +114,41 @@ def minhash_pairs(con: duckdb.DuckDBPyConnection, settings: QualitySettings) -> 
     con.execute("DROP TABLE lsh_candidates")
 
 
-def question_duplicates(con: duckdb.DuckDBPyConnection, settings: QualitySettings) -> None:
-    """Exact and paraphrased questions of one persona; the later item of a pair is the duplicate."""
+def question_duplicates(con: duckdb.DuckDBPyConnection, settings: QualitySettings, embedder: TextEmbedder) -> None:
+    """Exact and paraphrased questions of one persona; the later item of a pair is the duplicate. A paraphrase is
+    found by content words or, failing that, by embedding cosine."""
     con.execute("CREATE OR REPLACE TEMP TABLE exact_pairs AS "
                 + _sql("exact_duplicates").format(units="dedup_questions", partition="persona_id, text"))
     con.execute("CREATE OR REPLACE TEMP TABLE near_pairs AS " + _sql("question_near_duplicates"),
                 {"stop_words": STOP_WORDS, "similarity": settings.question_similarity})
+    embedding_pairs(con, embedder, settings.question_embedding_similarity)
     _record(con, "question", "exact_pairs", "exact_question", False)
     _record(con, "question", "near_pairs", "near_duplicate_question", False)
+    _record(con, "question", "embedded_pairs", "embedding_duplicate_question", False)
+
+
+def embedding_pairs(con: duckdb.DuckDBPyConnection, embedder: TextEmbedder, threshold: float) -> None:
+    """`embedded_pairs`: questions of one persona with the same gold answer whose query embeddings have a cosine of
+    at least `threshold`, among first occurrences and not already paired by content words (key_a < key_b)."""
+    rows = con.execute("SELECT key, persona_id, side, gold, query FROM dedup_questions "
+                       "WHERE gold <> '' AND key NOT IN (SELECT key_b FROM exact_pairs) ORDER BY key").fetchall()
+    lexical = set(con.execute("SELECT key_a, key_b FROM near_pairs").fetchall())
+    vectors = dict(zip((r[0] for r in rows), embedder.embed(r[4] for r in rows)))
+    groups: dict[tuple[str, str], list[tuple]] = {}
+    for row in rows:
+        groups.setdefault((row[1], row[3]), []).append(row)
+    found = []
+    for group in groups.values():
+        for i, a in enumerate(group):
+            for b in group[i + 1:]:
+                # rounded: the cosine is stored, and a re-run must write the same value
+                cosine = round(float(np.dot(vectors[a[0]], vectors[b[0]])), 4)
+                if cosine >= threshold and (a[0], b[0]) not in lexical:
+                    found.append((a[0], b[0], a[1], b[1], a[2], b[2], cosine))
+    con.execute("CREATE OR REPLACE TEMP TABLE embedded_pairs (key_a VARCHAR, key_b VARCHAR, persona_a VARCHAR, "
+                "persona_b VARCHAR, side_a VARCHAR, side_b VARCHAR, similarity DOUBLE)")
+    if found:
+        con.executemany("INSERT INTO embedded_pairs VALUES (?, ?, ?, ?, ?, ?, ?)", found)
 
 
 def image_near_duplicates(con: duckdb.DuckDBPyConnection, max_distance: int) -> None:
@@ -193,7 +223,8 @@ def release_exclusions(pairs: Iterable[Pair], evidence_images: Mapping[str, tupl
     2. of two copies of a session on one side, the history holding the later copy is left out (a history
        repeating its own session is left out: its evidence turns are ambiguous);
     3. a training history sharing a session with a benchmark history is left out (the benchmark stays whole);
-    4. of two duplicate questions of a persona, the later item is dropped;
+    4. of two duplicate questions of a persona (exact, or a paraphrase by words or embedding), the later item is
+       dropped;
     5. a benchmark item whose evidence image (or a near duplicate) is shown in training data is dropped.
     Turn and pool-image pairs are reported only: turns are kept to preserve evidence turn indices, and the pool
     pairs act through rule 5.
@@ -226,7 +257,7 @@ def release_exclusions(pairs: Iterable[Pair], evidence_images: Mapping[str, tupl
     for p in by_reason("leakage_session"):
         if p.persona_b not in gone:
             leave_out(p.persona_a, p)
-    for p in by_reason("exact_question", "near_duplicate_question"):
+    for p in by_reason("exact_question", "near_duplicate_question", "embedding_duplicate_question"):
         if p.persona_b not in gone and p.key_a not in dropped:
             drop(p.key_b, p.persona_b, p)
     cited: dict[tuple[str, str], list[str]] = {}  # (persona, image) -> items citing it as evidence

@@ -179,7 +179,9 @@ REASONS = {  # what each dedup reason means, for the card
     "near_duplicate_session": "a session with a MinHash-estimated Jaccard at the threshold",
     "leakage_session": "a training session equal or near-equal to a benchmark session",
     "exact_question": "a benchmark question asked twice of one persona",
-    "near_duplicate_question": "a paraphrased benchmark question of one persona",
+    "near_duplicate_question": "a paraphrased benchmark question of one persona (content words)",
+    "embedding_duplicate_question": "a paraphrased benchmark question of one persona (MiniLM cosine at the threshold, "
+                                    "same answer)",
     "near_duplicate_image": "two pool images within the perceptual-hash distance",
     "leakage_image": "an image (or near duplicate) shown in training data and in a benchmark history",
     "leakage_persona": "a persona seed or role used in training and in the benchmark",
@@ -187,7 +189,8 @@ REASONS = {  # what each dedup reason means, for the card
 
 
 def curation_sections(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
-    """Card sections: dedup pairs and what the release left out, quarantine, teacher failures, benchmark gates."""
+    """Card sections: dedup pairs and what the release left out, quarantine, teacher failures, benchmark gates,
+    retrieval hits."""
     pairs = [(r, REASONS.get(r, ""), n) for r, n in dedup.summary(con).items()]
     left_out = con.execute(f"SELECT unit, reason, count(*) FROM {EXCLUSIONS} GROUP BY ALL ORDER BY ALL").fetchall()
     quarantine = con.execute("SELECT asset, rule, count(*) FROM quarantine GROUP BY ALL ORDER BY ALL").fetchall() \
@@ -203,7 +206,25 @@ def curation_sections(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
         "Quarantine": markdown_table(("asset", "rule", "rows"), quarantine),
         "Teacher failures (after retries)": markdown_table(("asset", "kind", "requests"), failures),
         "Benchmark gates": gate_results(con),
+        "Retrieval": retrieval_hits(con),
     }
+
+
+def retrieval_hits(con: duckdb.DuckDBPyConnection) -> str:
+    """Per retriever, the share of the build's retrieval probes whose searches retrieved the turn that told the
+    answer: both retrievers run the same calls on the same probes; the trajectories use one of them."""
+    if not table_exists(con, "reasoning_trajectories"):
+        return "None."
+    rows = con.execute("""
+        SELECT name, count(*) FILTER (WHERE record->>'retriever' = name) > 0, count(*),
+               count(*) FILTER (WHERE (record->'answer_hits'->>name)::BOOLEAN)
+        FROM reasoning_trajectories, unnest(json_keys(record->'answer_hits')) AS t(name)
+        GROUP BY name ORDER BY name""").fetchall()
+    return "\n\n".join([
+        "Retrieval probes whose searches retrieved the memory holding the answer, per retriever (the same calls on "
+        "the same probes); only such probes can become verified trajectories:",
+        markdown_table(("retriever", "used for the trajectories", "probes", "answer retrieved", "share"),
+                       [(name, "yes" if used else "no", n, hit, f"{hit / n:.1%}") for name, used, n, hit in rows])])
 
 
 def gate_results(con: duckdb.DuckDBPyConnection) -> str:

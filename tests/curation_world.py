@@ -205,11 +205,11 @@ def write_world(world: World, db: Path) -> Path:
     return db
 
 
-def curate(con: duckdb.DuckDBPyConnection, cfg: PipelineConfig, quality: QualitySettings | None = None):
+def curate(con: duckdb.DuckDBPyConnection, cfg: PipelineConfig, embedder, quality: QualitySettings | None = None):
     """What the dedup_decisions and release_splits assets do, on an open database: (summary, quarantined)."""
     from quality import dedup, release
 
-    dedup.find_duplicates(con, quality or cfg.quality)
+    dedup.find_duplicates(con, quality or cfg.quality, embedder)
     summary, quarantined, batch = release.build_release(con, cfg)
     apply_batch(con, batch)
     return summary, quarantined

@@ -113,6 +113,8 @@ def test_all_errors_are_reported_together():
     ({"teacher": {"temperature": "hot"}}, ["teacher.temperature"]),
     ({"teacher": {"base_urls": "http://localhost:8000/v1"}}, ["teacher.base_urls"]),
     ({"plan": {"span_days_train": 0}}, ["plan.span_days_train"]),
+    ({"supervision": {"retriever": "bm25"}}, ["supervision.retriever"]),
+    ({"quality": {"question_embedding_similarity": 1.5}}, ["quality.question_embedding_similarity"]),
     ({"seed": "zero"}, ["seed"]),
 ])
 def test_bad_value_names_field(overrides, names):

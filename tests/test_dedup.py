@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from persona_factory.config import QualitySettings, load_config
+from persona_factory.embeddings import TextEmbedder
 from quality import dedup, release
 from quality.dedup import Exclusion, Pair
 from tests.curation_world import (
@@ -19,14 +20,15 @@ from tests.curation_world import (
 )
 
 SETTINGS = QualitySettings()
+EMBEDDER = TextEmbedder()  # the model loads once per process, on the first text
 ACTING = {"leakage_persona", "exact_session", "near_duplicate_session", "leakage_session", "exact_question",
-          "near_duplicate_question", "leakage_image"}
+          "near_duplicate_question", "embedding_duplicate_question", "leakage_image"}
 
 
 def run(world, tmp_path: Path) -> duckdb.DuckDBPyConnection:
     """Write the world, find duplicates, build the release; the open connection for assertions."""
     con = duckdb.connect(str(write_world(world, tmp_path / "w.duckdb")))
-    curate(con, load_config("tiny"), SETTINGS)
+    curate(con, load_config("tiny"), EMBEDDER, SETTINGS)
     return con
 
 
@@ -121,12 +123,29 @@ def test_a_paraphrased_question_is_found_and_the_later_item_dropped(world, tmp_p
     assert released(con, "release_benchmark", "item_id") == {"q1", "q2", "q3", "q4"}
 
 
+def test_a_paraphrase_in_other_words_is_found_by_its_embedding(world, tmp_path):
+    # MiniLM cosine with q1 ("Which colour was the kite I flew at the beach?"): 0.92; content words share 2 of 6
+    world.items.append(make_item("q5", "pbench1", "50", "The kite I had at the seaside, what colour was it?",
+                                 "chestnut"))
+    # the same frame about another object (cosine 0.76) is another question
+    world.items.append(make_item("q6", "pbench1", "50", "Which colour was the umbrella I had at the beach?",
+                                 "chestnut"))
+    con = run(world, tmp_path)
+    assert pairs(con, "near_duplicate_question") == []
+    [(a, b, pa, pb, similarity, _)] = pairs(con, "embedding_duplicate_question")
+    assert (a, b, pa, pb) == ("q1", "q5", "pbench1", "pbench1") and SETTINGS.question_embedding_similarity <= similarity
+    assert similarity == round(similarity, 4)
+    assert left_out(con) == {"q5": ("item", "embedding_duplicate_question")}
+    assert dedup.unresolved_pairs(con) == []
+
+
 def test_alike_questions_with_different_answers_are_not_duplicates(world, tmp_path):
     photo = "In the photo of the cat I sent you about 2 months ago, what colour {} the cat's {}?"
     world.items.append(make_item("q7", "pbench1", "50", photo.format("is", "nose"), "lavender"))
     world.items.append(make_item("q8", "pbench1", "50", photo.format("are", "eyes"), "graphite"))
     con = run(world, tmp_path)
-    assert pairs(con, "near_duplicate_question") == [] and left_out(con) == {}
+    assert pairs(con, "near_duplicate_question") == pairs(con, "embedding_duplicate_question") == []
+    assert left_out(con) == {}
 
 
 def test_the_same_question_for_two_personas_is_not_a_duplicate(world, tmp_path):
@@ -156,7 +175,7 @@ def test_decisions_are_replaced_on_rerun(world, tmp_path):
     copy_session(world, source="pbench1", target="ptrain2", session=1)
     con = run(world, tmp_path)
     first = con.execute("SELECT * FROM dedup_decisions ORDER BY ALL").fetchall()
-    curate(con, load_config("tiny"), SETTINGS)
+    curate(con, load_config("tiny"), EMBEDDER, SETTINGS)
     assert con.execute("SELECT * FROM dedup_decisions ORDER BY ALL").fetchall() == first
     assert len(left_out(con)) == 1
 

@@ -1,6 +1,6 @@
 """The whole Dagster graph on a schema-following teacher served over loopback HTTP: every asset materializes, a
-second run asks the teacher nothing and writes identical outputs, one shard re-runs alone, and setup mistakes
-fail fast naming the setting to fix."""
+second run asks the teacher nothing and writes identical outputs (its embeddings encoded afresh), one shard re-runs
+alone, and setup mistakes fail fast naming the setting to fix."""
 
 from __future__ import annotations
 
@@ -49,8 +49,20 @@ def test_every_asset_materializes(graph_run):
     assert checks and all(c.passed for c in checks)
     assert requests > 0
     for path in ("pipeline.duckdb", "hub/README.md", "native/data/Persona-MME/Persona-MME.json",
-                 "teacher_cache.sqlite"):
+                 "teacher_cache.sqlite", "embeddings.sqlite"):
         assert (out / path).exists(), path
+
+
+def test_trajectories_retrieve_with_embeddings_and_the_card_compares_both_retrievers(graph_run):
+    _, out, result, _ = graph_run
+    meta = materialization_metadata(result)["reasoning_trajectories"]
+    assert meta["retriever"] == "embedding" and set(meta["answer_hit_share"]) == {"embedding", "keyword"}
+    with duckdb.connect(str(out / "pipeline.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT DISTINCT record->>'retriever' FROM reasoning_trajectories").fetchall() == [
+            ("embedding",)]
+    card = (out / "hub" / "README.md").read_text()
+    section = card.split("## Retrieval")[1].split("\n## ")[0]
+    assert "| embedding | yes |" in section and "| keyword | no |" in section
 
 
 def test_published_configs_load_back(graph_run):
@@ -75,11 +87,13 @@ def test_second_run_asks_the_teacher_nothing_and_writes_the_same(graph_run, sche
     before = tree_digest(out / "hub"), tree_digest(out / "native")
     with duckdb.connect(str(out / "pipeline.duckdb"), read_only=True) as con:
         turns = con.execute("SELECT record FROM dialogue_turns ORDER BY rowid").fetchall()
+    (out / "embeddings.sqlite").unlink()  # re-encoded afresh: the vectors, so the trajectories, come out the same
     schema_teacher.reset_stats()
     result = run_all(settings, graph_instance)
     assert result.success
     assert schema_teacher.request_count == 0
     meta = materialization_metadata(result)
+    assert meta["reasoning_trajectories"]["texts_embedded"] > 0
     for asset in TEACHER_ASSETS:
         assert meta[asset]["teacher_calls_sent"] == 0, asset
         assert meta[asset]["teacher_cache_hits"] == meta[asset]["teacher_requests"], asset

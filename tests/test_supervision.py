@@ -16,6 +16,7 @@ import pytest
 
 from assets.training import TASK_TEMPLATES
 from persona_factory.config import load_config
+from persona_factory.embeddings import TextEmbedder
 from persona_factory.schema import (
     BIG_FIVE_TRAITS, GOAL_OUTCOMES, SKILL_LEVELS, AlignmentPair, Dialogue, PersonalityStep, PlanItem, ReasoningStep, ReasoningTrajectory,
     RetrieveCall, SemanticMemoryTarget, Session, SessionMemoryTarget, Turn,
@@ -27,6 +28,7 @@ from persona_factory.stages import memory as M
 from persona_factory.stages import personality as PE
 from persona_factory.stages import plans as PL
 from persona_factory.stages import reasoning as R
+from persona_factory.stages import retrieval as RT
 from persona_factory.stages.distractors import Pools
 from persona_factory.stages.timeline import plan_state, replay
 from persona_factory.stages.common import contains_phrase, parse_time, provenance
@@ -84,9 +86,10 @@ def label_memory(cfg, by_image, persona, plan, dialogue, teacher) -> Labelled:
     return Labelled(persona, plan, dialogue, semantic, sessions, steps, user_data, fallbacks=sum((n + m).values()))
 
 
-def supervise(cfg, images, personas, plans, dialogues) -> dict[str, Labelled]:
+def supervise(cfg, images, personas, plans, dialogues, embedder) -> dict[str, Labelled]:
     """What the supervision assets do, persona by persona."""
     teacher = SchemaTeacher()
+    retrievers = RT.retrievers(embedder)
     by_image = {i.image_id: i for i in images}
     pools = Pools.of(plans, images)
     prov = {task: provenance(cfg, teacher.model_id, *templates) for task, templates in TASK_TEMPLATES.items()}
@@ -100,7 +103,8 @@ def supervise(cfg, images, personas, plans, dialogues) -> dict[str, Labelled]:
         specs = A.pair_specs(cfg, persona, plan, dialogue)
         lab.pairs, _ = A.build_pairs(cfg, specs, teacher.generate(A.reply_requests(cfg, specs)))
         if persona.split == "train":
-            lab.jobs = R.prepare_jobs(cfg, persona, dialogue, plan, semantic, user_data, pools, by_image)
+            embedder.embed(R.search_texts(cfg, persona, dialogue, plan, semantic, user_data))
+            lab.jobs = R.prepare_jobs(cfg, persona, dialogue, plan, semantic, user_data, pools, by_image, retrievers)
             lab.trajectories = R.build_trajectories(persona, lab.jobs,
                                                     teacher.generate(R.answer_requests(cfg, persona, lab.jobs)))
             agent = E.Agent(persona, dialogue, user_data, {s.turn_index: s for s in steps},
@@ -113,10 +117,10 @@ def supervise(cfg, images, personas, plans, dialogues) -> dict[str, Labelled]:
 
 
 @pytest.fixture(scope="module")
-def world(images):
+def world(images, text_embedder):
     cfg = load_config("tiny")
     personas, plans, dialogues = histories(cfg, images)
-    return cfg, images, (personas, plans, dialogues), supervise(cfg, images, personas, plans, dialogues)
+    return cfg, images, (personas, plans, dialogues), supervise(cfg, images, personas, plans, dialogues, text_embedder)
 
 
 def training(world) -> list[Labelled]:
@@ -417,18 +421,18 @@ def hand_db() -> dict:
                              "source_dialog_indices": [0]}]}]}
 
 
-def test_retrieval_ranks_by_keywords_keeps_time_ranges_and_never_repeats():
-    entries = M.visible_memories(hand_db(), "2024-05-02 09:00", 60)
-    assert {e.key for e in entries} == {"semantic:0:0", "semantic:0:2", "episodic:0:0", "episodic:0:1",
-                                        "procedural:routine_swim"}
-    hits = R.retrieve(RetrieveCall(keywords="sister Maya"), entries, set())
+def test_keyword_retrieval_ranks_by_keywords_keeps_time_ranges_and_never_repeats():
+    db = RT.database_at(hand_db(), "2024-05-02 09:00", 60, 2)
+    assert db.retrievable == {"semantic:0:0", "semantic:0:2", "episodic:0:0", "episodic:0:1", "procedural:routine_swim"}
+    search = RT.KeywordRetriever().search
+    hits = search(db, "q", RetrieveCall(keywords="sister Maya"), set())
     assert [e.key for e in hits] == ["semantic:0:0", "episodic:0:0"]
-    again = R.retrieve(RetrieveCall(keywords="sister Maya"), entries, {e.key for e in hits})
+    again = search(db, "q", RetrieveCall(keywords="sister Maya"), {e.key for e in hits})
     assert again == []
-    windowed = R.retrieve(RetrieveCall(keywords="anything", start_time="2024-05-01 10:08",
-                                       end_time="2024-05-01 23:59"), entries, set())
+    windowed = search(db, "q", RetrieveCall(keywords="anything", start_time="2024-05-01 10:08",
+                                            end_time="2024-05-01 23:59"), set())
     assert [e.key for e in windowed] == ["semantic:0:2", "episodic:0:1"]
-    assert [e.key for e in R.retrieve(RetrieveCall(keywords="swims"), entries, set())] == ["procedural:routine_swim"]
+    assert [e.key for e in search(db, "q", RetrieveCall(keywords="swims"), set())] == ["procedural:routine_swim"]
     later = M.visible_memories(hand_db(), "2024-05-03 18:30", 60)
     assert "semantic:1:0" not in {e.key for e in later}  # inside the short-term window
 
@@ -475,6 +479,26 @@ def test_probes_cover_many_kinds_both_modes_and_answers_state_the_plans_gold(wor
         assert len(t.distractors) in (0, 3) and t.gold_value not in t.distractors
 
 
+def test_trajectories_retrieve_with_embeddings_by_default_and_both_retrievers_score_the_same_probes(world, tmp_path):
+    cfg, images, _, _ = world
+    assert cfg.supervision.retriever == "embedding"
+    lab = training(world)[0]
+    searched = [j for j in lab.jobs if j.probe.mode == "retrieve"]
+    assert searched and all(j.retriever == "embedding" and j.found == j.answer_hits["embedding"] for j in searched)
+    assert {t.retriever for t in lab.trajectories} == {"embedding"}
+    assert all(set(t.answer_hits) == set(RT.RETRIEVERS) for t in lab.trajectories if t.mode == "retrieve")
+    args = (lab.persona, lab.dialogue, lab.plan, lab.semantic, lab.user_data, Pools.of(world[2][1], images),
+            {i.image_id: i for i in images})
+    # a fresh embedder, no batched warm-up (each search encodes what it lacks): the very same trajectories
+    fresh = R.prepare_jobs(cfg, *args, RT.retrievers(TextEmbedder(tmp_path / "embeddings.sqlite")))
+    assert [(j.steps, j.context, j.answer_hits) for j in fresh] == [(j.steps, j.context, j.answer_hits) for j in lab.jobs]
+    keyword = cfg.model_copy(update={"supervision": cfg.supervision.model_copy(update={"retriever": "keyword"})})
+    by_keywords = R.prepare_jobs(keyword, *args, RT.retrievers(TextEmbedder(tmp_path / "embeddings.sqlite")))
+    assert [j.answer_hits for j in by_keywords] == [j.answer_hits for j in lab.jobs]
+    assert all(j.retriever == "keyword" and j.found == j.answer_hits["keyword"] for j in by_keywords
+               if j.probe.mode == "retrieve")
+
+
 def test_the_gold_is_the_latest_state_at_probe_time(world):
     turn = lambda k, item_id: Turn(persona_id="p", session_index=0, turn_index=k, time=f"2024-05-0{k + 1} 10:00",  # noqa: E731
                                      user="u", assistant="a", realizes=[item_id])
@@ -512,7 +536,7 @@ def test_multiple_choice_offers_only_options_that_could_be_gold(world):
     assert len(options) == 3 and set(options) <= set(pools["relation"]) and "sister" not in options
 
 
-def test_a_probe_whose_evidence_is_not_in_memory_is_not_answered(world):
+def test_a_probe_whose_evidence_is_not_in_memory_is_not_answered(world, text_embedder):
     cfg = world[0]
     lab = training(world)[0]
     job = next(j for j in lab.jobs if j.probe.mode == "retrieve")
@@ -523,11 +547,12 @@ def test_a_probe_whose_evidence_is_not_in_memory_is_not_answered(world):
     session["semantic_memory"][evidence.turn_index - first]["decision"] = False
     session["EpisodicMemory"] = [t for t in session["EpisodicMemory"]
                                  if evidence.turn_index - first not in t["source_dialog_indices"]]
-    blind = R.run_probe(cfg, lab.persona, lab.dialogue, job.probe, data, {s.turn_index: s for s in lab.semantic}, [])
+    blind = R.run_probe(cfg, lab.persona, lab.dialogue, job.probe, data, {s.turn_index: s for s in lab.semantic}, [],
+                        RT.retrievers(text_embedder))
     assert not blind.found
     assert R.answer_requests(cfg, lab.persona, [blind]) == []
     [traj] = R.build_trajectories(lab.persona, [blind], [])
-    assert traj.verdict == "evidence_not_retrieved"
+    assert traj.verdict == "evidence_not_retrieved" and traj.answer_hits == {"embedding": False, "keyword": False}
     assert 1 <= len(traj.steps) <= cfg.supervision.max_retrieval_steps
 
 

@@ -24,8 +24,10 @@ from PIL import Image  # noqa: E402
 
 from persona_factory.catalog import TABLES  # noqa: E402
 from persona_factory.config import load_config  # noqa: E402
+from persona_factory.embeddings import TextEmbedder  # noqa: E402
 from persona_factory.publish import export_hub_layout, export_native  # noqa: E402
-from persona_factory.schema import SFTRecord  # noqa: E402
+from persona_factory.schema import ReasoningStep, ReasoningTrajectory, RetrieveCall, SFTRecord  # noqa: E402
+from persona_factory.store import write_records  # noqa: E402
 from pipelines.definitions import build_definitions  # noqa: E402
 from prompts import TEMPLATES  # noqa: E402
 from pipelines.resources import FactoryConfig  # noqa: E402
@@ -46,7 +48,7 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def released_db(world, tmp_path: Path) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(str(write_world(world, tmp_path / "w.duckdb")))
-    curate(con, load_config("tiny"))
+    curate(con, load_config("tiny"), TextEmbedder())
     return con
 
 
@@ -116,7 +118,7 @@ def test_a_short_history_is_left_out_and_the_rest_is_released(tmp_path, sessions
     world.dialogues["pbench2"] = d.model_copy(update={"sessions": [
         d.sessions[0].model_copy(update={"turns": d.sessions[0].turns[:1]})][:sessions]})
     con = duckdb.connect(str(write_world(world, tmp_path / "w.duckdb")))
-    summary, quarantined = curate(con, load_config("tiny"))
+    summary, quarantined = curate(con, load_config("tiny"), TextEmbedder())
     assert ("dialogues", "pbench2", "short_history", value) in [
         (q.table_name, q.row_key, q.rule, q.value) for q in quarantined]
     assert con.execute("SELECT key, reason FROM release_exclusions WHERE unit = 'persona'").fetchall() == [
@@ -136,7 +138,7 @@ def test_a_history_with_a_missing_or_altered_image_is_left_out_and_the_rest_publ
     Image.open(altered.path).rotate(90).save(altered.path)
     world.sft.append(world.sft[1].model_copy(update={"record_id": "sft-ghost", "image": ["f" * 64]}))
     con = duckdb.connect(str(write_world(world, tmp_path / "w.duckdb")))
-    summary, quarantined = curate(con, load_config("tiny"))
+    summary, quarantined = curate(con, load_config("tiny"), TextEmbedder())
 
     rows = {(q.table_name, q.row_key, q.rule): q.value for q in quarantined}
     assert rows[("dialogue_turns", "pbench1:1", "image_file_missing")] == \
@@ -170,7 +172,7 @@ def test_a_record_breaking_its_schema_is_reported_and_not_released(tmp_path):
     world.extra_rows.append(("sft_records", json.dumps(bad)))
     world.extra_rows.append(("personas", json.dumps({"split": "train"})))  # no persona_id: named by rowid
     con = duckdb.connect(str(write_world(world, tmp_path / "w.duckdb")))
-    summary, _ = curate(con, load_config("tiny"))
+    summary, _ = curate(con, load_config("tiny"), TextEmbedder())
     assert summary.unparsed_records == 2
     violations, checked, _ = validate.schema_violations(con)
     found = {(q.table_name, q.row_key, q.rule) for q in violations}
@@ -238,8 +240,8 @@ def test_the_card_reports_provenance_curation_and_charts(published):
     card = (out / "hub" / "README.md").read_text()
     assert all(f"`{name}`" in card for name in TEMPLATES.values())  # every prompt template with its hash
     for needle in ("Teacher model:", "Seed: `0`", "Code version:", "Preset: `tiny`",
-                   "## Deduplication and leakage", "## Quarantine", "## Benchmark gates", "## Shortcut audit",
-                   "| letters_unpredictable | pass |", "## Charts",
+                   "## Deduplication and leakage", "## Quarantine", "## Benchmark gates", "## Retrieval",
+                   "## Shortcut audit", "| letters_unpredictable | pass |", "## Charts",
                    "| sft | train | 2 |", "| semantic_memory | 2 |"):
         assert needle in card, needle
     figures = [line.split("](")[1].rstrip(")") for line in card.splitlines() if line.startswith("![")]
@@ -247,6 +249,24 @@ def test_the_card_reports_provenance_curation_and_charts(published):
     for rel in figures:
         with Image.open(out / "hub" / rel) as img:
             assert img.format == "PNG" and img.width > 300
+
+
+def test_the_card_compares_the_retrievers_answer_hits_on_the_same_probes():
+    def trajectory(n: int, hits: dict[str, bool]) -> ReasoningTrajectory:
+        steps = [ReasoningStep(think="I should search.", action="retrieve", retrieve=RetrieveCall(keywords="k"))]
+        return ReasoningTrajectory(
+            probe_id=f"r_{n}", persona_id="p", question_kind="relationship", mode="retrieve" if hits else "direct",
+            probe_turn_index=3, probe_time="2024-05-02 10:00", query="q?", gold_item_id="i", gold_value="sister",
+            evidence_turns=[0], distractors=[], steps=steps if hits else [], verdict="verified", retriever="embedding",
+            answer_hits=hits)
+    rows = [trajectory(0, {"embedding": True, "keyword": False}), trajectory(1, {"embedding": True, "keyword": True}),
+            trajectory(2, {"embedding": False, "keyword": True}), trajectory(3, {"embedding": True, "keyword": False}),
+            trajectory(4, {})]  # a direct probe searches nothing
+    con = duckdb.connect()
+    assert release.retrieval_hits(con) == "None."
+    write_records(con, "reasoning_trajectories", rows, {"probe_id": ("VARCHAR", lambda r: r.probe_id)})
+    table = release.retrieval_hits(con).split("\n\n")[1]
+    assert table.splitlines()[2:] == ["| embedding | yes | 4 | 3 | 75.0% |", "| keyword | no | 4 | 2 | 50.0% |"]
 
 
 def test_a_schema_violation_blocks_publishing_and_keeps_the_published_folder(published):

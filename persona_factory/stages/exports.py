@@ -95,13 +95,13 @@ class Agent:
         return text, images_of(recent)
 
     def middle(self, entries: list[MemoryEntry]) -> tuple[str, list[str]]:
-        """The prompt returning what a <retrieve> call found: procedural entries, semantic memories, and the raw
-        turns of episodic topics (images included)."""
-        turns = [self.turns[i] for e in entries if e.kind == "episodic" for i in e.turns]
+        """The prompt returning what a <retrieve> call found: procedural entries, then semantic memories and the raw
+        turns of episodic topics (images included) in time order, as PersonaVLM's retriever returns them."""
+        turns = [self.turns[i] for i in sorted({i for e in entries if e.kind == "episodic" for i in e.turns})]
+        semantic = sorted((e for e in entries if e.kind == "semantic"), key=lambda e: e.turns)
         text = render("sft_reasoning_mid",
                       procedural={e.key.split(":", 1)[1]: e.shown for e in entries if e.kind == "procedural"},
-                      memories=[{"time": with_weekday(e.time), "content": e.shown} for e in entries
-                                if e.kind == "semantic"],
+                      memories=[{"time": with_weekday(e.time), "content": e.shown} for e in semantic],
                       dialogue=[self.view(t) for t in turns])
         return text, images_of(turns)
 

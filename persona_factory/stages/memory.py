@@ -452,7 +452,8 @@ def replay_user_data(persona: Persona, dialogue: Dialogue, semantic: list[Semant
 
 @dataclass(frozen=True)
 class MemoryEntry:
-    """One retrievable memory: what a search matches (`index_text`), what the agent is shown, when it was made."""
+    """One retrievable memory: what a search matches (`index_text`, or `keywords` and `shown` apart), what the agent
+    is shown, when it was made."""
 
     key: str  # semantic:<session>:<round> | episodic:<session>:<topic> | procedural:<key>
     kind: str  # semantic | episodic | procedural
@@ -461,11 +462,14 @@ class MemoryEntry:
     shown: str
     turns: tuple[int, ...]  # global turn indices it stems from (an episodic topic expands to all of them)
     times: tuple[str, ...]  # their times
+    keywords: str = ""  # the keywords stored with a semantic memory or an episodic topic
 
 
-def visible_memories(user_data: dict[str, Any], at: str, gap_minutes: int) -> list[MemoryEntry]:
-    """What the database holds at time `at` that lies outside the short-term window (older than `gap_minutes`):
-    semantic memories of older turns, episodic topics and procedural memory of sessions closed by then."""
+def held_memories(user_data: dict[str, Any], at: str, gap_minutes: int,
+                  last_turn: int | None = None) -> list[MemoryEntry]:
+    """What the database holds when a query arrives at time `at`, oldest first within each kind: semantic memories of
+    the turns up to `last_turn` (of every turn before `at` when None), short-term window included; episodic topics
+    and procedural memory of the sessions closed by then (their last turn older than the window)."""
     cutoff = fmt_time(parse_time(at) - timedelta(minutes=gap_minutes))
     entries: list[MemoryEntry] = []
     procedural: dict[str, str] = {}
@@ -474,22 +478,35 @@ def visible_memories(user_data: dict[str, Any], at: str, gap_minutes: int) -> li
     for s, session in enumerate(sessions):
         times = [interaction[0]["time"] for interaction in session["interactions"]]
         for r, mem in enumerate(session["semantic_memory"]):
-            if mem["decision"] and times[r] < cutoff:
+            said = first + r <= last_turn if last_turn is not None else times[r] <= at
+            if mem["decision"] and said:
                 entries.append(MemoryEntry(f"semantic:{s}:{r}", "semantic", times[r],
                                            f"{mem['content']} {mem['keywords']}", mem["content"], (first + r,),
-                                           (times[r],)))
+                                           (times[r],), mem["keywords"]))
         if times and times[-1] < cutoff:  # closed: its session-end update has run
             for k, topic in enumerate(session["EpisodicMemory"]):
                 rounds = topic["source_dialog_indices"]
                 entries.append(MemoryEntry(f"episodic:{s}:{k}", "episodic", times[max(rounds)],
                                            f"{topic['topic_summary']} {topic['keywords']}", topic["topic_summary"],
-                                           tuple(first + r for r in rounds), tuple(times[r] for r in rounds)))
+                                           tuple(first + r for r in rounds), tuple(times[r] for r in rounds),
+                                           topic["keywords"]))
             procedural = sessions[s + 1]["ProceduralMemory"] if s + 1 < len(sessions) else user_data["ProceduralMemory"]
             closed_at = times[-1]
         first += len(times)
     entries += [MemoryEntry(f"procedural:{k}", "procedural", closed_at, f"{k.replace('_', ' ')} {v}", v, (), ())
                 for k, v in procedural.items()]
     return entries
+
+
+def outside_window(entry: MemoryEntry, at: str, gap_minutes: int) -> bool:
+    """Older than the short-term window at `at` (what lies inside it is in the recent context, not retrieved)."""
+    return entry.time < fmt_time(parse_time(at) - timedelta(minutes=gap_minutes))
+
+
+def visible_memories(user_data: dict[str, Any], at: str, gap_minutes: int) -> list[MemoryEntry]:
+    """What the database holds at time `at` that lies outside the short-term window (older than `gap_minutes`):
+    semantic memories of older turns, episodic topics and procedural memory of sessions closed by then."""
+    return [e for e in held_memories(user_data, at, gap_minutes) if outside_window(e, at, gap_minutes)]
 
 
 def short_term(earlier: list[Turn], at: str, gap_minutes: int) -> list[Turn]:

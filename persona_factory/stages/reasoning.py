@@ -7,14 +7,15 @@ was at probe time (only memories older than the short-term window, so nothing fr
 was retrieved (or the recent context) only, and checked: it must state the gold, and the gold must be in what the
 teacher was shown.
 
-Retrieval is lexical (IDF-weighted keyword overlap over each memory's text and keywords) with PersonaVLM's top-k per
-memory type; the released agent uses MiniLM embeddings in FAISS instead.
+Retrieval is the configured retriever (`supervision.retriever`, stages/retrieval.py): by default PersonaVLM's agent
+retriever (MiniLM embeddings, exact L2 top-k per memory type over a keyword and a content index), so a trajectory
+shows what the agent that learns from it would retrieve; the other retriever runs the same calls on the same probes,
+for the card's comparison of how often each finds the answer.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -31,13 +32,11 @@ from ..schema import (
 from ..teacher.types import TeacherRequest, TeacherResult
 from .benchmark import relative_phrase
 from .common import chat, contains_phrase, normalize, parse_time, rng_for, sampling, stable_id
-from .memory import (
-    SENTENCE_MAX, STOPWORDS, MemoryEntry, echoes_prompt, phrase_text, short_term, visible_memories,
-)
 from .distractors import Pools, own_values, pick
+from .memory import SENTENCE_MAX, MemoryEntry, echoes_prompt, phrase_text, short_term, visible_memories
+from .retrieval import Retriever, database_at, holds, index_texts, search_until, terms
 from .timeline import TimelineState, replay
 
-TOP_K = {"semantic": 4, "episodic": 2, "procedural": 2}  # PersonaVLM's inference k per memory type
 PROBE_DELAY_MINUTES = 5  # a probe is posed this long after its turn
 THINK_MAX = 240
 QUESTION_KINDS = ("relationship", "person_event", "event", "routine", "goal_status", "open_goal", "skill_level",
@@ -220,51 +219,6 @@ def _spread(cands: list[Probe], k: int, rng) -> list[Probe]:
     return chosen
 
 
-# ---------------------------------------------------------------------------------------------- retrieval
-
-
-def terms(text: str) -> set[str]:
-    """Search terms: normalized words without stopwords, plural 's' stripped."""
-    words = (w for w in normalize(text.replace(",", " ")).split() if w not in STOPWORDS)
-    return {w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w for w in words}
-
-
-def in_window(entry: MemoryEntry, call: RetrieveCall) -> bool:
-    if not (call.start_time or call.end_time):
-        return True
-    if entry.kind == "procedural":
-        return False
-    return any((not call.start_time or t >= call.start_time) and (not call.end_time or t <= call.end_time)
-               for t in entry.times)
-
-
-def retrieve(call: RetrieveCall, entries: list[MemoryEntry], seen: set[str]) -> list[MemoryEntry]:
-    """Top-k per memory type by IDF-weighted keyword overlap, within the call's time range, newest first on ties;
-    nothing returned earlier in the same trajectory. With a time range, memories in it may match on time alone."""
-    words = terms(call.keywords)
-    windowed = bool(call.start_time or call.end_time)
-    found: list[MemoryEntry] = []
-    for kind, k in TOP_K.items():
-        of_kind = [e for e in entries if e.kind == kind]
-        index = {e.key: terms(e.index_text) for e in of_kind}
-        df = {w: sum(w in index[e.key] for e in of_kind) for w in words}
-        idf = {w: math.log(1 + len(of_kind) / df[w]) for w in words if df[w]}
-        scored = []
-        for e in of_kind:
-            if e.key in seen or not in_window(e, call):
-                continue
-            score = sum(idf.get(w, 0.0) for w in words & index[e.key])
-            if score > 0 or windowed:
-                scored.append((-score, newest_first(e.time), e.key, e))
-        found += [e for *_, e in sorted(scored)[:k]]
-    return found
-
-
-def newest_first(t: str) -> int:
-    """A sort key putting later times first."""
-    return -int(t.replace("-", "").replace(" ", "").replace(":", ""))
-
-
 # ---------------------------------------------------------------------------------------------- trajectories
 
 
@@ -277,6 +231,8 @@ class ProbeJob:
     context: list[str]
     found: bool
     distractors: list[str]
+    retriever: str  # the one that executed the searches
+    answer_hits: dict[str, bool]  # retriever -> whether the same calls retrieve the evidence (retrieve mode only)
 
 
 def search_calls(q: Question, evidence_memory: SemanticMemoryTarget | None) -> list[RetrieveCall]:
@@ -297,6 +253,10 @@ def search_calls(q: Question, evidence_memory: SemanticMemoryTarget | None) -> l
     return unique
 
 
+def probe_calls(cfg: PipelineConfig, q: Question, semantic: dict[int, SemanticMemoryTarget]) -> list[RetrieveCall]:
+    return search_calls(q, semantic.get(q.evidence.turn_index))[:cfg.supervision.max_retrieval_steps]
+
+
 def retrieve_think(q: Question, name: str, step: int) -> str:
     if step == 0:
         return (f"{name} is asking about {q.about}. That is not in our recent conversation, so I need to search my "
@@ -314,26 +274,40 @@ def context_line(entry: MemoryEntry, turns: dict[int, Turn]) -> list[str]:
 
 
 def run_probe(cfg: PipelineConfig, persona: Persona, dialogue: Dialogue, probe: Probe, user_data: dict[str, Any],
-              semantic: dict[int, SemanticMemoryTarget], distractors: list[str]) -> ProbeJob:
+              semantic: dict[int, SemanticMemoryTarget], distractors: list[str],
+              retrievers: dict[str, Retriever]) -> ProbeJob:
+    """The probe's searches with the configured retriever, stopping once the evidence is retrieved; every other
+    retriever runs the same calls, to tell whether it would have found the evidence too."""
     turns = {t.turn_index: t for t in dialogue.turns}
     q, gap = probe.question, cfg.dialogue.session_gap_minutes
     if probe.mode == "direct":
         recent = short_term(dialogue.turns[:probe.turn.turn_index + 1], probe.time, gap)
         return ProbeJob(probe, [], [f"[{t.time}] User: {t.user} / Assistant: {t.assistant}" for t in recent],
-                        q.evidence in recent, distractors)
-    entries = visible_memories(user_data, probe.time, gap)
-    steps, seen, retrieved, found = [], set(), [], False
-    for n, call in enumerate(search_calls(q, semantic.get(q.evidence.turn_index))[:cfg.supervision.max_retrieval_steps]):
-        hits = retrieve(call, entries, seen)
-        seen |= {e.key for e in hits}
-        retrieved += hits
-        steps.append(ReasoningStep(think=retrieve_think(q, persona.profile.name, n), action="retrieve", retrieve=call,
-                                   retrieved=[e.key for e in hits]))
-        if any(q.evidence.turn_index in e.turns for e in hits):
-            found = True
-            break
-    context = [line for e in retrieved for line in context_line(e, turns)]
-    return ProbeJob(probe, steps, context, found, distractors)
+                        q.evidence in recent, distractors, cfg.supervision.retriever, {})
+    db = database_at(user_data, probe.time, gap, probe.turn.turn_index)
+    calls = probe_calls(cfg, q, semantic)
+    searched = {name: search_until(r, db, q.query, calls, q.evidence.turn_index) for name, r in retrievers.items()}
+    used = searched[cfg.supervision.retriever]
+    steps = [ReasoningStep(think=retrieve_think(q, persona.profile.name, n), action="retrieve", retrieve=call,
+                           retrieved=[e.key for e in hits]) for n, (call, hits) in enumerate(zip(calls, used))]
+    hits = {name: any(holds(h, q.evidence.turn_index) for h in found) for name, found in searched.items()}
+    context = [line for found in used for e in found for line in context_line(e, turns)]
+    return ProbeJob(probe, steps, context, hits[cfg.supervision.retriever], distractors, cfg.supervision.retriever,
+                    hits)
+
+
+def search_texts(cfg: PipelineConfig, persona: Persona, dialogue: Dialogue, plan: TimelinePlan,
+                 semantic: list[SemanticMemoryTarget], user_data: dict[str, Any]) -> list[str]:
+    """Every text the embedding searches of this persona's probes embed: the memories the database holds at each
+    retrieval probe, the question and each call's keywords (embedded together up front, in full batches)."""
+    by_turn = {s.turn_index: s for s in semantic}
+    texts: list[str] = []
+    for p in probes(cfg, persona, dialogue, plan):
+        if p.mode == "retrieve":
+            db = database_at(user_data, p.time, cfg.dialogue.session_gap_minutes, p.turn.turn_index)
+            texts += [*index_texts(db.held), p.question.query,
+                      *(c.keywords for c in probe_calls(cfg, p.question, by_turn))]
+    return texts
 
 
 def answer_requests(cfg: PipelineConfig, persona: Persona, jobs: list[ProbeJob]) -> list[TeacherRequest]:
@@ -374,7 +348,8 @@ def build_trajectories(persona: Persona, jobs: list[ProbeJob],
             probe_id=job.probe.probe_id, persona_id=persona.persona_id, question_kind=q.kind, mode=job.probe.mode,
             probe_turn_index=job.probe.turn.turn_index, probe_time=job.probe.time, query=q.query,
             gold_item_id=q.item.item_id, gold_value=q.gold, evidence_turns=[q.evidence.turn_index],
-            distractors=job.distractors, steps=steps, verdict=verdict))
+            distractors=job.distractors, steps=steps, verdict=verdict, retriever=job.retriever,
+            answer_hits=job.answer_hits))
     return out
 
 
@@ -420,12 +395,12 @@ def distractors_for(q: Question, plan: TimelinePlan, pools: Pools, own: set[str]
 
 def prepare_jobs(cfg: PipelineConfig, persona: Persona, dialogue: Dialogue, plan: TimelinePlan,
                  semantic: list[SemanticMemoryTarget], user_data: dict[str, Any], pools: Pools,
-                 images: dict[str, ImageRecord]) -> list[ProbeJob]:
+                 images: dict[str, ImageRecord], retrievers: dict[str, Retriever]) -> list[ProbeJob]:
     by_turn = {s.turn_index: s for s in semantic}
     rng = rng_for(cfg.seed, "distractors", persona.persona_id)
     own = own_values(persona, plan, images)
     return [run_probe(cfg, persona, dialogue, p, user_data, by_turn,
-                      distractors_for(p.question, plan, pools, own, images, rng))
+                      distractors_for(p.question, plan, pools, own, images, rng), retrievers)
             for p in probes(cfg, persona, dialogue, plan)]
 
 

@@ -31,10 +31,10 @@ SELECT persona_id || ':s' || session_index AS key, persona_id, any_value(side) A
 FROM dedup_turns GROUP BY persona_id, session_index;
 
 CREATE OR REPLACE TEMP TABLE dedup_questions AS
-SELECT q.key, q.persona_id, p.side, q.ord, q.text, q.gold
+SELECT q.key, q.persona_id, p.side, q.ord, q.text, q.gold, q.query
 FROM (
     SELECT record->>'$.item_id' AS key, record->>'$.persona_id' AS persona_id, rowid AS ord,
-           normalized_text(record->>'$.query') AS text,
+           normalized_text(record->>'$.query') AS text, record->>'$.query' AS query,
            normalized_text(coalesce(record->'$.choices'->>(record->>'$.answer'), '')) AS gold
     FROM benchmark_items
 ) q JOIN dedup_personas p USING (persona_id);

@@ -9,7 +9,7 @@ SELECT d.reason, d.key_a, d.key_b
 FROM dedup_decisions d
 WHERE (d.reason IN ('leakage_persona', 'exact_session', 'near_duplicate_session', 'leakage_session')
        AND d.persona_a IN (SELECT persona_id FROM released) AND d.persona_b IN (SELECT persona_id FROM released))
-   OR (d.reason IN ('exact_question', 'near_duplicate_question')
+   OR (d.reason IN ('exact_question', 'near_duplicate_question', 'embedding_duplicate_question')
        AND d.key_a IN (SELECT item_id FROM items) AND d.key_b IN (SELECT item_id FROM items))
    OR (d.reason = 'leakage_image' AND d.persona_a IN (SELECT persona_id FROM released)
        AND EXISTS (SELECT 1 FROM items i
