@@ -27,7 +27,7 @@ from persona_factory.config import load_config  # noqa: E402
 from persona_factory.embeddings import TextEmbedder  # noqa: E402
 from persona_factory.publish import export_hub_layout, export_native  # noqa: E402
 from persona_factory.schema import ReasoningStep, ReasoningTrajectory, RetrieveCall, SFTRecord  # noqa: E402
-from persona_factory.store import write_records  # noqa: E402
+from persona_factory.store import Batch, apply_batch  # noqa: E402
 from pipelines.definitions import build_definitions  # noqa: E402
 from prompts import TEMPLATES  # noqa: E402
 from pipelines.resources import FactoryConfig  # noqa: E402
@@ -264,7 +264,9 @@ def test_the_card_compares_the_retrievers_answer_hits_on_the_same_probes():
             trajectory(4, {})]  # a direct probe searches nothing
     con = duckdb.connect()
     assert release.retrieval_hits(con) == "None."
-    write_records(con, "reasoning_trajectories", rows, {"probe_id": ("VARCHAR", lambda r: r.probe_id)})
+    batch = Batch("reasoning_trajectories", ("shard-000",))
+    batch.add(TABLES["reasoning_trajectories"], rows, shard_of={"p": "shard-000"})
+    apply_batch(con, batch)
     table = release.retrieval_hits(con).split("\n\n")[1]
     assert table.splitlines()[2:] == ["| embedding | yes | 4 | 3 | 75.0% |", "| keyword | no | 4 | 2 | 50.0% |"]
 
