@@ -85,13 +85,26 @@ def postgres() -> Iterator[str]:
             proc = subprocess.Popen([str(bin_path / "postgres"), "-D", str(data), "-h", "127.0.0.1",
                                      "-p", str(port), "-k", str(data), "-c", "fsync=off", "-c", "max_connections=200"],
                                     stdout=out, stderr=subprocess.STDOUT, **as_user)
+        url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
         try:
-            wait_until(lambda: listening(port), "postgres", proc=proc)
-            yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+            # listening is not ready: until recovery ends it refuses connections ("the database system is
+            # starting up"), which on a busy machine lasts past the first connection attempt
+            wait_until(lambda: listening(port) and _accepts(url), "postgres", proc=proc)
+            yield url
         finally:
             _stop(proc, signal.SIGINT)  # "fast" shutdown: open client connections do not hold it up
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _accepts(url: str) -> bool:
+    import psycopg2
+
+    try:
+        psycopg2.connect(url, connect_timeout=2).close()
+    except psycopg2.OperationalError:
+        return False
+    return True
 
 
 def _has_group(name: str) -> bool:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
-import time
-from typing import Callable, Protocol, Sequence
+from typing import Awaitable, Callable, Protocol, Sequence, TypeVar
 
 from pydantic import ValidationError
 
 from ..config import ConfigError, UserError
 from .cache import PostgresResponseCache, ResponseCache, request_key
 from .types import REFUSED, TRANSPORT, RawCompletion, TeacherRequest, TeacherResult, TeacherStats, failure_kind
+
+
+T = TypeVar("T")
 
 
 class TeacherUnavailable(UserError):
@@ -23,14 +26,53 @@ class TeacherUnavailable(UserError):
 
 class Backend(Protocol):
     """Sends requests to a model. A backend that also offers `session()` (an async context yielding
-    `call(request)`, as the HTTP backend does) gets each request retried on its own, as soon as its answer fails,
-    so the engine never idles waiting for a round's slowest request; others are retried in rounds."""
+    `call(request)`, as the HTTP backend does) answers each request on its own, so a request is sent the moment it
+    is asked and retried the moment its answer fails; a batch backend (the in-process engine) gets together the
+    requests asked while the others wait, and sends them as one batch."""
 
     model_id: str
 
     def complete(self, requests: Sequence[TeacherRequest]) -> list[RawCompletion]: ...
 
     def close(self) -> None: ...
+
+
+Call = Callable[[TeacherRequest], Awaitable[RawCompletion]]
+
+
+class Batcher:
+    """A per-request `call` over a batch backend: what every task of the event loop asks before they all wait is
+    sent as one `complete` batch; what they ask meanwhile goes in the next one, retries included."""
+
+    def __init__(self, backend: Backend):
+        self.backend = backend
+        self._pending: list[tuple[TeacherRequest, asyncio.Future]] = []
+        self._sending: asyncio.Task | None = None
+
+    async def call(self, request: TeacherRequest) -> RawCompletion:
+        answer = asyncio.get_running_loop().create_future()
+        self._pending.append((request, answer))
+        if self._sending is None:
+            self._sending = asyncio.create_task(self._send())
+        return await answer
+
+    async def _send(self) -> None:
+        try:
+            while self._pending:
+                asked = -1
+                while asked != len(self._pending):  # until every ready task has asked what it will ask
+                    asked = len(self._pending)
+                    await asyncio.sleep(0)
+                batch, self._pending = self._pending, []
+                # the engine call blocks the loop: every task is waiting for an answer of this batch or the next
+                for (_, answer), raw in zip(batch, self.backend.complete([r for r, _ in batch])):
+                    answer.set_result(raw)
+        except BaseException as e:
+            for _, answer in self._pending:
+                answer.set_exception(e)
+            raise
+        finally:
+            self._sending = None
 
 
 @dataclasses.dataclass
@@ -91,6 +133,9 @@ class Teacher:
         self.max_retries = max_retries
         self.retry_cached_failures = retry_cached_failures
         self.backoff_s = backoff_s
+        # the event loop whose connection to the backend is open, and that connection (see `run`)
+        self._opened: tuple[asyncio.AbstractEventLoop, asyncio.Task[Call]] | None = None
+        self._exit: contextlib.AsyncExitStack | None = None
 
     @property
     def model_id(self) -> str:
@@ -106,13 +151,31 @@ class Teacher:
         return self._backend
 
     def generate(self, requests: Sequence[TeacherRequest], stats: TeacherStats | None = None) -> list[TeacherResult]:
+        """Every request's result, in order (blocking)."""
+        return self.run(self.agenerate(requests, stats))
+
+    def run(self, main: Awaitable[T]) -> T:
+        """Runs `main`, whose tasks may call `agenerate` concurrently, in one event loop: they share one connection
+        pool and one concurrency bound, so the engine sees all of them at once."""
+        async def scoped() -> T:
+            try:
+                return await main
+            finally:
+                await self._close_transport()
+
+        return asyncio.run(scoped())
+
+    async def agenerate(self, requests: Sequence[TeacherRequest],
+                        stats: TeacherStats | None = None) -> list[TeacherResult]:
+        """Like `generate`, inside `run`. The results are keyed by request: the order answers arrive in never
+        changes them."""
         stats = stats if stats is not None else TeacherStats()
-        results: list[TeacherResult | None] = [None] * len(requests)
-        pending: list[int] = []
+        results: list[TeacherResult] = []
+        todo: list[_Pending] = []
         stats.requests += len(requests)
         keys = [request_key(self.model_id, req) for req in requests]
         cached = self.cache.get_many(keys)  # one look-up per call: the cache may be a remote database
-        for i, (req, key) in enumerate(zip(requests, keys)):
+        for req, key in zip(requests, keys):
             hit = cached.get(key)
             if hit is not None and (hit["ok"] or not self.retry_cached_failures):
                 stats.cache_hits += 1
@@ -121,47 +184,47 @@ class Teacher:
                     value = req.schema.model_validate(hit["payload"]) if req.schema else hit["payload"]
                 else:
                     stats.count_failure(hit["failure"])
-                results[i] = TeacherResult(key, req.tag, value, hit["failure"], hit["attempts"], cached=True)
+                results.append(TeacherResult(key, req.tag, value, hit["failure"], hit["attempts"], cached=True))
             else:
-                results[i] = TeacherResult(key, req.tag)
-                pending.append(i)
-
-        todo = [_Pending(requests[i], results[i]) for i in pending]  # type: ignore[arg-type]
-        if todo and hasattr(self.backend, "session"):
-            asyncio.run(self._each_on_its_own(todo, stats))
-        elif todo:
-            self._in_rounds(todo, stats)
+                results.append(TeacherResult(key, req.tag))
+                todo.append(_Pending(req, results[-1]))
+        if todo:
+            call = await self._transport()
+            await asyncio.gather(*(self._settle(p, call, stats) for p in todo))
         if results and all(r.unreachable and not r.ok for r in results):
             raise TeacherUnavailable(f"the teacher was unreachable for all {len(results)} requests: {results[0].failure} "
                                      "(check `teacher.base_urls` / the embedded server log)")
-        return results  # type: ignore[return-value]
+        return results
 
-    def _in_rounds(self, todo: list[_Pending], stats: TeacherStats) -> None:
+    async def _transport(self) -> Call:
+        """The running event loop's way to the backend, opened once, on its first uncached request."""
+        loop = asyncio.get_running_loop()
+        if self._opened is None or self._opened[0] is not loop:
+            self._opened = (loop, loop.create_task(self._open()))
+        return await self._opened[1]
+
+    async def _open(self) -> Call:
+        backend = self.backend
+        if not hasattr(backend, "session"):
+            return Batcher(backend).call
+        self._exit = contextlib.AsyncExitStack()
+        return await self._exit.enter_async_context(backend.session())  # type: ignore[attr-defined]
+
+    async def _close_transport(self) -> None:
+        exit_stack, self._exit, self._opened = self._exit, None, None
+        if exit_stack is not None:
+            await exit_stack.aclose()
+
+    async def _settle(self, p: _Pending, call: Call, stats: TeacherStats) -> None:
+        """Sends a request until it has a value or a final failure, each retry as soon as the answer before failed."""
         for n in range(self.max_retries + 1):
-            live = [p for p in todo if not p.done]
-            if not live:
-                return
             if n:
-                stats.retries += len(live)
-                if any(failure_kind(p.reason) == TRANSPORT for p in live):
-                    time.sleep(self.backoff_s * 2 ** (n - 1))
-            raws = self.backend.complete([p.attempt(n) for p in live])
-            for p, raw in zip(live, raws):
-                self._absorb(p, raw, n, stats)
-
-    async def _each_on_its_own(self, todo: list[_Pending], stats: TeacherStats) -> None:
-        async with self.backend.session() as call:  # type: ignore[attr-defined]
-            async def settle(p: _Pending) -> None:
-                for n in range(self.max_retries + 1):
-                    if n:
-                        stats.retries += 1
-                        if failure_kind(p.reason) == TRANSPORT:
-                            await asyncio.sleep(self.backoff_s * 2 ** (n - 1))
-                    self._absorb(p, await call(p.attempt(n)), n, stats)
-                    if p.done:
-                        return
-
-            await asyncio.gather(*(settle(p) for p in todo))
+                stats.retries += 1
+                if failure_kind(p.reason) == TRANSPORT:
+                    await asyncio.sleep(self.backoff_s * 2 ** (n - 1))
+            self._absorb(p, await call(p.attempt(n)), n, stats)
+            if p.done:
+                return
 
     def _absorb(self, p: _Pending, raw: RawCompletion, n: int, stats: TeacherStats) -> None:
         """Accounts for attempt n's answer: a value is cached, a final failure recorded, anything else retried."""

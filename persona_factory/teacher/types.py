@@ -103,7 +103,11 @@ def _schema_json(model: type[BaseModel]) -> str:
 @lru_cache(maxsize=4096)
 def answer_chars(model: type[BaseModel]) -> int:
     """The longest JSON answer the model's schema admits, in characters (keys, quotes and commas included)."""
-    schema = json.loads(_schema_json(model))
+    return schema_chars(json.loads(_schema_json(model)))
+
+
+def schema_chars(schema: dict[str, Any]) -> int:
+    """The longest JSON answer a JSON schema (as pydantic writes them) admits, in characters."""
     defs = schema.get("$defs", {})
 
     def size(node: dict[str, Any]) -> int:
