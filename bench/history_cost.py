@@ -44,9 +44,12 @@ class Recording:
         self.teacher = teacher
         self.drafts: list[TeacherRequest] = []
 
-    def generate(self, requests, stats=None):
+    async def agenerate(self, requests, stats=None, priority=0):
         self.drafts += [r for r in requests if r.tag.startswith(("session:", "turn:"))]
-        return self.teacher.generate(requests, stats)
+        return await self.teacher.agenerate(requests, stats, priority)
+
+    def run(self, main):
+        return self.teacher.run(main)
 
 
 def main() -> int:

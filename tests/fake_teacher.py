@@ -8,10 +8,11 @@ seconds. Its answers go through the real client validation (`validate_completion
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import re
-from typing import Any, Callable, Sequence
+from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
 from persona_factory.teacher.client import validate_completion
 from persona_factory.teacher.types import RawCompletion, TeacherRequest, TeacherResult, TeacherStats
@@ -19,6 +20,7 @@ from persona_factory.teacher.types import RawCompletion, TeacherRequest, Teacher
 WORDS = ("sunny calm window garden morning coffee river quiet bright evening market friendly careful simple "
          "walk plan note music paper light").split()
 NAMES = ("Maya", "Tom", "Priya", "Lucas", "Elena", "Omar")
+T = TypeVar("T")
 
 
 def phrases_of(pattern: str) -> list[str]:
@@ -108,6 +110,14 @@ class SchemaTeacher:
                 stats.sent += 1
                 stats.failures += reason is not None
         return out
+
+    async def agenerate(self, requests: Sequence[TeacherRequest], stats: TeacherStats | None = None,
+                        priority: int = 0) -> list[TeacherResult]:
+        await asyncio.sleep(0)  # the other callers' tasks run meanwhile, as they do while a real teacher answers
+        return self.generate(requests, stats)
+
+    def run(self, main: Awaitable[T]) -> T:
+        return asyncio.run(main)
 
 
 def openai_responder() -> Callable[[dict[str, Any]], str]:

@@ -1,8 +1,9 @@
 """M3 dialogues: sessions of {time, user, assistant} turns realizing the plan in order.
 
 Every turn slot is planned first (time, the plan item it tells, the photo it shares); the teacher only writes the
-words. Sessions of one persona are sequential, but all personas advance together: session k of every persona is
-one batched teacher call (a wavefront), so the engine stays busy. A session prompt carries the persona, what the
+words. Sessions of one persona are sequential, but personas never wait for each other: every persona goes through
+its sessions on its own, all of them in flight at the teacher at once, and a history's requests go ahead of other
+queued work, the longest remaining history first (it is the run's critical path). A session prompt carries the persona, what the
 user has told so far (bounded), the last few turns of text and this session's slots, never the whole history, so
 its size does not grow with the history and its persona prefix stays stable for vLLM's prefix cache.
 
@@ -13,11 +14,12 @@ a bounded number of times, then dropped with a quarantine row; a plan item no ke
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import lru_cache
-from typing import Annotated, Protocol
+from typing import Annotated, Awaitable, Callable, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, StringConstraints, create_model
 
@@ -32,6 +34,7 @@ from .common import (
 from .plans import MINUTES_PER_TURN, Realization, realizable, realization, told_in
 from .timeline import plan_state
 
+T = TypeVar("T")
 IMG = "<img>"
 KNOWN_FACTS = 8  # statements of what the user told before that a session prompt carries
 SMALL_TALK = ["the weather", "weekend plans", "a recipe idea", "a book recommendation", "a work deadline",
@@ -40,6 +43,11 @@ SMALL_TALK = ["the weather", "weekend plans", "a recipe idea", "a book recommend
 
 class TeacherLike(Protocol):
     def generate(self, requests: list[TeacherRequest], stats: TeacherStats | None = None) -> list[TeacherResult]: ...
+
+    async def agenerate(self, requests: list[TeacherRequest], stats: TeacherStats | None = None,
+                        priority: int = 0) -> list[TeacherResult]: ...
+
+    def run(self, main: Awaitable[T]) -> T: ...
 
 
 class Verdict(BaseModel):
@@ -242,7 +250,15 @@ def check_turn(st: PersonaState, slot: TurnSlot, user: str, assistant: str) -> C
     return Check(None, doubtful)
 
 
-# ---------------------------------------------------------------------------------------------- the wavefront
+# ---------------------------------------------------------------------------------------------- per persona
+
+# a history's own requests go before other work queued at the teacher, the longest remaining history first: its
+# sessions are a chain of requests that nothing can shorten, so it must never wait behind work that could wait
+def chain_priority(st: PersonaState, k: int) -> int:
+    return -sum(len(s) for s in st.sessions[k:])
+
+
+SessionDone = Callable[[Persona, TimelinePlan, Dialogue, int, bool], None]
 
 
 def generate_dialogues(cfg: PipelineConfig, teacher: TeacherLike, personas: list[Persona], plans: list[TimelinePlan],
@@ -250,6 +266,16 @@ def generate_dialogues(cfg: PipelineConfig, teacher: TeacherLike, personas: list
                        failures: list[TeacherResult] | None = None) -> tuple[list[Dialogue], list[QuarantineRow]]:
     """Dialogues and quarantine rows; `failures`, if given, receives the teacher failure that cost each dropped
     turn (once per request), so dropped turns are counted with the other teacher failures."""
+    return teacher.run(write_dialogues(cfg, teacher, personas, plans, images, stats, failures))
+
+
+async def write_dialogues(cfg: PipelineConfig, teacher: TeacherLike, personas: list[Persona],
+                          plans: list[TimelinePlan], images: list[ImageRecord], stats: TeacherStats,
+                          failures: list[TeacherResult] | None = None,
+                          session_done: SessionDone | None = None) -> tuple[list[Dialogue], list[QuarantineRow]]:
+    """`generate_dialogues` inside the teacher's event loop. Each persona goes through its sessions on its own, so
+    a persona never waits for another's session; the outcome is the same whatever order answers arrive in.
+    `session_done(persona, plan, dialogue so far, sessions done, whole)` is called as each session is final."""
     by_id = {p.persona_id: p for p in personas}
     by_image = {i.image_id: i for i in images}
     states, quarantined = [], []
@@ -258,31 +284,47 @@ def generate_dialogues(cfg: PipelineConfig, teacher: TeacherLike, personas: list
         states.append(PersonaState(by_id[plan.persona_id], plan, slots))
         quarantined += [QuarantineRow(table_name="timeline_plans", row_key=f"{i.persona_id}:{i.item_id}", rule="unplaced",
                                       value=f"{realization(i).statement} | more items than turns") for i in unplaced]
-    for k in range(max((len(s.sessions) for s in states), default=0)):
-        active = [st for st in states if k < len(st.sessions)]
-        rejected = _accept(cfg, teacher, _first_drafts(cfg, teacher, active, k, stats), stats)
-        for attempt in range(1, cfg.dialogue.realization_retries + 1):
-            if not rejected:
-                break
-            results = teacher.generate([_next_request(cfg, d, attempt) for d in rejected], stats)
-            rejected = _accept(cfg, teacher, [Draft.of(d.st, d.slot, res) for d, res in zip(rejected, results)], stats)
-        for d in rejected:
-            quarantined.append(QuarantineRow(table_name="dialogue_turns", row_key=d.slot.key,
-                                             rule=d.failure.split(":")[0], value=f"{d.slot.instruction()} | {d.failure}"))
-            if failures is not None and d.result is not None and all(f.key != d.result.key for f in failures):
-                failures.append(d.result)
-        for st in active:
-            kept = [s for s in st.sessions[k] if s.key in st.kept]
-            window = cfg.dialogue.recent_window
-            st.recent = (st.recent + [(s.time, *st.kept[s.key]) for s in kept])[-window:] if window else []
+    outcomes = await asyncio.gather(*(_write_history(cfg, teacher, st, stats, session_done) for st in states))
     dialogues = []
-    for st in states:
+    for st, (dropped, lost) in zip(states, outcomes):
+        quarantined += dropped
+        if failures is not None:
+            failures += lost
         told = {s.item.item_id for ss in st.sessions for s in ss if s.item and s.key in st.kept}
         quarantined += [QuarantineRow(table_name="timeline_plans", row_key=f"{i.persona_id}:{i.item_id}",
                                       rule="unrealized", value=f"{realization(i).statement} | its turn was dropped")
                         for ss in st.sessions for s in ss if (i := s.item) is not None and i.item_id not in told]
         dialogues.append(assemble_dialogue(st))
     return dialogues, quarantined
+
+
+async def _write_history(cfg: PipelineConfig, teacher: TeacherLike, st: PersonaState, stats: TeacherStats,
+                         session_done: SessionDone | None) -> tuple[list[QuarantineRow], list[TeacherResult]]:
+    """One persona's sessions in order: each drafted, checked, its rejected turns rewritten alone a bounded number
+    of times; returns the dropped turns' quarantine rows and the teacher failures behind them."""
+    dropped: list[QuarantineRow] = []
+    lost: list[TeacherResult] = []
+    for k in range(len(st.sessions)):
+        priority = chain_priority(st, k)
+        rejected = await _accept(cfg, teacher, await _first_drafts(cfg, teacher, st, k, stats, priority), stats,
+                                 priority)
+        for attempt in range(1, cfg.dialogue.realization_retries + 1):
+            if not rejected:
+                break
+            results = await teacher.agenerate([_next_request(cfg, d, attempt) for d in rejected], stats, priority)
+            rejected = await _accept(cfg, teacher, [Draft.of(d.st, d.slot, res) for d, res in zip(rejected, results)],
+                                     stats, priority)
+        for d in rejected:
+            dropped.append(QuarantineRow(table_name="dialogue_turns", row_key=d.slot.key, rule=d.failure.split(":")[0],
+                                         value=f"{d.slot.instruction()} | {d.failure}"))
+            if d.result is not None and all(f.key != d.result.key for f in lost):
+                lost.append(d.result)
+        kept = [s for s in st.sessions[k] if s.key in st.kept]
+        window = cfg.dialogue.recent_window
+        st.recent = (st.recent + [(s.time, *st.kept[s.key]) for s in kept])[-window:] if window else []
+        if session_done is not None:
+            session_done(st.persona, st.plan, assemble_dialogue(st), k + 1, k + 1 == len(st.sessions))
+    return dropped, lost
 
 
 @dataclass
@@ -316,24 +358,22 @@ def _next_request(cfg: PipelineConfig, d: Draft, attempt: int) -> TeacherRequest
     return turn_request(cfg, d.st, d.slot, attempt if problem else 0, problem)
 
 
-def _first_drafts(cfg: PipelineConfig, teacher: TeacherLike, active: list[PersonaState], k: int,
-                  stats: TeacherStats) -> list[Draft]:
-    """Session k of every active persona in one batch: one request per session, or one per turn."""
+async def _first_drafts(cfg: PipelineConfig, teacher: TeacherLike, st: PersonaState, k: int, stats: TeacherStats,
+                        priority: int) -> list[Draft]:
+    """Session k's first drafts: one request for the session, or one per turn (sent together)."""
     if cfg.dialogue.draft_unit == "turn":
-        slots = [(st, slot) for st in active for slot in st.sessions[k]]
-        results = teacher.generate([turn_request(cfg, st, slot, 0) for st, slot in slots], stats)
-        return [Draft.of(st, slot, res) for (st, slot), res in zip(slots, results)]
-    drafts: list[Draft] = []
-    for st, res in zip(active, teacher.generate([session_request(cfg, st, k) for st in active], stats)):
-        if not res.ok:
-            drafts += [Draft.of(st, slot, res) for slot in st.sessions[k]]
-        else:
-            drafts += [Draft(st, slot, t.user.strip(), t.assistant.strip())
-                       for slot, t in zip(st.sessions[k], res.value.turns)]  # type: ignore[union-attr]
-    return drafts
+        slots = st.sessions[k]
+        results = await teacher.agenerate([turn_request(cfg, st, slot, 0) for slot in slots], stats, priority)
+        return [Draft.of(st, slot, res) for slot, res in zip(slots, results)]
+    [res] = await teacher.agenerate([session_request(cfg, st, k)], stats, priority)
+    if not res.ok:
+        return [Draft.of(st, slot, res) for slot in st.sessions[k]]
+    return [Draft(st, slot, t.user.strip(), t.assistant.strip())
+            for slot, t in zip(st.sessions[k], res.value.turns)]  # type: ignore[union-attr]
 
 
-def _accept(cfg: PipelineConfig, teacher: TeacherLike, drafts: list[Draft], stats: TeacherStats) -> list[Draft]:
+async def _accept(cfg: PipelineConfig, teacher: TeacherLike, drafts: list[Draft], stats: TeacherStats,
+                  priority: int) -> list[Draft]:
     """Keeps drafts that pass the checks (asking the judge where they cannot decide); returns the others, each
     with the reason it failed."""
     rejected, judged = [], []
@@ -350,7 +390,7 @@ def _accept(cfg: PipelineConfig, teacher: TeacherLike, drafts: list[Draft], stat
         else:
             d.st.kept[d.slot.key] = (d.user, d.assistant)
     requests = [judge_request(cfg, d.slot, d.user, fact) for d, facts in judged for fact in facts]
-    verdicts = iter(teacher.generate(requests, stats) if requests else [])
+    verdicts = iter(await teacher.agenerate(requests, stats, priority) if requests else [])
     for d, facts in judged:
         answers = [next(verdicts) for _ in facts]
         if all(a.ok and a.value.consistent for a in answers):  # type: ignore[union-attr]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import heapq
 import itertools
 import json
 import os
@@ -54,6 +55,37 @@ def response_format(request: TeacherRequest) -> dict[str, Any] | None:
 
 
 JSON_CONTENT = {"Content-Type": "application/json"}
+
+
+class PriorityGate:
+    """At most `limit` holders at once; waiters get in by priority (lowest value first), then in arrival order."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.held = 0
+        self._waiting: list[tuple[int, int, asyncio.Future]] = []
+        self._arrivals = itertools.count()
+
+    async def acquire(self, priority: int) -> None:
+        if self.held < self.limit and not self._waiting:
+            self.held += 1
+            return
+        turn = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiting, (priority, next(self._arrivals), turn))
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():  # handed the place just as it was cancelled: pass it on
+                self.release()
+            raise
+
+    def release(self) -> None:
+        while self._waiting:
+            _, _, turn = heapq.heappop(self._waiting)
+            if not turn.done():
+                turn.set_result(None)  # the place goes to the waiter as it is
+                return
+        self.held -= 1
 DOWN_FOR_S = 30.0  # how long an endpoint that refused a connection is passed over before it is tried again
 
 
@@ -155,20 +187,24 @@ class ServerBackend:
             return RawCompletion(error=f"malformed response at {base}: {type(e).__name__}: {error_message(text)}")
 
     @contextlib.asynccontextmanager
-    async def session(self) -> AsyncIterator[Callable[[TeacherRequest], Awaitable[RawCompletion]]]:
-        """An async `call(request)` sharing one connection pool and the concurrency bound. A request that failed
-        in transport and is sent again (the same object) goes to the next endpoint, never the same dead one."""
-        sem = asyncio.Semaphore(self.max_concurrency)
+    async def session(self) -> AsyncIterator[Callable[[TeacherRequest, int], Awaitable[RawCompletion]]]:
+        """An async `call(request, priority)` sharing one connection pool and the concurrency bound: when more
+        requests wait than may be in flight, the lowest priority value goes first. A request that failed in
+        transport and is sent again (the same object) goes to the next endpoint, never the same dead one."""
+        gate = PriorityGate(self.max_concurrency)
         # aiohttp, not httpx, for the requests themselves: httpx's pool scans every connection for each request,
         # which at hundreds of connections costs milliseconds a request and caps one process below a fleet
         connector = aiohttp.TCPConnector(limit=self.max_concurrency, limit_per_host=0, ttl_dns_cache=None)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout_s,
                                         sock_read=self.request_timeout_s)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=self.headers) as client:
-            async def call(request: TeacherRequest) -> RawCompletion:
+            async def call(request: TeacherRequest, priority: int = 0) -> RawCompletion:
                 base = self._route(request)
-                async with sem:
+                await gate.acquire(priority)
+                try:
                     raw = await self._one(client, base, request)
+                finally:
+                    gate.release()
                 if raw.error is not None:
                     self._failed_at[id(request)] = base
                     if raw.unreachable:

@@ -37,7 +37,7 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-Call = Callable[[TeacherRequest], Awaitable[RawCompletion]]
+Call = Callable[[TeacherRequest, int], Awaitable[RawCompletion]]  # (request, priority: lower goes first)
 
 
 class Batcher:
@@ -49,7 +49,8 @@ class Batcher:
         self._pending: list[tuple[TeacherRequest, asyncio.Future]] = []
         self._sending: asyncio.Task | None = None
 
-    async def call(self, request: TeacherRequest) -> RawCompletion:
+    async def call(self, request: TeacherRequest, priority: int = 0) -> RawCompletion:
+        """A batch has no order to keep: the priority does not matter here."""
         answer = asyncio.get_running_loop().create_future()
         self._pending.append((request, answer))
         if self._sending is None:
@@ -165,10 +166,10 @@ class Teacher:
 
         return asyncio.run(scoped())
 
-    async def agenerate(self, requests: Sequence[TeacherRequest],
-                        stats: TeacherStats | None = None) -> list[TeacherResult]:
+    async def agenerate(self, requests: Sequence[TeacherRequest], stats: TeacherStats | None = None,
+                        priority: int = 0) -> list[TeacherResult]:
         """Like `generate`, inside `run`. The results are keyed by request: the order answers arrive in never
-        changes them."""
+        changes them. When more requests wait than may be in flight, lower `priority` values are sent first."""
         stats = stats if stats is not None else TeacherStats()
         results: list[TeacherResult] = []
         todo: list[_Pending] = []
@@ -190,7 +191,7 @@ class Teacher:
                 todo.append(_Pending(req, results[-1]))
         if todo:
             call = await self._transport()
-            await asyncio.gather(*(self._settle(p, call, stats) for p in todo))
+            await asyncio.gather(*(self._settle(p, call, stats, priority) for p in todo))
         if results and all(r.unreachable and not r.ok for r in results):
             raise TeacherUnavailable(f"the teacher was unreachable for all {len(results)} requests: {results[0].failure} "
                                      "(check `teacher.base_urls` / the embedded server log)")
@@ -215,14 +216,14 @@ class Teacher:
         if exit_stack is not None:
             await exit_stack.aclose()
 
-    async def _settle(self, p: _Pending, call: Call, stats: TeacherStats) -> None:
+    async def _settle(self, p: _Pending, call: Call, stats: TeacherStats, priority: int) -> None:
         """Sends a request until it has a value or a final failure, each retry as soon as the answer before failed."""
         for n in range(self.max_retries + 1):
             if n:
                 stats.retries += 1
                 if failure_kind(p.reason) == TRANSPORT:
                     await asyncio.sleep(self.backoff_s * 2 ** (n - 1))
-            self._absorb(p, await call(p.attempt(n)), n, stats)
+            self._absorb(p, await call(p.attempt(n), priority), n, stats)
             if p.done:
                 return
 
