@@ -55,6 +55,11 @@ def run_shards(context: dg.AssetExecutionContext, cfg: PipelineConfig) -> list[s
     return keys
 
 
+def run_assets(context: dg.AssetExecutionContext) -> set[dg.AssetKey]:
+    """The assets this run materializes."""
+    return set(context.run.asset_selection or context.job_def.asset_layer.executable_asset_keys)
+
+
 def shard_batch(asset: str, shards: Sequence[str], cfg: PipelineConfig) -> Batch:
     """What a shard asset writes: the rows of these shards; rows of shards the config no longer has are dropped."""
     return Batch(asset, tuple(shards), keep=tuple(shard_keys(cfg)))

@@ -2,21 +2,23 @@ import dagster as dg
 
 from persona_factory.catalog import DIALOGUE_TURNS, DIALOGUES, IMAGE_POOL, PERSONAS, TIMELINE_PLANS
 from persona_factory.readers import read_shards
-from persona_factory.stages.dialogues import generate_dialogues
+from persona_factory.stages.dialogues import write_dialogues
+from persona_factory.stages.followups import Prefetch
 from persona_factory.store import read_records
 from persona_factory.teacher.types import TeacherResult, TeacherStats
 from pipelines.jobs import HISTORIES
 from pipelines.partitions import SHARD_BACKFILL
 from pipelines.resources import FactoryConfig, StoreResource, TeacherResource
 
-from .common import answered, finish, run_shards, shard_batch
+from .common import answered, finish, run_assets, run_shards, shard_batch
 
 
 def dialogues_asset(shards: dg.PartitionsDefinition) -> dg.AssetsDefinition:
     @dg.asset(name="dialogues", group_name=HISTORIES, partitions_def=shards, backfill_policy=SHARD_BACKFILL,
               deps=["timeline_plans", "image_pool"],
-              description="Multi-session multimodal dialogues realizing each plan, generated session by session "
-                          "for all personas of the run at once; turns record the plan items they state.")
+              description="Multi-session multimodal dialogues realizing each plan, each persona's sessions in order, "
+                          "all personas at once; turns record the plan items they state. The supervision requests "
+                          "about sessions already written are asked meanwhile (prefetched_* in the metadata).")
     def dialogues(context: dg.AssetExecutionContext, settings: FactoryConfig, teacher: TeacherResource,
                   store: StoreResource) -> dg.MaterializeResult:
         cfg = settings.load()
@@ -25,9 +27,19 @@ def dialogues_asset(shards: dg.PartitionsDefinition) -> dg.AssetsDefinition:
             people = read_shards(con, PERSONAS, keys)
             plans = read_shards(con, TIMELINE_PLANS, keys)
             images = read_records(con, IMAGE_POOL)
-        stats = TeacherStats()
+        stats, prefetched = TeacherStats(), TeacherStats()
         failures: list[TeacherResult] = []
-        rows, quarantined = generate_dialogues(cfg, teacher.get(), people, plans, images, stats, failures)
+        client = teacher.get()
+        # the supervision assets of this run have their requests asked as the sessions they label are written
+        prefetch = Prefetch(cfg, client, [k.to_user_string() for k in run_assets(context)], prefetched)
+
+        async def write() -> tuple:
+            written = await write_dialogues(cfg, client, people, plans, images, stats, failures,
+                                            prefetch.session_done)
+            await prefetch.wait()
+            return written
+
+        rows, quarantined = client.run(write())
         answered("dialogues", stats)
         turns = [t for d in rows for t in d.turns]
         shard_of = {p.persona_id: p.shard for p in people}
@@ -36,6 +48,7 @@ def dialogues_asset(shards: dg.PartitionsDefinition) -> dg.AssetsDefinition:
         batch.add(DIALOGUE_TURNS, turns, shard_of=shard_of)
         return finish(store.get(), batch, stats, quarantined, failures, owner_shard=shard_of,
                       dialogues=len(rows), turns=len(turns), image_turns=sum(t.image_id is not None for t in turns),
-                      realizing_turns=sum(bool(t.realizes) for t in turns), sessions=sum(len(d.sessions) for d in rows))
+                      realizing_turns=sum(bool(t.realizes) for t in turns), sessions=sum(len(d.sessions) for d in rows),
+                      **prefetched.as_metadata("prefetched_"))
 
     return dialogues

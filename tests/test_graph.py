@@ -53,6 +53,19 @@ def test_every_asset_materializes(graph_run):
         assert (out / path).exists(), path
 
 
+def test_labels_of_written_sessions_are_asked_while_histories_are_still_written(graph_run):
+    """The supervision assets' requests were asked during the dialogues step, session by session, so the assets
+    found every answer in the cache: the same requests, built by the same functions."""
+    _, _, result, _ = graph_run
+    meta = materialization_metadata(result)
+    labels = ("memory_targets", "personality_trajectories", "alignment_pairs")
+    for asset in labels:
+        assert meta[asset]["teacher_requests"] > 0
+        assert meta[asset]["teacher_calls_sent"] == 0, asset
+        assert meta[asset]["teacher_cache_hits"] == meta[asset]["teacher_requests"], asset
+    assert meta["dialogues"]["prefetched_teacher_requests"] == sum(meta[a]["teacher_requests"] for a in labels)
+
+
 def test_trajectories_retrieve_with_embeddings_and_the_card_compares_both_retrievers(graph_run):
     _, out, result, _ = graph_run
     meta = materialization_metadata(result)["reasoning_trajectories"]

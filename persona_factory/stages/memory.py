@@ -148,12 +148,14 @@ def turn_problems(dialogue: Dialogue, items: dict[str, PlanItem]) -> list[Quaran
     return rows
 
 
-def semantic_requests(cfg: PipelineConfig, dialogue: Dialogue, plan: TimelinePlan) -> list[TeacherRequest]:
-    """One request per turn: the wording of the fact it tells, or why small talk is not stored."""
+def semantic_requests(cfg: PipelineConfig, dialogue: Dialogue, plan: TimelinePlan,
+                      sessions_from: int = 0) -> list[TeacherRequest]:
+    """One request per turn: the wording of the fact it tells, or why small talk is not stored. A turn's request
+    depends on that turn alone: `sessions_from` skips the sessions before it (asked already)."""
     items = {i.item_id: i for i in plan.items}
     constrain = cfg.supervision.constrain_phrases
     requests = []
-    for turn in dialogue.turns:
+    for turn in (t for session in dialogue.sessions[sessions_from:] for t in session.turns):
         facts = facts_told(turn, items)
         tag = f"semantic:{dialogue.persona_id}:{turn.turn_index}"
         told = realization(facts[0]) if facts else None
@@ -268,12 +270,14 @@ def segment(session: Session, items: dict[str, PlanItem]) -> list[TopicSlice]:
             for n, key in enumerate(rounds)]
 
 
-def topic_requests(cfg: PipelineConfig, persona: Persona, dialogue: Dialogue,
-                   plan: TimelinePlan) -> list[TeacherRequest]:
+def topic_requests(cfg: PipelineConfig, persona: Persona, dialogue: Dialogue, plan: TimelinePlan,
+                   sessions_from: int = 0) -> list[TeacherRequest]:
+    """One request per topic of each session, from the session `sessions_from` on (a session's requests depend on
+    that session alone)."""
     items = {i.item_id: i for i in plan.items}
     name = persona.profile.name
     requests = []
-    for session in dialogue.sessions:
+    for session in dialogue.sessions[sessions_from:]:
         for topic in segment(session, items):
             phrases = topic.phrases(name)
             requests.append(TeacherRequest(
@@ -512,8 +516,13 @@ def visible_memories(user_data: dict[str, Any], at: str, gap_minutes: int) -> li
 def short_term(earlier: list[Turn], at: str, gap_minutes: int) -> list[Turn]:
     """The short-term context at time `at`: those of the earlier turns no older than the session gap (PersonaVLM's
     60 minutes); what lies outside it is reachable only through memory."""
-    now = parse_time(at)
-    return [t for t in earlier if now - parse_time(t.time) <= timedelta(minutes=gap_minutes)]
+    now, window = parse_time(at), timedelta(minutes=gap_minutes)
+    recent = []
+    for t in reversed(earlier):  # turns are in time order: stop at the first one outside the window
+        if now - parse_time(t.time) > window:
+            break
+        recent.append(t)
+    return recent[::-1]
 
 
 # ---------------------------------------------------------------------------------------------- invariants

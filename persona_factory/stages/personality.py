@@ -54,14 +54,16 @@ def ema_step(current: dict[str, float], inferred: dict[str, int], m: int,
     return updated, skipped
 
 
-def inference_requests(cfg: PipelineConfig, persona: Persona, dialogue: Dialogue) -> list[TeacherRequest]:
-    """The momentary state the latest message shows, read from it and its recent context (never from the plan)."""
+def inference_requests(cfg: PipelineConfig, persona: Persona, dialogue: Dialogue,
+                       sessions_from: int = 0) -> list[TeacherRequest]:
+    """The momentary state the latest message shows, read from it and its recent context (never from the plan).
+    A turn's request depends on the turns up to it only: `sessions_from` skips the sessions before it."""
     gap, turns = cfg.dialogue.session_gap_minutes, dialogue.turns
     return [TeacherRequest(chat("personality_inference", name=persona.profile.name, role=persona.role_description,
                                 recent=short_term(turns[:t.turn_index], t.time, gap), user=t.user),
                            sampling(cfg, "personality", persona.persona_id, t.turn_index, schema=PersonalityDraft),
                            PersonalityDraft, tag=f"personality:{persona.persona_id}:{t.turn_index}")
-            for t in turns]
+            for session in dialogue.sessions[sessions_from:] for t in session.turns]
 
 
 def trajectory(cfg: PipelineConfig, persona: Persona, plan: TimelinePlan, dialogue: Dialogue,

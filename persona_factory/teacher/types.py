@@ -217,8 +217,8 @@ class TeacherStats:
         kind = failure_kind(reason)
         self.failure_reasons[kind] = self.failure_reasons.get(kind, 0) + 1
 
-    def as_metadata(self) -> dict[str, int | dict[str, int]]:
-        return {
+    def as_metadata(self, prefix: str = "") -> dict[str, int | dict[str, int]]:
+        return {f"{prefix}{k}": v for k, v in {
             "teacher_requests": self.requests,
             "teacher_cache_hits": self.cache_hits,
             "teacher_calls_sent": self.sent,
@@ -227,4 +227,4 @@ class TeacherStats:
             "teacher_prompt_tokens": self.prompt_tokens,
             "teacher_completion_tokens": self.completion_tokens,
             "teacher_failures_by_kind": dict(sorted(self.failure_reasons.items())),
-        }
+        }.items()}
