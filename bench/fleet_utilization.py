@@ -66,11 +66,14 @@ class SimServer:
         self.proc.wait(10)
 
 
-def run_pipeline(work: Path, url: str, model: str, fraction: float, extra: dict) -> dict[str, Any]:
-    """The CLI on the paper preset (its personas scaled by `fraction`), timed, with its CPU time from wait4."""
-    counts = {"train": 500, "bench_32k": 100, "bench_128k": 100}
-    config = {"personas": {k: max(1, round(v * fraction)) for k, v in counts.items()},
-              "teacher": {"model": model, "base_urls": [url]}}
+def run_pipeline(work: Path, url: str, model: str, preset: str, fraction: float, extra: dict,
+                 repo: Path) -> dict[str, Any]:
+    """The CLI on a preset (the paper preset's personas scaled by `fraction`), timed, with its CPU time from
+    wait4."""
+    config: dict[str, Any] = {"teacher": {"model": model, "base_urls": [url]}}
+    if preset == "paper":
+        counts = {"train": 500, "bench_32k": 100, "bench_128k": 100}
+        config["personas"] = {k: max(1, round(v * fraction)) for k, v in counts.items()}
     for key, value in extra.items():
         config.setdefault(key, {}).update(value)
     (work / "factory.yaml").write_text(yaml.safe_dump(config))
@@ -79,11 +82,11 @@ def run_pipeline(work: Path, url: str, model: str, fraction: float, extra: dict)
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     env = {**os.environ, "DAGSTER_HOME": str(home), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "DAGSTER_DISABLE_TELEMETRY": "1"}
-    cmd = [sys.executable, "-m", "pipelines.cli", "materialize", "--preset", "paper", "--config",
+    cmd = [sys.executable, "-m", "pipelines.cli", "materialize", "--preset", preset, "--config",
            str(work / "factory.yaml"), "--output", str(work / "output"), "--yes"]
     start = time.time()
     with open(work / "pipeline.log", "w") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(proc.pid, 0)
     end = time.time()
     return {"config": config, "start": start, "end": end, "exit": os.waitstatus_to_exitcode(status),
@@ -219,7 +222,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="pf-fleet-") as tmp:
             work = Path(tmp)
-            run = run_pipeline(work, server.url, args.model, args.fraction, extra)
+            run = run_pipeline(work, server.url, args.model, args.preset, args.fraction, extra, Path(args.repo))
             report = server.report()
             windows = step_windows(run["home"])
             log_tail = run["log"].read_text()[-3000:]
@@ -231,7 +234,8 @@ def cmd_run(args: argparse.Namespace) -> None:
         server.close()
     summary = analyse(report, run)
     summary["fraction"] = args.fraction
-    summary["personas"] = run["config"]["personas"]
+    summary["preset"] = args.preset
+    summary["personas"] = run["config"].get("personas")
     summary["cost_model"] = args.cost
     summary["load_avg"] = os.getloadavg()
     steps = per_step(report, windows)
@@ -240,7 +244,8 @@ def cmd_run(args: argparse.Namespace) -> None:
         print(log_tail, file=sys.stderr)
     if args.chart:
         chart(report, steps, Path(args.chart), args.title or
-              f"{args.label}: paper shape x{args.fraction}, {report['slots']} slots ({args.cost}), occupancy "
+              f"{args.label}: {args.preset}" + (f" x{args.fraction}" if args.preset == "paper" else "") +
+              f", {report['slots']} slots ({args.cost}), occupancy "
               f"{summary['occupancy_without_first_and_last_minute']:.2f} without the first and last minute")
     print(json.dumps(summary, indent=1))
 
@@ -315,6 +320,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="the pipeline against the simulated engine")
+    run.add_argument("--preset", default="paper", choices=["paper", "tiny"])
     run.add_argument("--fraction", type=float, default=1.0, help="of the paper preset's personas")
     run.add_argument("--speedup", type=float, default=8.0, help="simulated seconds per wall second while busy")
     run.add_argument("--cost", default="h100-7b")
@@ -324,6 +330,7 @@ def main() -> None:
     run.add_argument("--chart", default=None, help="PNG path")
     run.add_argument("--label", default="run")
     run.add_argument("--title", default=None)
+    run.add_argument("--repo", default=str(REPO), help="the checkout whose pipeline runs (another commit: before/after)")
     run.add_argument("--keep", default=None, help="folder to keep the pipeline log and the engine's record in")
     client = sub.add_parser("client", help="the teacher client alone, zero engine latency")
     client.add_argument("--requests", type=int, default=20000)
