@@ -226,7 +226,8 @@ def wrong_option_problem(o: Option, state: TimelineState, images: dict[str, Imag
     if o.claim.holds(state, images):
         return f"true_in_history: {o.text!r}"
     entity = o.claim.entity
-    if not o.told and entity is not None and normalize(entity) not in state.told and f" {normalize(entity)} " in history:
+    key = normalize(entity or "")
+    if not o.told and key and key not in state.told and f" {key} " in history:
         return f"mentioned_in_history: {entity!r}"
     return None
 
@@ -291,7 +292,8 @@ def form_problem(c: BenchmarkCandidate, max_ratio: float) -> str | None:
         return "inconsistent_punctuation"
     if len({bool(re.search(r"\d", t)) for t in texts}) > 1:
         return "mixed_answer_types: digits in some options only"
-    if c.answer_type == "tip" and any(contains_phrase(t, tier) for t in texts for tier in bench_vocabulary()["tip_tiers"]):
+    tiers = bench_vocabulary()["tip_tiers"]
+    if c.answer_type == "tip" and any(contains_phrase(t, tier) for t in texts for tier in tiers):
         return "tip_names_a_tier"
     if c.answer_type != "name":
         specifics = lambda t: set(re.findall(r"(?<=\s)[A-Z]\w+|\d+", t))  # noqa: E731  (names, numbers)

@@ -4,9 +4,9 @@ abbreviation, and the generator that turns one persona's realized plan into ques
 Every question is posed at the persona's single probe time (after the last turn). Its gold is a plan fact the
 history realized, with the claim that makes it true (schema `Claim`); its pool holds every wrong option the history
 allows, each with the claim that makes it false: told-but-wrong values from the same user's history (their other
-routines, events, people, photos, old likes, dislikes) marked `told`, so that spotting a mention is not enough and
-the answer needs the time, state or relation the task is about, and never-told values of the same type from the
-typed pools (`distractors`). The gates re-evaluate every claim against the whole history; the distractor
+routines, events, people, photos, first tries, replaced likes) marked `told`, so that spotting a mention is not
+enough and the answer needs the time, state or relation the task is about, and never-told values of the same type
+from the typed pools (`distractors`). The gates re-evaluate every claim against the whole history; the distractor
 assignment picks three per item. Evidence lists every turn that states the gold's value, causes included.
 
 Adding a task touches this module (a generator under `@task`) plus, where it needs wording, the vocabulary.
@@ -21,9 +21,9 @@ from typing import Callable, Iterator
 
 from ..config import PipelineConfig
 from ..schema import (
-    Claim, Dislikes, EventOn, EventWith, GoalActive, GoalStatus, ImageDetail, ImageRecord, ImageShows, LikesNow,
-    MostPresent, Option, Persona, PhotoFor, PhotoOn, PhotoPurposeOn, PlanItem, RelationOf, RoutineAt, ShiftCause,
-    SkillTier, Suits, TimelinePlan, ToneFor, Turn, Dialogue, fmt_time,
+    Claim, Dialogue, Dislikes, EventOn, EventWith, GoalActive, GoalStatus, ImageDetail, ImageRecord, ImageShows,
+    LikesNow, MostPresent, Option, Persona, PhotoFor, PhotoOn, PhotoPurposeOn, PlanItem, RelationOf, RoutineAt,
+    ShiftCause, SkillTier, Suits, TimelinePlan, ToneFor, Turn, fmt_time,
 )
 from .benchmark import bench_vocabulary, probe_time, realized_turns, relative_phrase, shown, visual_answer_type
 from .common import contains_phrase, normalize, parse_time, rng_for
@@ -176,7 +176,8 @@ def semantic_recall(q: PersonaQuestions) -> Iterator[Draft]:
         told = [x.value for x in dislikes if q.when(x) != when]  # what I said I dislike on other days
         if told and sum(q.when(x) == when for x in dislikes) == 1:
             yield from q.draft(SIR, f"{shown(when)}, I told you about something I really dislike. What was it?",
-                               "dislike", Option(text=shown(d.value), claim=Dislikes(thing=d.value, day=day), told=True),
+                               "dislike",
+                               Option(text=shown(d.value), claim=Dislikes(thing=d.value, day=day), told=True),
                                q.options(told, lambda v: Dislikes(thing=v, day=day), True)
                                + q.options(q.never_told("dislike"), lambda v: Dislikes(thing=v, day=day), False),
                                [q.turn(d)], [d], time_phrase=when)
@@ -394,7 +395,7 @@ def goal_tracking(q: PersonaQuestions) -> Iterator[Draft]:
                            [q.turn(i) for i in told], told)
 
 
-# ---------------------------------------------------------------------------------------------- Relationship Understanding
+# ---------------------------------------------------------------------------------------------- Relationships
 
 RR, RDC = "Relationship Recognition", "Relationship Dynamics Comprehension"
 
@@ -483,7 +484,8 @@ def new_scenarios(q: PersonaQuestions) -> Iterator[Draft]:
         cells = [(thing, style.value, thing_told), (like.value, other, True), (thing, other, thing_told)]
         yield from q.draft(GNS, "I'd like to sign up for a weekend workshop. Which would suit me best?",
                            "activity and style",
-                           Option(text=grid(like.value, style.value), claim=claim((like.value, style.value)), told=True),
+                           Option(text=grid(like.value, style.value), claim=claim((like.value, style.value)),
+                                  told=True),
                            [Option(text=grid(a, b), claim=claim((a, b)), told=told) for a, b, told in cells],
                            [q.turn(style), q.turn(like)], [style, like])
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 from ..schema import SKILL_LEVELS, GOAL_OUTCOMES, BenchmarkCandidate, ImageRecord, Option, Persona, TimelinePlan
 from .benchmark import bench_vocabulary, length_ratio
@@ -103,7 +103,8 @@ def own_values(persona: Persona, plan: TimelinePlan, images: dict[str, ImageReco
     return own - {""}
 
 
-def pick(gold: str, hard: Sequence[str], pool: Sequence[str], own: set[str], rng: random.Random, n: int = 3) -> list[str]:
+def pick(gold: str, hard: Sequence[str], pool: Sequence[str], own: set[str], rng: random.Random,
+         n: int = 3) -> list[str]:
     """n wrong answers for a probe: the `hard` ones (false by the history's state, e.g. an outdated value) first,
     then pool values outside `own`; none when fewer than n exist (a filler option would never be the gold, and a
     model would learn to skip it)."""
@@ -137,19 +138,15 @@ def fits(gold: Option, chosen: Sequence[Option], cand: Option, max_ratio: float)
             and length_ratio([*texts, cand.text]) <= max_ratio)
 
 
-def gold_key(c: BenchmarkCandidate) -> tuple[str, str]:
-    return c.answer_type, normalize(c.gold.text)
-
-
-def assign_distractors(cands: list[BenchmarkCandidate], seed: int, max_ratio: float,
-                       exposure: Callable[[BenchmarkCandidate], Iterable[tuple[str, str]]] = lambda c: [gold_key(c)],
-                       ) -> tuple[list[BenchmarkCandidate], dict[str, str]]:
+def assign_distractors(cands: list[BenchmarkCandidate], seed: int,
+                       max_ratio: float) -> tuple[list[BenchmarkCandidate], dict[str, str]]:
     """Three distractors for every candidate, from its pool: told-but-wrong ones first; then the value with the
     largest deficit (three times its gold count across `cands`, less how often it was offered as wrong so far);
     within each, the ones that put the gold at the length rank drawn for the item (0 = shortest .. 3 = longest).
     Items are visited in a seeded order so no item is always served first. Returns the candidates with their
-    distractors and, by item id, why an item got fewer than three."""
-    gold_count: Counter[tuple[str, str]] = Counter(k for c in cands for k in exposure(c))
+    distractors and, by item id, why an item got fewer than three. Values are counted by their text within the
+    answer type, as a reader of the release sees them."""
+    gold_count: Counter[tuple[str, str]] = Counter((c.answer_type, normalize(c.gold.text)) for c in cands)
     offered: Counter[tuple[str, str]] = Counter()
     order = sorted(cands, key=lambda c: rng_for(seed, "assign-order", c.item.item_id).random())
     done: dict[str, BenchmarkCandidate] = {}
@@ -157,7 +154,8 @@ def assign_distractors(cands: list[BenchmarkCandidate], seed: int, max_ratio: fl
     for c in order:
         rng = rng_for(seed, "assign", c.item.item_id)
         shorter_wanted = rng.randrange(4)  # how many distractors are shorter than the gold
-        deficit = lambda o: 3 * gold_count[c.answer_type, normalize(o.text)] - offered[c.answer_type, normalize(o.text)]  # noqa: E731
+        key = lambda o: (c.answer_type, normalize(o.text))  # noqa: E731
+        deficit = lambda o: 3 * gold_count[key(o)] - offered[key(o)]  # noqa: E731
         ranked = sorted(c.pool, key=lambda o: (not o.told, -deficit(o), rng.random()))
         chosen: list[Option] = []
         for strict in (True, False):
@@ -173,6 +171,6 @@ def assign_distractors(cands: list[BenchmarkCandidate], seed: int, max_ratio: fl
                 chosen.append(o)
         if len(chosen) < 3:
             problems[c.item.item_id] = f"too_few_distractors: {len(chosen)} fit of {len(c.pool)}"
-        offered.update((c.answer_type, normalize(o.text)) for o in chosen)
+        offered.update(key(o) for o in chosen)
         done[c.item.item_id] = c.model_copy(update={"distractors": chosen})
     return [done[c.item.item_id] for c in cands], problems
