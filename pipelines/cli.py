@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 import traceback
 import warnings
 from typing import NoReturn
@@ -23,10 +24,11 @@ from persona_factory.config import ConfigError, PipelineConfig, UserError, user_
 from persona_factory.estimate import estimate
 from persona_factory.preflight import over_budget, preflight
 from persona_factory.store import open_store
+from persona_factory.teacher.utilization import Throughput, end_to_end_utilization, run_completion_tokens
 
 from .definitions import build_definitions
 from .partitions import all_shards_tags
-from .resources import FactoryConfig
+from .resources import FactoryConfig, throughput_path
 
 REFUSED, FAILED = 2, 1  # exit codes: nothing started / the run failed
 
@@ -82,7 +84,7 @@ def _report(message: str, code: int, debug: bool) -> int:
 
 def materialize(args: argparse.Namespace) -> int:
     settings = FactoryConfig(preset=args.preset, config_path=args.config, output_dir=args.output,
-                             teacher_base_urls=args.teacher_url)
+                             teacher_base_urls=args.teacher_url, measure_teacher=True)
     cfg = settings.load()
     skipped_seeds = preflight(cfg)
     cost = estimate(cfg)
@@ -102,13 +104,30 @@ def materialize(args: argparse.Namespace) -> int:
     if not args.debug:  # progress lines instead of Dagster's console log (kept in $DAGSTER_HOME either way)
         job, run_config = job.with_logger_defs({"progress": progress_logger}), {"loggers": {"progress": {}}}
     with dg.DagsterInstance.get() as instance:
+        start = time.monotonic()
         result = job.execute_in_process(run_config=run_config, instance=instance, raise_on_error=False,
                                         tags=all_shards_tags(cfg))
+        wall_s = time.monotonic() - start
     if not result.success:
         print(f"error: {failure_line(result)}", file=sys.stderr)
         return FAILED
     _summary(cfg, result.run_id)
+    print(utilization_line(result, wall_s, Throughput.load(throughput_path(cfg), result.run_id)))
     return 0
+
+
+def utilization_line(result: dg.ExecuteInProcessResult, wall_s: float, probe: Throughput | None) -> str:
+    """The run's end-to-end teacher utilization, when the run started its own engine and measured it."""
+    metadata = {e.asset_key.to_user_string(): {k: v.value for k, v in e.materialization.metadata.items()}
+                for e in result.get_asset_materialization_events()}
+    tokens = run_completion_tokens(metadata)
+    if probe is None:
+        return (f"  teacher: {tokens:,} completion tokens generated; utilization not measured (no embedded engine "
+                "was started: every answer came from the cache or an external endpoint)")
+    run_s = wall_s - probe.seconds  # the probe ran inside the run, after its work
+    return (f"  teacher utilization {end_to_end_utilization(tokens, run_s, probe.tokens_per_s):.2f}: {tokens:,} "
+            f"completion tokens in {run_s:.0f} s of run, against {probe.tokens_per_s:.1f} tokens/s at a full batch "
+            f"of {probe.sequences} (measured on the same engine after the run)")
 
 
 def _confirmed(why: str) -> bool:

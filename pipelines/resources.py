@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Optional
 
 import dagster as dg
+import httpx
 from pydantic import PrivateAttr
 
 from persona_factory.config import PipelineConfig, load_config
@@ -24,6 +26,8 @@ class FactoryConfig(dg.ConfigurableResource):
     output_dir: Optional[str] = None
     teacher_base_urls: Optional[list[str]] = None  # shortcut for teacher.base_urls
     seed: Optional[int] = None  # replaces the config's seed (a scheduled regeneration sets a new one per run)
+    # after the run, the embedded engine the run started measures its full-batch rate (the CLI's utilization line)
+    measure_teacher: bool = False
 
     def load(self) -> PipelineConfig:
         overrides: dict = {}
@@ -117,8 +121,27 @@ class TeacherResource(dg.ConfigurableResource):
             self._teacher.close()
             self._teacher = None
         if self._server is not None:
+            if self.settings.measure_teacher:
+                self._measure(context.run_id)
             self._server.stop()
             self._server = None
+
+    def _measure(self, run_id: str) -> None:
+        """The started engine's full-batch rate, recorded next to its log for the run's utilization line."""
+        from persona_factory.teacher.utilization import full_batch_throughput
+
+        cfg = self.settings.load()
+        try:
+            probe = full_batch_throughput(self._server.base_url, self._server.served_name,
+                                          cfg.teacher.max_num_seqs, run_id)
+        except (httpx.HTTPError, KeyError, ValueError) as e:  # the run's data is written: only the figure is lost
+            print(f"[embedded] full-batch rate not measured: {type(e).__name__}: {e}", flush=True)
+            return
+        probe.save(throughput_path(cfg))
+
+
+def throughput_path(cfg: PipelineConfig) -> Path:
+    return cfg.output_path / "logs" / "teacher_throughput.json"
 
 
 def default_settings() -> FactoryConfig:

@@ -642,3 +642,41 @@ def test_the_model_id_is_known_without_preparing_anything(tmp_path):
     assert model_id(TeacherSettings()) == EMBEDDED_SERVED_NAME
     assert model_id(TeacherSettings(model=f"{folder}/../my-teacher/.")) == "my-teacher"
     assert model_id(TeacherSettings(model="Qwen/Qwen2.5-VL-7B-Instruct")) == "Qwen/Qwen2.5-VL-7B-Instruct"
+
+
+# ---------------------------------------------------------------------------------------------- utilization
+
+
+def test_full_batch_probe_sends_every_sequence_at_once_and_counts_reported_tokens():
+    from persona_factory.teacher.utilization import full_batch_throughput
+
+    with FakeOpenAI(MODEL, responder=lambda body: Reply.ok("1 2 3", completion_tokens=body["max_tokens"],
+                                                            delay_s=0.2)) as fake:
+        probe = full_batch_throughput(fake.base_url, MODEL, 8, "run-1", tokens=40)
+        bodies = fake.requests
+    assert fake.max_in_flight == 8  # the batch is full: all sequences in flight together
+    assert all(b["ignore_eos"] and b["max_tokens"] == 40 for b in bodies)  # each writes exactly `tokens`
+    assert probe.completion_tokens == 8 * 40 and probe.sequences == 8
+    assert 0.2 <= probe.seconds < 1.6  # together, not one after another (8 x 0.2 s)
+    assert probe.tokens_per_s == pytest.approx(320 / probe.seconds)
+
+
+def test_utilization_is_the_runs_tokens_over_what_a_full_batch_makes_in_its_wall_time(tmp_path):
+    from persona_factory.teacher.utilization import Throughput, end_to_end_utilization, run_completion_tokens
+
+    metadata = {"personas": {"teacher_completion_tokens": 1000, "teacher_requests": 4},
+                "dialogues": {"teacher_completion_tokens": 20000, "prefetched_teacher_completion_tokens": 9000},
+                "memory_targets": {"teacher_completion_tokens": 0, "teacher_cache_hits": 300},
+                "quality_report": {"rows": 12}}
+    tokens = run_completion_tokens(metadata)
+    assert tokens == 30000
+    assert end_to_end_utilization(tokens, 500.0, 100.0) == pytest.approx(0.6)
+    with pytest.raises(ValueError):
+        end_to_end_utilization(tokens, 0.0, 100.0)
+    probe = Throughput("run-1", 32, 2048, 16.0)
+    assert probe.tokens_per_s == 128.0
+    path = tmp_path / "logs" / "teacher_throughput.json"
+    probe.save(path)
+    assert Throughput.load(path, "run-1") == probe
+    assert Throughput.load(path, "run-2") is None  # an earlier run's probe says nothing about this one
+    assert Throughput.load(tmp_path / "missing.json", "run-1") is None
