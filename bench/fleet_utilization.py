@@ -185,73 +185,118 @@ def per_step(report: dict[str, Any], windows: list[tuple[str, float, float]]) ->
     return rows
 
 
-def chart(report: dict[str, Any], steps: list[dict[str, Any]], path: Path, title: str) -> None:
+def chart(panels: list[tuple[str, dict[str, Any], list[dict[str, Any]]]], path: Path) -> None:
+    """One occupancy-over-time panel per run (title, engine record, steps), on a shared time axis."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    occ = Occupancy(report["timeline"], report["slots"])
-    first = min(r[1] for r in report["requests"])
-    last = max(r[3] for r in report["requests"])
-    n = 600
-    xs = [first + (last - first) * i / n for i in range(n + 1)]
-    ys = [occ.mean(xs[i], xs[i + 1]) for i in range(n)]
-    fig, ax = plt.subplots(figsize=(11, 4.2), dpi=100)
-    ax.fill_between([(x - first) / MINUTE for x in xs[:-1]], ys, step="post", color="#3b7dd8", alpha=0.85, lw=0)
-    ax.set_ylim(0, 1.18)
-    ax.set_xlim(0, (last - first) / MINUTE)
-    ax.set_xlabel("simulated minutes")
-    ax.set_ylabel(f"busy slots / {report['slots']}")
-    ax.set_title(title, fontsize=10)
-    colours = plt.get_cmap("tab20").colors
-    shown = [s for s in steps if s["sim_s"] > 0.004 * (last - first)]
-    for k, s in enumerate(shown):
-        a = (s["sim_start_s"] - first) / MINUTE
-        ax.axvspan(a, a + s["sim_s"] / MINUTE, ymin=1.0 / 1.18, ymax=1.0, color=colours[k % 20], alpha=0.9)
-        ax.text(a + s["sim_s"] / MINUTE / 2, 1.09 if k % 2 else 1.04, s["step"].split(".")[0], ha="center",
-                fontsize=6.5, clip_on=True)
+    spans = [max(r[3] for r in report["requests"]) - min(r[1] for r in report["requests"]) for _, report, _ in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(11, 3.4 * len(panels)), dpi=100, squeeze=False)
+    for ax, (title, report, steps) in zip(axes[:, 0], panels):
+        occ = Occupancy(report["timeline"], report["slots"])
+        first = min(r[1] for r in report["requests"])
+        last = max(r[3] for r in report["requests"])
+        n = 600
+        xs = [first + (last - first) * i / n for i in range(n + 1)]
+        ys = [occ.mean(xs[i], xs[i + 1]) for i in range(n)]
+        ax.fill_between([(x - first) / MINUTE for x in xs[:-1]], ys, step="post", color="#3b7dd8", alpha=0.85, lw=0)
+        ax.set_ylim(0, 1.18)
+        ax.set_xlim(0, max(spans) / MINUTE)
+        ax.set_xlabel("simulated minutes")
+        ax.set_ylabel(f"busy slots / {report['slots']}")
+        ax.set_title(title, fontsize=10)
+        colours = plt.get_cmap("tab20").colors
+        shown = [s for s in steps if s["sim_s"] > 0.004 * (last - first)]
+        for k, s in enumerate(shown):
+            a = (s["sim_start_s"] - first) / MINUTE
+            ax.axvspan(a, a + s["sim_s"] / MINUTE, ymin=1.0 / 1.18, ymax=1.0, color=colours[k % 20], alpha=0.9)
+            ax.text(a + s["sim_s"] / MINUTE / 2, 1.09 if k % 2 else 1.04, s["step"].split(".")[0], ha="center",
+                    fontsize=6.5, clip_on=True)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
 
-def cmd_run(args: argparse.Namespace) -> None:
+def measure(args: argparse.Namespace, repo: Path, keep: Path | None) -> tuple[dict, dict, list]:
+    """(summary, engine record, steps) of one pipeline run of `repo` against a fresh simulated engine."""
     extra = json.loads(args.set) if args.set else {}
     server = SimServer(args.cost, args.speedup, args.slots, args.model)
     try:
         with tempfile.TemporaryDirectory(prefix="pf-fleet-") as tmp:
             work = Path(tmp)
-            run = run_pipeline(work, server.url, args.model, args.preset, args.fraction, extra, Path(args.repo))
+            run = run_pipeline(work, server.url, args.model, args.preset, args.fraction, extra, repo)
             report = server.report()
             windows = step_windows(run["home"])
             log_tail = run["log"].read_text()[-3000:]
-            if args.keep:
-                Path(args.keep).mkdir(parents=True, exist_ok=True)
-                (Path(args.keep) / "pipeline.log").write_text(run["log"].read_text())
-                (Path(args.keep) / "sim_report.json").write_text(json.dumps(report))
+            if keep:
+                keep.mkdir(parents=True, exist_ok=True)
+                (keep / "pipeline.log").write_text(run["log"].read_text())
+                (keep / "sim_report.json").write_text(json.dumps(report))
     finally:
         server.close()
-    summary = analyse(report, run)
-    summary["fraction"] = args.fraction
-    summary["preset"] = args.preset
-    summary["personas"] = run["config"].get("personas")
-    summary["cost_model"] = args.cost
-    summary["load_avg"] = os.getloadavg()
-    steps = per_step(report, windows)
-    summary["steps"] = steps
     if run["exit"] != 0:
         print(log_tail, file=sys.stderr)
+    summary = analyse(report, run)
+    summary.update(repo=str(repo), commit=git_commit(repo), preset=args.preset, fraction=args.fraction,
+                   personas=run["config"].get("personas"), cost_model=args.cost, load_avg=os.getloadavg())
+    steps = per_step(report, windows)
+    summary["steps"] = steps
+    return summary, report, steps
+
+
+def git_commit(repo: Path) -> str:
+    out = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return out.stdout.strip() or "?"
+
+
+# the figures compared side by side: (key, higher is better)
+COMPARED = (("occupancy_without_first_and_last_minute", True), ("occupancy", True), ("span_over_ideal", False),
+            ("sim_span_s", False), ("wall_s", False), ("orchestrator_cpu_ms_per_request", False),
+            ("requests_per_s", True), ("client_cpu_ms_per_request", False))
+
+
+def side_by_side(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Each compared figure for every run, and after / before where both have it."""
+    table: dict[str, Any] = {}
+    for key, _ in COMPARED:
+        row = {label: r[key] for label, r in results.items() if key in r}
+        if len(row) == 2 and "before" in row and row["before"]:
+            row["after/before"] = round(row["after"] / row["before"], 3)
+        if row:
+            table[key] = row
+    return table
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    repos = {"before": Path(args.before), "after": Path(args.repo)} if args.before else {args.label: Path(args.repo)}
+    results, panels = {}, []
+    for label, repo in repos.items():
+        summary, report, steps = measure(args, repo, Path(args.keep) / label if args.keep else None)
+        results[label] = summary
+        shape = f"{args.preset}" + (f" x{args.fraction}" if args.preset == "paper" else "")
+        panels.append((f"{label} ({summary['commit']}): {shape}, {report['slots']} slots ({args.cost}), occupancy "
+                       f"{summary['occupancy_without_first_and_last_minute']:.2f} without the first and last "
+                       f"minute, span / ideal {summary['span_over_ideal']:.2f}", report, steps))
     if args.chart:
-        chart(report, steps, Path(args.chart), args.title or
-              f"{args.label}: {args.preset}" + (f" x{args.fraction}" if args.preset == "paper" else "") +
-              f", {report['slots']} slots ({args.cost}), occupancy "
-              f"{summary['occupancy_without_first_and_last_minute']:.2f} without the first and last minute")
-    print(json.dumps(summary, indent=1))
+        chart(panels, Path(args.chart))
+    print(json.dumps({"runs": results, "side_by_side": side_by_side(results)}, indent=1))
 
 
 def cmd_client(args: argparse.Namespace) -> None:
-    """The teacher client alone at zero engine latency."""
+    """The teacher client alone at zero engine latency (the client of the checkout `--repo`); with `--before`,
+    that checkout's client too, each in its own process."""
+    if args.before:
+        results = {}
+        for label, repo in (("before", args.before), ("after", args.repo)):
+            out = subprocess.run([sys.executable, __file__, "client", "--requests", str(args.requests),
+                                  "--concurrency", str(args.concurrency), "--model", args.model, "--repo", repo],
+                                 capture_output=True, text=True, check=True)
+            results[label] = json.loads(out.stdout) | {"repo": repo, "commit": git_commit(Path(repo))}
+        print(json.dumps({"runs": results, "side_by_side": side_by_side(results)}, indent=1))
+        return
+    sys.path[:0] = [args.repo, str(Path(args.repo) / "tests")]
     from persona_factory.teacher.backends import ServerBackend
     from persona_factory.teacher.cache import ResponseCache
     from persona_factory.teacher.client import Teacher
@@ -282,7 +327,6 @@ def sample_requests(n: int):
     over histories the real persona, plan and dialogue stages write with the schema-following teacher."""
     import dataclasses
 
-    sys.path.insert(0, str(REPO / "tests"))
     from fake_teacher import SchemaTeacher, varied_answers
 
     from persona_factory.config import load_config
@@ -329,13 +373,15 @@ def main() -> None:
     run.add_argument("--set", default=None, help='config overrides as JSON, e.g. \'{"teacher": {"max_concurrency": 512}}\'')
     run.add_argument("--chart", default=None, help="PNG path")
     run.add_argument("--label", default="run")
-    run.add_argument("--title", default=None)
     run.add_argument("--repo", default=str(REPO), help="the checkout whose pipeline runs (another commit: before/after)")
-    run.add_argument("--keep", default=None, help="folder to keep the pipeline log and the engine's record in")
+    run.add_argument("--before", default=None, help="another checkout run first, same settings, side by side")
+    run.add_argument("--keep", default=None, help="folder to keep each run's pipeline log and engine record in")
     client = sub.add_parser("client", help="the teacher client alone, zero engine latency")
     client.add_argument("--requests", type=int, default=20000)
     client.add_argument("--concurrency", type=int, default=256)
     client.add_argument("--model", default="sim-7b")
+    client.add_argument("--repo", default=str(REPO), help="the checkout whose client runs (before/after)")
+    client.add_argument("--before", default=None, help="another checkout measured first, side by side")
     args = parser.parse_args()
     {"run": cmd_run, "client": cmd_client}[args.command](args)
 

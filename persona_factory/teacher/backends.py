@@ -86,6 +86,8 @@ class PriorityGate:
                 turn.set_result(None)  # the place goes to the waiter as it is
                 return
         self.held -= 1
+
+
 DOWN_FOR_S = 30.0  # how long an endpoint that refused a connection is passed over before it is tried again
 
 
