@@ -19,7 +19,7 @@ stretch is compressed. The orchestrator's reaction time inside a busy stretch is
 simulated time, so occupancy measured this way is a lower bound for an orchestrator as fast as this machine.
 
 The server also answers GET /metrics with vLLM's gauge and counter names (`vllm:num_requests_running`, ...), so
-the pipeline's engine monitor reads it like a real engine, and GET /sim/report with the exact record.
+whatever watches a vLLM engine's metrics can watch it, and GET /sim/report with the exact record.
 
     .venv/bin/python bench/engine_sim.py --cost h100-7b --slots 256 --speedup 8     # prints its base URL
 """
