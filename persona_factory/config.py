@@ -398,8 +398,10 @@ PRESETS: dict[str, dict[str, Any]] = {
             "turns_per_session": {"min": 4, "max": 6},
             "draft_unit": "turn", "max_user_chars": 160, "max_assistant_chars": 200,
         },
-        "plan": {"preferences": 2, "dislikes": 1, "people": 2, "person_events": 3, "goals": 1, "routines": 1,
-                 "events": 1, "skills": 1, "styles": 1, "preference_shift_prob": 1.0, "goal_update_prob": 0.75},
+        # two goals, each with a reported outcome: Long-term Goal Tracking needs a told outcome among its few items
+        # (an unknown outcome may be gold only as often as it is offered as a distractor)
+        "plan": {"preferences": 2, "dislikes": 1, "people": 2, "person_events": 3, "goals": 2, "routines": 1,
+                 "events": 1, "skills": 1, "styles": 1, "preference_shift_prob": 1.0, "goal_update_prob": 1.0},
         "supervision": {"probes_per_persona": 8, "alignment_pairs_per_persona": 2},
         "benchmark": {"items_per_persona": 12},
         "teacher": {"max_tokens": 96},

@@ -24,22 +24,11 @@ from pathlib import Path
 import dagster as dg
 import yaml
 
-from tests.servers import S3_ENV, free_port, listening, make_bucket, wait_until
+from tests.servers import S3_ENV, create_database, free_port, listening, make_bucket, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy" / "celery"
 BIN = Path(sys.executable).parent
-
-
-def create_database(postgres_url: str, name: str) -> str:
-    import psycopg2
-
-    admin = psycopg2.connect(postgres_url)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {name}")
-    admin.close()
-    return postgres_url.rsplit("/", 1)[0] + f"/{name}"
 
 
 class LocalCluster:

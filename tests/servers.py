@@ -154,3 +154,15 @@ def make_bucket(endpoint: str, bucket: str) -> None:
     boto3.client("s3", endpoint_url=endpoint, **{k.lower(): v for k, v in S3_ENV.items()
                                                   if k != "AWS_DEFAULT_REGION"},
                  region_name=S3_ENV["AWS_DEFAULT_REGION"]).create_bucket(Bucket=bucket)
+
+
+def create_database(postgres_url: str, name: str) -> str:
+    """A new database on the server at `postgres_url`; returns its URL."""
+    import psycopg2
+
+    admin = psycopg2.connect(postgres_url)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name}")
+    admin.close()
+    return postgres_url.rsplit("/", 1)[0] + f"/{name}"

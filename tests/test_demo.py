@@ -19,7 +19,7 @@ from pipelines.definitions import build_definitions
 from pipelines.partitions import all_shards_tags
 from pipelines.resources import FactoryConfig
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]
 
 
 def digest(root: Path) -> dict[str, str]:

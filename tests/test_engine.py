@@ -114,9 +114,16 @@ def make_teacher(backend, tmp_path: Path) -> Teacher:
 
 
 def engine_children() -> set[int]:
-    """Child processes, less multiprocessing's resource tracker (started by the first spawn, lives on by design)."""
-    return {p.pid for p in psutil.Process().children(recursive=True)
-            if "resource_tracker" not in " ".join(p.cmdline())}
+    """Live child processes, less multiprocessing's resource tracker (started by the first spawn, lives on by design).
+    A zombie has exited and holds nothing but its pid until its parent reaps it, so it counts as gone."""
+    alive = set()
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE and "resource_tracker" not in " ".join(p.cmdline()):
+                alive.add(p.pid)
+        except psutil.Error:  # exited (or became a zombie) while being inspected
+            pass
+    return alive
 
 
 @contextlib.contextmanager

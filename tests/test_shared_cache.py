@@ -15,10 +15,10 @@ from persona_factory.teacher.types import ChatMessage, Sampling, TeacherRequest
 
 try:
     from tests.fake_openai import FakeOpenAI
-    from tests.servers import free_port
+    from tests.servers import create_database, free_port
 except ImportError:
     from fake_openai import FakeOpenAI
-    from servers import free_port
+    from servers import create_database, free_port
 
 MODEL = "m"
 
@@ -33,16 +33,8 @@ def put(cache, key: str, *, payload=None, failure=None) -> None:
 
 @pytest.fixture
 def database(postgres_url):
-    """A fresh database on the session's server, named after the test."""
-    import psycopg2
-
-    name = f"cache_{time.monotonic_ns()}"
-    admin = psycopg2.connect(postgres_url)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {name}")
-    admin.close()
-    return postgres_url.rsplit("/", 1)[0] + f"/{name}"
+    """A fresh database on the session's server."""
+    return create_database(postgres_url, f"cache_{time.monotonic_ns()}")
 
 
 def test_machines_share_answers_written_within_the_flush_interval(database):
