@@ -10,6 +10,9 @@ request kind, the orchestrator's own CPU seconds per request, and an occupancy-o
     .venv/bin/python bench/fleet_utilization.py run --fraction 0.1 --speedup 8 --chart fleet.png
     .venv/bin/python bench/fleet_utilization.py client --requests 20000      # one process, zero engine latency
 
+`--before <checkout>` (both commands) measures another checkout first with the same settings, each against a fresh
+engine, and prints both side by side (`run`: one chart panel each).
+
 `client` measures the teacher client alone: distinct requests built by the real stages go through the pipeline's
 `Teacher` (response cache, validation, accounting) to the simulated engine with zero cost; requests per second of
 wall time and of the client process's CPU time.
