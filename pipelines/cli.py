@@ -122,8 +122,8 @@ def utilization_line(result: dg.ExecuteInProcessResult, wall_s: float, probe: Th
                 for e in result.get_asset_materialization_events()}
     tokens = run_completion_tokens(metadata)
     if probe is None:
-        return (f"  teacher: {tokens:,} completion tokens generated; utilization not measured (no embedded engine "
-                "was started: every answer came from the cache or an external endpoint)")
+        return (f"  teacher: {tokens:,} completion tokens generated; utilization not measured (the run started no "
+                "embedded engine of its own: the cache or an external endpoint answered)")
     run_s = wall_s - probe.seconds  # the probe ran inside the run, after its work
     return (f"  teacher utilization {end_to_end_utilization(tokens, run_s, probe.tokens_per_s):.2f}: {tokens:,} "
             f"completion tokens in {run_s:.0f} s of run, against {probe.tokens_per_s:.1f} tokens/s at a full batch "
