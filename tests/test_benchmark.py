@@ -200,7 +200,8 @@ def test_items_rejected_after_selection_are_replaced_from_the_other_candidates(t
 
     once = build(0)
     ids = {i.item_id for i in once.items}
-    spare = Counter(c.item.question_type for c in once.candidates if c.rejected_by is None and c.item.item_id not in ids)
+    spare = Counter(c.item.question_type for c in once.candidates
+                    if c.rejected_by is None and c.item.item_id not in ids)
     task, _ = spare.most_common(1)[0]
     doomed = {i.item_id for i in once.items if i.question_type == task}
     form = G.form_problem
@@ -211,7 +212,8 @@ def test_items_rejected_after_selection_are_replaced_from_the_other_candidates(t
     assert task in {i.question_type for i in refilled.items}
     assert {c.item.item_id for c in refilled.candidates if c.rejected_by == "form: planted"} == doomed
     rows = {(r.gate, r.question_type): r for r in refilled.gate_counts}
-    form_refused = [c for c in refilled.candidates if c.item.question_type == task and (c.rejected_by or "").startswith("form")]
+    form_refused = [c for c in refilled.candidates
+                    if c.item.question_type == task and (c.rejected_by or "").startswith("form")]
     assert rows["form", task].rejected == len(form_refused)  # each refused item counted once, in the round it fell
     assert task not in {i.question_type for i in build(0).items}
 
