@@ -254,6 +254,9 @@ class BenchmarkSettings(Strict):
     # the blind runs gets right is dropped
     blind_judges: list[JudgeSettings] = Field(default_factory=list)
     blind_max_correct_share: float = Field(0.5, ge=0, le=1)
+    # times the selection is made again without the items the later gates (distractors, options, form, blind,
+    # balance) rejected, so a persona's quota and a task's presence are refilled from the other candidates
+    refill_rounds: int = Field(3, ge=0, le=10)
 
 
 class QualitySettings(Strict):

@@ -187,6 +187,37 @@ def test_rebuild_is_identical(tiny):
     assert again.gate_counts == tiny.build.gate_counts
 
 
+def test_items_rejected_after_selection_are_replaced_from_the_other_candidates(tiny, monkeypatch):
+    """A gate after selection (here: form, told to refuse what a single selection published of one task) leaves a
+    gap; the selection is made again without the refused items, and the task stays present from its spare
+    candidates. With no refill rounds the gap stays."""
+    def build(refill_rounds: int):
+        cfg = tiny.cfg.model_copy(update={"benchmark": tiny.cfg.benchmark.model_copy(
+            update={"refill_rounds": refill_rounds})})
+        teacher = SchemaTeacher()
+        return build_benchmark(cfg, teacher, {"teacher": teacher}, tiny.personas, tiny.plans, tiny.dialogues,
+                               tiny.images, TeacherStats())
+
+    once = build(0)
+    ids = {i.item_id for i in once.items}
+    spare = Counter(c.item.question_type for c in once.candidates
+                    if c.rejected_by is None and c.item.item_id not in ids)
+    task, _ = spare.most_common(1)[0]
+    doomed = {i.item_id for i in once.items if i.question_type == task}
+    form = G.form_problem
+    monkeypatch.setattr(G, "form_problem", lambda c, r: "planted" if c.item.item_id in doomed else form(c, r))
+
+    refilled = build(3)
+    assert not doomed & {i.item_id for i in refilled.items}
+    assert task in {i.question_type for i in refilled.items}
+    assert {c.item.item_id for c in refilled.candidates if c.rejected_by == "form: planted"} == doomed
+    rows = {(r.gate, r.question_type): r for r in refilled.gate_counts}
+    form_refused = [c for c in refilled.candidates
+                    if c.item.question_type == task and (c.rejected_by or "").startswith("form")]
+    assert rows["form", task].rejected == len(form_refused)  # each refused item counted once, in the round it fell
+    assert task not in {i.question_type for i in build(0).items}
+
+
 def test_tiered_tips_stand_on_their_templates_when_the_teacher_fails_every_tips_request(tiny):
     failing = SchemaTeacher(override=lambda r: "no tips today" if r.tag.startswith("tips:") else None)
     build = build_benchmark(tiny.cfg, failing, {"teacher": failing}, tiny.personas, tiny.plans, tiny.dialogues,
@@ -326,6 +357,8 @@ def test_lint_catches_dangling_slots_and_sentences_in_slots():
     ("goal", "going to the gym", "not_base_form"),
     ("hobby", "knitting and", "dangling_end"),
     ("hobby", "Chess", "looks_like_a_name"),
+    ("hobby", "The science museum", "sentence_case"),
+    ("hobby", "The Beatles", None),
     ("event", "tried pottery for the first time", None),
     ("routine_when", "every Saturday morning", None),
     ("routine_action", "go to the farmers market", None),

@@ -73,6 +73,71 @@ def tiered_tips(cfg: PipelineConfig, teacher: TeacherLike, skills: list[str],
     return tips, kept_templates + ways, [*asked, *verdicts]
 
 
+@dataclass
+class BlindRecord:
+    """The blind runs of every item the gate judged, each item with its latest options."""
+
+    asks: dict[str, list[gates.BlindAsk]]  # item id -> its asks
+    answers: dict[str, dict[str, list[TeacherResult]]]  # item id -> judge -> results aligned with its asks
+    results: dict[str, TeacherResult]  # request key -> answer: every judge answer of every pass, once
+
+    def add(self, asks: list[gates.BlindAsk], answers: dict[str, list[TeacherResult]]) -> None:
+        by_item: dict[str, list[int]] = {}
+        for k, a in enumerate(asks):
+            by_item.setdefault(a.item_id, []).append(k)
+        for item_id, ks in by_item.items():
+            self.asks[item_id] = [asks[k] for k in ks]
+            self.answers[item_id] = {j: [rs[k] for k in ks] for j, rs in answers.items()}
+        self.results.update((r.key, r) for rs in answers.values() for r in rs)
+
+    def accuracy(self, judges: list[str], max_correct_share: float) -> list[BlindAccuracy]:
+        asks = [a for item in self.asks.values() for a in item]
+        answers = {j: [r for item_id in self.asks for r in self.answers[item_id][j]] for j in judges}
+        return gates.blind_verdicts(asks, answers, max_correct_share)[1]
+
+
+def offer(cfg: PipelineConfig, judges: dict[str, TeacherLike], personas: dict[str, Persona],
+          bench: dict[str, Dialogue], states: dict, by_image: dict[str, ImageRecord],
+          selected: list[BenchmarkCandidate], run: gates.GateRun, judged: BlindRecord,
+          stats: TeacherStats) -> list[BenchmarkCandidate]:
+    """One pass over a selection: distractors, letters, then the gates on what is offered (options, form, blind,
+    balance)."""
+    b = cfg.benchmark
+    assigned, short = assign_distractors(selected, cfg.seed, b.max_option_length_ratio)
+    offered = select.assign_letters(cfg, run.apply("distractors", assigned, short))
+    offered = run.apply("options", offered, {c.item.item_id: p for c in offered if (p := gates.offered_problem(
+        c, bench[c.item.persona_id], states[c.item.persona_id], by_image))})
+    offered = run.apply("form", offered, {c.item.item_id: p for c in offered
+                                          if (p := gates.form_problem(c, b.max_option_length_ratio))})
+    asks = gates.blind_asks(cfg, offered, personas)
+    answers = {name: judge.generate([a.request for a in asks], stats) if asks else [] for name, judge in judges.items()}
+    judged.add(asks, answers)
+    solved, _ = gates.blind_verdicts(asks, answers, b.blind_max_correct_share)
+    offered = run.apply("blind", offered, solved)
+    return run.apply("balance", offered, gates.balance_problems(offered))
+
+
+def gated_selection(cfg: PipelineConfig, judges: dict[str, TeacherLike], personas: dict[str, Persona],
+                    bench: dict[str, Dialogue], states: dict, by_image: dict[str, ImageRecord],
+                    kept: list[BenchmarkCandidate], run: gates.GateRun,
+                    stats: TeacherStats) -> tuple[list[BenchmarkCandidate], BlindRecord]:
+    """Selection, then `offer`; an item a gate rejects after selection leaves the candidates and the selection is
+    made again from the rest (so a persona's quota and a task's presence are refilled from its other candidates),
+    at most `benchmark.refill_rounds` times. What is returned passed every gate in the last pass."""
+    judged = BlindRecord({}, {}, {})
+    out: set[str] = set()
+    final: list[BenchmarkCandidate] = []
+    for _ in range(cfg.benchmark.refill_rounds + 1):
+        selected = select.select_items(cfg, [c for c in kept if c.item.item_id not in out])
+        before = len(run.rejected)
+        final = offer(cfg, judges, personas, bench, states, by_image, selected, run, judged, stats)
+        newly = {c.item.item_id for c in run.rejected[before:]}
+        if not newly:
+            break
+        out |= newly
+    return final, judged
+
+
 def build_benchmark(cfg: PipelineConfig, teacher: TeacherLike, judges: dict[str, TeacherLike],
                     personas: dict[str, Persona], plans: dict[str, TimelinePlan], dialogues: dict[str, Dialogue],
                     images: list[ImageRecord], stats: TeacherStats) -> BenchmarkBuild:
@@ -96,18 +161,7 @@ def build_benchmark(cfg: PipelineConfig, teacher: TeacherLike, judges: dict[str,
         c, bench[c.item.persona_id], plans[c.item.persona_id], states[c.item.persona_id], by_image))
     kept = run.apply("near_duplicate", kept, gates.near_duplicates(kept, b.near_duplicate_ratio))
 
-    selected = select.select_items(cfg, kept)
-    assigned, short = assign_distractors(selected, cfg.seed, b.max_option_length_ratio)
-    offered = select.assign_letters(cfg, run.apply("distractors", assigned, short))
-    offered = run.apply("options", offered, {c.item.item_id: p for c in offered if (p := gates.offered_problem(
-        c, bench[c.item.persona_id], states[c.item.persona_id], by_image))})
-    offered = run.apply("form", offered, {c.item.item_id: p for c in offered
-                                          if (p := gates.form_problem(c, b.max_option_length_ratio))})
-    asks = gates.blind_asks(cfg, offered, personas)
-    answers = {name: judge.generate([a.request for a in asks], stats) if asks else [] for name, judge in judges.items()}
-    solved, accuracy = gates.blind_verdicts(asks, answers, b.blind_max_correct_share)
-    offered = run.apply("blind", offered, solved)
-    final = run.apply("balance", offered, gates.balance_problems(offered))
+    final, judged = gated_selection(cfg, judges, personas, bench, states, by_image, kept, run, stats)
 
     specs = {item_id: spec for pid, d in bench.items() for item_id, spec in select.alignment_specs(
         cfg, personas[pid], plans[pid], d, probes[pid], [c for c in final if c.item.persona_id == pid]).items()}
@@ -121,8 +175,9 @@ def build_benchmark(cfg: PipelineConfig, teacher: TeacherLike, judges: dict[str,
     return BenchmarkBuild(
         items=[c.item for c in final],
         candidates=[*run.rejected, *final, *(c for c in kept if c.item.item_id not in done)],
-        gate_counts=run.counts(), blind_accuracy=accuracy, quarantined=[*run.quarantine_rows(), *unpaired],
-        results=[*tip_results, *(r for rs in answers.values() for r in rs), *reply_results],
+        gate_counts=run.counts(), blind_accuracy=judged.accuracy(list(judges), b.blind_max_correct_share),
+        quarantined=[*run.quarantine_rows(), *unpaired],
+        results=[*tip_results, *judged.results.values(), *reply_results],
         users_per_bucket=dict(sorted(Counter(bucket_of(personas[pid].split, len(d.turns))
                                              for pid, d in bench.items() if pid in asked).items())),
         alignment_asked=len(specs), tip_wording=dict(sorted(tip_wording.items())))

@@ -65,9 +65,10 @@ NAME = re.compile(r"[A-Z][a-z]{1,15}")
 
 @dataclass
 class GateRun:
-    """Applies gates in order and keeps, per (gate, task), how many items were checked and rejected."""
+    """Applies gates in order and keeps, per (gate, task), how many distinct items were checked and rejected (an
+    item the selection offers again after a refill is counted once per gate)."""
 
-    checked: Counter = field(default_factory=Counter)
+    checked: set[tuple[str, str, str]] = field(default_factory=set)  # (gate, task, item id)
     rejected_counts: Counter = field(default_factory=Counter)
     rejected: list[BenchmarkCandidate] = field(default_factory=list)
 
@@ -75,7 +76,7 @@ class GateRun:
         kept = []
         for c in cands:
             task = c.item.question_type
-            self.checked[gate, task] += 1
+            self.checked.add((gate, task, c.item.item_id))
             if c.item.item_id in problems:
                 self.rejected_counts[gate, task] += 1
                 self.rejected.append(c.model_copy(update={"rejected_by": f"{gate}: {problems[c.item.item_id]}"}))
@@ -93,8 +94,9 @@ class GateRun:
     def counts(self, extra_tasks: Iterable[str] = ()) -> list[BenchmarkGateCount]:
         """One row per gate and task (all 13 tasks, zeros included), so the table's shape never changes."""
         tasks = [*TASKS, *extra_tasks]
-        gates = [*GATES, *sorted({g for g, _ in self.checked} - set(GATES))]
-        return [BenchmarkGateCount(gate=g, question_type=t, checked=self.checked[g, t],
+        gates = [*GATES, *sorted({g for g, _, _ in self.checked} - set(GATES))]
+        checked = Counter((g, t) for g, t, _ in self.checked)
+        return [BenchmarkGateCount(gate=g, question_type=t, checked=checked[g, t],
                                    rejected=self.rejected_counts[g, t]) for g in gates for t in tasks]
 
     def quarantine_rows(self) -> list[QuarantineRow]:

@@ -67,4 +67,6 @@ def value_problem(kind: str, value: str) -> str | None:
         return "no_time_word"
     if kind in ("hobby", "dislike", "skill", "label") and text[:1].isupper() and len(words) == 1:
         return "looks_like_a_name"
+    if text[:1].isupper() and words[0] in DANGLING and len(words) > 1 and not text.split()[1][:1].isupper():
+        return "sentence_case"  # "The science museum": a slot would publish "Tried The science museum"
     return None
