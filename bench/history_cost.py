@@ -3,7 +3,7 @@ as busy as raw vLLM?
 
     .venv/bin/python bench/history_cost.py [--short 20] [--long 500] [--sample 24]
 
-1. One short and one long history are generated together (one wavefront) by the real dialogue stage on the
+1. One short and one long history are generated together by the real dialogue stage on the
    embedded teacher; teacher prompt tokens per kept turn are read from the response cache for each persona and
    their ratio printed (target <= 1.5: session prompts carry a bounded state, never the transcript). Both use the
    same per-turn budgets, kept small so the long history finishes in minutes on a CPU.
