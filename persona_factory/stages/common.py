@@ -85,11 +85,14 @@ def parse_time(value: str) -> datetime:
 
 
 ANY_RUN_MAX = 128  # the grammar backend (xgrammar) fails to compile `.{0,n}` for n above this
+PHRASE_SEP = "[ ,.;:!?'-]"  # what may stand next to a required phrase
 
 
 def phrase_pattern(phrases: tuple[str, ...], max_chars: int) -> str | None:
-    """A regex that makes the teacher write every phrase (either order for two), case-free first letters, in a
-    message of at most about `max_chars` characters."""
+    """A regex that makes the teacher write every phrase as whole words (either order for two), case-free first
+    letters, in a message of at most about `max_chars` characters. Each phrase stands between separators or the
+    message's ends, so a phrase glued to other characters ("19:32:0Gardening", "bob_user") cannot be written:
+    the checks, which look for whole words, would refuse it."""
     if not phrases or any('"' in p or "\\" in p for p in phrases):
         return None
 
@@ -99,10 +102,11 @@ def phrase_pattern(phrases: tuple[str, ...], max_chars: int) -> str | None:
         return (f"[{first.upper()}{first.lower()}]" if first.isalpha() else first) + body[1:]
 
     room = max(20, max_chars - sum(len(p) for p in phrases))
-    lead, gap = room // 3, _any(room // 3)
+    lead = room // 3
+    gap = f"{PHRASE_SEP}(?:{_any(room // 3)}{PHRASE_SEP})?"
     a = [lit(p) for p in phrases]
     core = f"(?:{a[0]}{gap}{a[1]}|{a[1]}{gap}{a[0]})" if len(a) == 2 else gap.join(a)
-    return f"^{_any(lead)}{core}{_any(room - lead)}$"
+    return f"^(?:{_any(lead)}{PHRASE_SEP})?{core}(?:{PHRASE_SEP}{_any(room - lead)})?$"
 
 
 def _any(n: int) -> str:

@@ -49,6 +49,10 @@ def value_problem(kind: str, value: str) -> str | None:
         return "list_or_sentence"
     if re.search(r"[{}\[\]()<>\"]", text):
         return "markup"
+    if re.search(r"[^\w\s'.-]|_", text):
+        return "odd_characters"  # "jazz_music_jazz_music": an identifier or token salad, not a phrase
+    if max(words.count(w) for w in words) > 2:
+        return "repetition"
     if PRONOUNS & set(words):
         return "first_or_second_person"
     if not lo <= len(words) <= hi:
