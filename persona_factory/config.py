@@ -407,7 +407,10 @@ PRESETS: dict[str, dict[str, Any]] = {
                  "events": 1, "skills": 1, "styles": 1, "preference_shift_prob": 1.0, "goal_update_prob": 1.0},
         "supervision": {"probes_per_persona": 8, "alignment_pairs_per_persona": 2},
         "benchmark": {"items_per_persona": 12},
-        "teacher": {"max_tokens": 96},
+        # the CPU engine writes constrained answers slowly (a full batch of guided sequences gets about one token
+        # a second each) and requests past its batch wait in its queue: a 96-token answer can take minutes, and a
+        # request that times out is asked again and, after its retries, left unanswered
+        "teacher": {"max_tokens": 96, "request_timeout_s": 900},
     },
     # PersonaVLM's scale (paper App. C): 500 training + 200 benchmark personas
     "paper": {

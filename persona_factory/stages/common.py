@@ -103,7 +103,7 @@ def phrase_pattern(phrases: tuple[str, ...], max_chars: int) -> str | None:
 
     room = max(20, max_chars - sum(len(p) for p in phrases))
     lead = room // 3
-    gap = f"{PHRASE_SEP}(?:{_any(room // 3)}{PHRASE_SEP})?"
+    gap = f"{PHRASE_SEP}(?:{_any(lead)}{PHRASE_SEP})?"
     a = [lit(p) for p in phrases]
     core = f"(?:{a[0]}{gap}{a[1]}|{a[1]}{gap}{a[0]})" if len(a) == 2 else gap.join(a)
     return f"^(?:{_any(lead)}{PHRASE_SEP})?{core}(?:{PHRASE_SEP}{_any(room - lead)})?$"
