@@ -14,8 +14,7 @@ import random
 import re
 from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
-from persona_factory.stages.common import LINE, PHRASE_SEP
-from persona_factory.teacher.types import CLAUSE
+from persona_factory.stages.common import PHRASE_SEP
 from persona_factory.teacher.client import validate_completion
 from persona_factory.teacher.types import RawCompletion, TeacherRequest, TeacherResult, TeacherStats
 
@@ -26,29 +25,24 @@ T = TypeVar("T")
 
 
 def phrases_of(pattern: str) -> list[str]:
-    """The literal phrases a realization pattern demands, in its first order (see stages.common.phrase_pattern);
-    none for any other pattern."""
-    start = f"^(?:{CLAUSE}{PHRASE_SEP})?"
-    if not pattern.startswith(start):
-        return []
-    body = pattern[len(start):pattern.rindex(f"(?:{PHRASE_SEP}{CLAUSE}")]
+    """The literal phrases a realization pattern demands, in its first order (see stages.common.phrase_pattern)."""
+    body = re.sub(r"(\.\{0,\d+\})+", "", pattern[1:-1]).replace(f"(?:{PHRASE_SEP})?", "")
     if body.startswith("(?:"):
         body = body[3:].split("|")[0]
-    literals = body.split(f"{PHRASE_SEP}(?:{LINE}{PHRASE_SEP})?")
-    return [re.sub(r"\\(.)", r"\1", re.sub(r"\[(\w)\w\]", r"\1", p)) for p in literals]
+    return [re.sub(r"\\(.)", r"\1", re.sub(r"\[(\w)\w\]", r"\1", p)) for p in body.split(PHRASE_SEP)]
 
 
 def _text(rng: random.Random, lo: int, hi: int, pattern: str | None) -> str:
-    if pattern and (phrases := phrases_of(pattern)):
-        return "Honestly, " + " and ".join(phrases) + " matter to me."
+    if pattern:
+        text = "Honestly, " + " and ".join(phrases_of(pattern)) + " matter to me."
+        if not re.fullmatch(pattern, text) and re.fullmatch(pattern, NAMES[0]):
+            text = rng.choice([n for n in NAMES if re.fullmatch(pattern, n)])
+        assert re.fullmatch(pattern, text), (pattern, text)
+        return text[:hi]
     words = []
     while len(" ".join(words)) < max(lo, min(hi, 24)):
         words.append(rng.choice(WORDS))
-    text = " ".join(words)[:hi].strip().ljust(lo, "x")
-    if pattern and not re.fullmatch(pattern, text):
-        text = rng.choice([n for n in NAMES if re.fullmatch(pattern, n)])
-    assert pattern is None or re.fullmatch(pattern, text), (pattern, text)
-    return text
+    return " ".join(words)[:hi].strip().ljust(lo, "x")
 
 
 def fill(schema: dict[str, Any], rng: random.Random, defs: dict[str, Any] | None = None) -> Any:

@@ -767,29 +767,15 @@ def grammar_compiler():
     return xgr.GrammarCompiler(xgr.TokenizerInfo.from_huggingface(AutoTokenizer.from_pretrained(folder)))
 
 
-def counted_lengths(schema: dict) -> list[int]:
-    """Every count a JSON schema asks the grammar to keep: length bounds and regex repetition bounds."""
-    text = json.dumps(schema)
-    return [int(n) for n in re.findall(r'"(?:minLength|maxLength)": (\d+)', text) + re.findall(r"\{\d*,(\d+)\}", text)]
+def test_phrase_constrained_schemas_compile_in_the_grammar_backend(grammar_compiler):
+    """A memory sentence's room exceeds one run of any character the backend compiles; the pattern splits it.
+    (One compile costs seconds, so one schema stands for all: they share stages.common.phrase_pattern.)"""
+    from persona_factory.teacher.types import grammar_schema
 
-
-def test_grammar_schemas_count_no_long_text_and_compile(grammar_compiler):
-    """Each counted character is a grammar state the backend compiles against the whole vocabulary (seconds for a
-    sentence's worth, the engine's decoding stopped meanwhile): long text, phrases included, reaches the grammar
-    bounded by sentences and compiles; the answer itself is still held to the model's length."""
-    from pydantic import ValidationError
-
-    from persona_factory.stages.alignment import ReplyDraft
-    from persona_factory.stages.dialogues import turn_model
-    from persona_factory.teacher.types import GRAMMAR_MAX_COUNT, grammar_schema
-
-    turn = turn_model(load_config("tiny"), ("jazz music", "my sister Anna"))
-    for model in (M.draft_model("semantic", ("pottery",), True), M.draft_model("topic", ("pottery", "Anna"), True),
-                  turn, ReplyDraft):
-        schema = grammar_schema(model)
-        assert max(counted_lengths(schema)) <= GRAMMAR_MAX_COUNT, (model.__name__, schema)
-        grammar_compiler.compile_json_schema(json.dumps(schema))
-    user = "Honestly, jazz music and my sister Anna matter to me"
-    assert turn.model_validate({"user": user, "assistant": "Nice to hear."}).user == user
-    with pytest.raises(ValidationError, match="at most 160"):
-        turn.model_validate({"user": user + " very much" * 20, "assistant": "Nice to hear."})
+    schema = grammar_schema(M.draft_model("semantic", ("pottery",), True))
+    assert ".{0,128}" in schema["properties"]["content"]["pattern"]
+    grammar_compiler.compile_json_schema(json.dumps(schema))
+    with pytest.raises(RuntimeError):  # the same room as one run
+        grammar_compiler.compile_json_schema(json.dumps(
+            {"type": "object", "properties": {"c": {"type": "string", "pattern": "^.{0,10}[Pp]ottery.{0,130}$"}},
+             "required": ["c"]}))

@@ -14,7 +14,7 @@ from prompts import render, template_hashes
 
 from ..config import PipelineConfig, code_version
 from ..schema import BIG_FIVE_TRAITS, TIME_FORMAT, BigFive, Provenance
-from ..teacher.types import CLAUSE, ChatMessage, ImagePart, Sampling, answer_chars, sentences
+from ..teacher.types import ChatMessage, ImagePart, Sampling, answer_chars
 
 
 def provenance(cfg: PipelineConfig, teacher_model: str, *templates: str) -> Provenance:
@@ -84,16 +84,15 @@ def parse_time(value: str) -> datetime:
     return datetime.strptime(value, TIME_FORMAT)
 
 
+ANY_RUN_MAX = 128  # the grammar backend (xgrammar) fails to compile `.{0,n}` for n above this
 PHRASE_SEP = "[ ,.;:!?'-]"  # what may stand next to a required phrase
-LINE = r"[^\n]*"
 
 
 def phrase_pattern(phrases: tuple[str, ...], max_chars: int) -> str | None:
     """A regex that makes the teacher write every phrase as whole words (either order for two), case-free first
-    letters, within the message's first sentence, followed by at most about `max_chars` characters' worth of
-    sentences (the length itself is checked on the answer: see teacher.types.GRAMMAR_MAX_COUNT). Each phrase stands
-    between separators or the message's ends, so a phrase glued to other characters ("19:32:0Gardening",
-    "bob_user") cannot be written: the checks, which look for whole words, would refuse it."""
+    letters, in a message of at most about `max_chars` characters. Each phrase stands between separators or the
+    message's ends, so a phrase glued to other characters ("19:32:0Gardening", "bob_user") cannot be written:
+    the checks, which look for whole words, would refuse it."""
     if not phrases or any('"' in p or "\\" in p for p in phrases):
         return None
 
@@ -102,8 +101,15 @@ def phrase_pattern(phrases: tuple[str, ...], max_chars: int) -> str | None:
         first = body[0]
         return (f"[{first.upper()}{first.lower()}]" if first.isalpha() else first) + body[1:]
 
-    gap = f"{PHRASE_SEP}(?:{LINE}{PHRASE_SEP})?"
+    room = max(20, max_chars - sum(len(p) for p in phrases))
+    lead = room // 3
+    gap = f"{PHRASE_SEP}(?:{_any(lead)}{PHRASE_SEP})?"
     a = [lit(p) for p in phrases]
     core = f"(?:{a[0]}{gap}{a[1]}|{a[1]}{gap}{a[0]})" if len(a) == 2 else gap.join(a)
-    rest = max(1, max_chars - sum(len(p) for p in phrases))
-    return f"^(?:{CLAUSE}{PHRASE_SEP})?{core}(?:{PHRASE_SEP}{sentences(rest)})?$"
+    return f"^(?:{_any(lead)}{PHRASE_SEP})?{core}(?:{PHRASE_SEP}{_any(room - lead)})?$"
+
+
+def _any(n: int) -> str:
+    """Up to n characters, written as runs the grammar backend compiles."""
+    runs = [ANY_RUN_MAX] * (n // ANY_RUN_MAX) + ([n % ANY_RUN_MAX] if n % ANY_RUN_MAX or not n else [])
+    return "".join(f".{{0,{r}}}" for r in runs)

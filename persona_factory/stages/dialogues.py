@@ -144,7 +144,9 @@ def turn_model(cfg: PipelineConfig, phrases: tuple[str, ...]) -> type[BaseModel]
 @lru_cache(maxsize=4096)
 def _turn_model(phrases: tuple[str, ...], constrain: bool, user_max: int, assistant_max: int) -> type[BaseModel]:
     pattern = phrase_pattern(phrases, user_max) if constrain else None
-    user = Annotated[str, StringConstraints(pattern=pattern, min_length=3, max_length=user_max)]
+    # a pattern carries its own length bounds (the grammar backend refuses a pattern with minLength/maxLength)
+    user = Annotated[str, StringConstraints(pattern=pattern) if pattern else StringConstraints(min_length=3,
+                                                                                             max_length=user_max)]
     assistant = Annotated[str, StringConstraints(min_length=3, max_length=assistant_max)]
     name = "Turn_" + (re.sub(r"\W+", "_", "_".join(phrases))[:40] if constrain and phrases else "free")
     return create_model(name, __config__=ConfigDict(extra="forbid"), user=(user, ...), assistant=(assistant, ...))

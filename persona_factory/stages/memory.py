@@ -50,10 +50,11 @@ class SmallTalkDraft(BaseModel):
 
 
 def phrase_text(phrases: tuple[str, ...], constrain: bool, max_chars: int) -> Any:
-    """A text field the teacher fills, of at most `max_chars`; with `constrain`, its JSON schema makes it contain
-    every phrase."""
+    """A text field the teacher fills, of about `max_chars` at most; with `constrain`, its JSON schema makes it
+    contain every phrase (the pattern then carries the length bound: the grammar backend refuses both)."""
     pattern = phrase_pattern(phrases, max_chars) if constrain and phrases else None
-    return Annotated[str, StringConstraints(pattern=pattern, min_length=3, max_length=max_chars)]
+    return Annotated[str, StringConstraints(pattern=pattern) if pattern else
+                     StringConstraints(min_length=3, max_length=max_chars)]
 
 
 @lru_cache(maxsize=1024)

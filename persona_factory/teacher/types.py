@@ -90,36 +90,13 @@ def tag_owner(tag: str) -> str:
     return parts[1] if len(parts) > 1 else ""
 
 
-# What the structured-output grammar may count. The backend (xgrammar) compiles every counted character
-# (`maxLength`, `.{0,n}`) into a grammar state whose token mask it computes over the whole vocabulary: a 200-character
-# bound takes seconds to compile, and vLLM compiles a request's grammar in the engine process, whose decoding stops
-# meanwhile. Longer text reaches the grammar bounded by its number of sentences instead (an unbounded clause
-# compiles to one state); its length is checked on the answer, and max_tokens cuts a runaway one.
-GRAMMAR_MAX_COUNT = 48
-CHARS_PER_SENTENCE = 50
-CLAUSE = r"[^.!?\n]*"  # text up to the next sentence end, on one line
-
-
-def sentences(max_chars: int) -> str:
-    """A regex body for text of at most about `max_chars` characters, as clauses between sentence ends."""
-    return f"{CLAUSE}(?:[.!?]+{CLAUSE}){{0,{max(1, max_chars // CHARS_PER_SENTENCE)}}}"
-
-
 @lru_cache(maxsize=4096)
 def _schema_json(model: type[BaseModel]) -> str:
-    return json.dumps(model.model_json_schema())
-
-
-@lru_cache(maxsize=4096)
-def _grammar_json(model: type[BaseModel]) -> str:
-    schema = json.loads(_schema_json(model))
-    for node in _strings(schema):
-        if "pattern" in node or "format" in node:  # a pattern carries the grammar's shape; lengths are checked after
-            node.pop("minLength", None)
-            node.pop("maxLength", None)
-        elif node.get("maxLength", 0) > GRAMMAR_MAX_COUNT:
-            node["pattern"] = f"^{sentences(node.pop('maxLength'))}$"
-            node.pop("minLength", None)
+    schema = model.model_json_schema()
+    for path, node in _strings(schema, model.__name__):
+        if ("pattern" in node or "format" in node) and ("minLength" in node or "maxLength" in node):
+            raise ValueError(f"{path} combines a pattern with length bounds, which vLLM's xgrammar backend refuses; "
+                             "put the bounds in the pattern")
     return json.dumps(schema)
 
 
@@ -151,7 +128,7 @@ def schema_chars(schema: dict[str, Any]) -> int:
             return 2 + node.get("maxItems", 8) * (size(node.get("items", {"type": "string"})) + 1)
         if kind == "string":
             pattern = node.get("pattern")
-            if pattern and "maxLength" not in node:  # bounded runs plus the literal text around them
+            if pattern:  # bounded runs plus the literal text around them
                 return 2 + sum(int(n) for n in re.findall(r"\{\d+,(\d+)\}", pattern)) + len(pattern)
             return 2 + node.get("maxLength", 200)
         return 8  # numbers, booleans, null
@@ -160,21 +137,19 @@ def schema_chars(schema: dict[str, Any]) -> int:
 
 
 def grammar_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """The JSON schema the structured-output grammar gets: the model's, with no long counted text (see
-    GRAMMAR_MAX_COUNT). The answer is then validated against the model itself, length bounds included."""
-    return json.loads(_grammar_json(model))
+    """The model's JSON schema, checked once for combinations the structured-output grammar cannot compile."""
+    return json.loads(_schema_json(model))
 
 
-def _strings(node: Any):
-    """Every string node of a JSON schema."""
+def _strings(node: Any, path: str):
     if isinstance(node, dict):
         if node.get("type") == "string":
-            yield node
-        for value in node.values():
-            yield from _strings(value)
+            yield path, node
+        for key, value in node.items():
+            yield from _strings(value, f"{path}.{key}")
     elif isinstance(node, list):
-        for value in node:
-            yield from _strings(value)
+        for i, value in enumerate(node):
+            yield from _strings(value, f"{path}[{i}]")
 
 
 @dataclass
