@@ -96,6 +96,11 @@ class TeacherSettings(Strict):
     max_images_per_prompt: int = Field(8, ge=1)  # the engine's limit; a session's further photos go as captions
     # engines we start write JSON without optional whitespace: small models otherwise loop on it until max_tokens
     compact_json: bool = True
+    # the structured-output backend of engines we start. guidance (llguidance) builds each request's grammar in
+    # milliseconds and computes token masks as it decodes; xgrammar precompiles every grammar state against the
+    # whole vocabulary, seconds for a schema with sentence-long bounds, in the engine process, whose decoding stops
+    # meanwhile, and every phrase-constrained request has a schema of its own
+    structured_outputs_backend: Literal["guidance", "xgrammar"] = "guidance"
     # engine settings, used by the offline backend and the embedded server
     dtype: str = "float32"
     enforce_eager: bool = True

@@ -294,8 +294,8 @@ def engine_args(settings: TeacherSettings) -> dict[str, Any]:
                                 max_num_seqs=settings.max_num_seqs)
     if settings.supports_images:
         args["limit_mm_per_prompt"] = {"image": settings.max_images_per_prompt}
-    if settings.compact_json:
-        args["structured_outputs_config"] = {"backend": "xgrammar", "disable_any_whitespace": True}
+    args["structured_outputs_config"] = {"backend": settings.structured_outputs_backend,
+                                         "disable_any_whitespace": settings.compact_json}
     if _has_cuda():
         args["gpu_memory_utilization"] = settings.gpu_memory_utilization
     else:
