@@ -80,7 +80,9 @@ class TeacherSettings(Strict):
     # OpenAI-compatible endpoints (http://host:port/v1); empty with the server backend starts the embedded server
     base_urls: list[HttpUrl] = Field(default_factory=list)
     api_key_env: EnvVarName = "TEACHER_API_KEY"  # name of the env var holding the key, never the key itself
-    max_concurrency: int = Field(64, ge=1, le=4096)  # requests in flight per run: keep the engine's batch full
+    # requests in flight per run: keep the engines' batches full (an engine the pipeline starts gets at most its
+    # max_num_seqs; the rest wait in the client, the longest history's first)
+    max_concurrency: int = Field(64, ge=1, le=4096)
     request_timeout_s: float = Field(180.0, gt=0, le=3600)
     connect_timeout_s: float = Field(5.0, gt=0, le=300)
     max_retries: int = Field(2, ge=0, le=10)
@@ -412,9 +414,9 @@ PRESETS: dict[str, dict[str, Any]] = {
                  "events": 1, "skills": 1, "styles": 1, "preference_shift_prob": 1.0, "goal_update_prob": 1.0},
         "supervision": {"probes_per_persona": 8, "alignment_pairs_per_persona": 2},
         "benchmark": {"items_per_persona": 12},
-        # the CPU engine writes constrained answers slowly (a full batch of guided sequences gets about one token
-        # a second each) and requests past its batch wait in its queue: a 96-token answer can take minutes, and a
-        # request that times out is asked again and, after its retries, left unanswered
+        # the CPU engine writes constrained answers slowly (a full batch of guided sequences gets a few tokens a
+        # second each, fewer on a loaded machine): a long answer can take minutes, and a request that times out is
+        # asked again and, after its retries, left unanswered
         "teacher": {"max_tokens": 96, "request_timeout_s": 900},
     },
     # PersonaVLM's scale (paper App. C): 500 training + 200 benchmark personas

@@ -114,7 +114,7 @@ class TeacherResource(dg.ConfigurableResource):
             logs.mkdir(parents=True, exist_ok=True)
             self._server = EmbeddedServer(t, logs / "teacher_server.log").start()
             url = self._server.base_url
-        return ServerBackend.from_settings(t, [url], self.model_name())
+        return ServerBackend.from_settings(t, [url], self.model_name(), batch=t.max_num_seqs)
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._teacher is not None:

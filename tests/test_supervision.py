@@ -754,9 +754,8 @@ def test_the_supervision_checks_pass_on_good_targets_and_fail_on_broken_ones(dat
 
 
 @pytest.fixture(scope="module")
-def grammar_compiler():
-    """xgrammar as vLLM runs it: the embedded teacher's tokenizer, compile cache on (its failures depend on both)."""
-    xgr = pytest.importorskip("xgrammar")
+def teacher_tokenizer():
+    """The embedded teacher's tokenizer (a grammar backend's failures depend on it)."""
     from transformers import AutoTokenizer
 
     from persona_factory.teacher.embedded import EMBEDDED_SERVED_NAME, cache_dir
@@ -764,7 +763,43 @@ def grammar_compiler():
     folder = cache_dir() / "models" / EMBEDDED_SERVED_NAME
     if not (folder / "tokenizer.json").exists():
         pytest.skip("the embedded teacher is not prepared (it is on first engine use)")
-    return xgr.GrammarCompiler(xgr.TokenizerInfo.from_huggingface(AutoTokenizer.from_pretrained(folder)))
+    return AutoTokenizer.from_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def grammar_compiler(teacher_tokenizer):
+    """xgrammar as vLLM runs it, compile cache on."""
+    xgr = pytest.importorskip("xgrammar")
+    return xgr.GrammarCompiler(xgr.TokenizerInfo.from_huggingface(teacher_tokenizer))
+
+
+def test_the_guidance_backend_admits_a_turn_only_with_its_phrases(teacher_tokenizer):
+    """guidance, the backend of engines the pipeline starts, accepts each kind of phrase-constrained schema as vLLM
+    checks it before admitting a request, and its matcher lets a turn end only once it wrote its phrases."""
+    llguidance = pytest.importorskip("llguidance")
+    import llguidance.hf
+
+    from persona_factory.stages.dialogues import turn_model
+    from persona_factory.stages.reasoning import answer_model
+    from persona_factory.teacher.types import grammar_schema
+
+    tokenizer = llguidance.hf.from_tokenizer(teacher_tokenizer)
+
+    def grammar(model) -> str:
+        return llguidance.LLMatcher.grammar_from_json_schema(json.dumps(grammar_schema(model)),
+                                                             defaults={"whitespace_flexible": False})
+
+    turn = turn_model(load_config("tiny"), ("jazz music", "my sister Anna"))
+    for model in (turn, M.draft_model("semantic", ("pottery",), True), M.draft_model("topic", ("pottery", "Anna"), True),
+                  answer_model("every Saturday morning", True)):
+        assert llguidance.LLMatcher.validate_grammar(grammar(model), tokenizer) == "", model.__name__
+
+    def accepts(text: str) -> bool:
+        matcher = llguidance.LLMatcher(tokenizer, grammar(turn), log_level=0)
+        return all(matcher.consume_token(t) for t in teacher_tokenizer.encode(text)) and matcher.is_accepting()
+
+    assert accepts('{"user":"Honestly, jazz music and my sister Anna matter to me.","assistant":"Nice to hear."}')
+    assert not accepts('{"user":"Honestly, jazz music matters to me.","assistant":"Nice to hear."}')
 
 
 def test_phrase_constrained_schemas_compile_in_the_grammar_backend(grammar_compiler):

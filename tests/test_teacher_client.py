@@ -362,7 +362,7 @@ def test_mixed_batch_never_raises_and_keeps_request_order(fake, make_teacher):
     names = list(behaviours)
     requests = [req(n, schema=None if n == "free" else Answer) for n in names]
     stats = TeacherStats()
-    results = make_teacher(fake.base_url, timeout_s=0.5, max_retries=1).generate(requests, stats)
+    results = make_teacher(fake.base_url, timeout_s=1.5, max_retries=1).generate(requests, stats)
     assert [r.tag for r in results] == names
     by = dict(zip(names, results))
     assert by["ok-slow"].value.text == "ok-slow" and by["ok-fast"].value.text == "ok-fast"
@@ -459,6 +459,23 @@ def test_concurrency_is_bounded(fake, make_teacher, limit):
     assert all(r.ok for r in results)
     assert fake.request_count == 8
     assert fake.max_in_flight == limit
+
+
+def test_an_engine_the_pipeline_starts_gets_no_more_requests_than_its_batch(fake, tmp_path):
+    """Requests past the engine's batch wait in the client (where the priority queue orders them), not in the
+    engine's queue, where their timeout would count the wait."""
+    from persona_factory.config import TeacherSettings
+
+    fake.responder = lambda body: Reply.ok(good(), delay_s=0.1)
+    settings = TeacherSettings(max_concurrency=64, max_num_seqs=3)
+    backend = ServerBackend.from_settings(settings, [fake.base_url], MODEL, batch=settings.max_num_seqs)
+    teacher = Teacher(backend, ResponseCache(tmp_path / "c.sqlite"))
+    try:
+        assert all(r.ok for r in teacher.generate([req(f"q{i}") for i in range(12)]))
+    finally:
+        teacher.close()
+    assert fake.max_in_flight == 3
+    assert ServerBackend.from_settings(settings, [fake.base_url], MODEL).max_concurrency == 64  # remote: as set
 
 
 def test_fake_sees_parallel_requests_when_allowed(fake, make_teacher):

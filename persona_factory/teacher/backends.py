@@ -115,8 +115,13 @@ class ServerBackend:
         self._failed_at: dict[int, str] = {}
 
     @classmethod
-    def from_settings(cls, settings: TeacherSettings, base_urls: Sequence[str], model_id: str) -> "ServerBackend":
-        return cls(base_urls, model_id, max_concurrency=settings.max_concurrency,
+    def from_settings(cls, settings: TeacherSettings, base_urls: Sequence[str], model_id: str,
+                      batch: int | None = None) -> "ServerBackend":
+        """`batch`: the sequences the engine runs at once, where the pipeline knows it (an engine it starts). No
+        more requests than that are sent: the rest wait in the client's priority queue instead of the engine's
+        first-come queue, so a history's requests go first, and the request timeout counts only the answer."""
+        in_flight = min(settings.max_concurrency, batch) if batch else settings.max_concurrency
+        return cls(base_urls, model_id, max_concurrency=in_flight,
                    request_timeout_s=settings.request_timeout_s, connect_timeout_s=settings.connect_timeout_s,
                    api_key=os.environ.get(settings.api_key_env))
 
