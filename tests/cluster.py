@@ -2,7 +2,7 @@
 deploy/celery/dagster.yaml on Postgres, Celery workers (Redis broker) started with `celery` itself, the Dagster
 daemon that queues, launches, monitors and retries runs, Parquet working tables on S3 and the response cache on
 Postgres. Every server listens on 127.0.0.1 (tests/servers.py). Used by tests/test_cluster.py and
-bench/cluster_scaling.py.
+bench/shard_workers.py.
 
     with LocalCluster(work, postgres_url, redis_url, s3_endpoint, teacher_url, workers=2) as cluster:
         cluster.launch("images_job"); cluster.wait_for_runs("images_job")
