@@ -6,7 +6,9 @@ as busy as raw vLLM?
 1. One short and one long history are generated together by the real dialogue stage on the
    embedded teacher; teacher prompt tokens per kept turn are read from the response cache for each persona and
    their ratio printed (target <= 1.5: session prompts carry a bounded state, never the transcript). Both use the
-   same per-turn budgets, kept small so the long history finishes in minutes on a CPU.
+   same per-turn budgets, kept small so the long history finishes in minutes on a CPU, and one session in flight
+   (with n, the first n sessions of a history carry no earlier text, which makes a 3-session history cheap per
+   turn, not a long one costly).
 2. A sample of the first-draft requests the stage sent is replayed through raw vLLM (concurrent HTTP posts written
    here) and through the pipeline's Teacher on the same server; generated tokens/s and the ratio are printed.
 """
@@ -65,7 +67,7 @@ def main() -> int:
         "dialogue": {"turns_train": {"min": args.short, "max": args.short},
                      "turns_128k": {"min": args.long, "max": args.long},
                      "turns_per_session": {"min": 5, "max": 8},
-                     "max_user_chars": 100, "max_assistant_chars": 120},
+                     "max_user_chars": 100, "max_assistant_chars": 120, "sessions_in_flight": 1},
         "plan": {"preferences": 3, "people": 3, "person_events": 6, "goals": 2, "routines": 2, "events": 8,
                  "skills": 2, "styles": 2}})
     images, _ = load_image_pool(cfg.image_source, work / "images")

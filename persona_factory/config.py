@@ -203,6 +203,9 @@ class DialogueSettings(Strict):
     # outputs that small teachers finish reliably); either way session k of every persona goes out in one batch
     draft_unit: Literal["session", "turn"] = "session"
     recent_window: int = Field(4, ge=0, le=32)  # earlier turns (text) a session prompt carries; never the history
+    # sessions of one history written at once: session k's prompts carry the history up to session k - n, so 1 keeps
+    # each prompt up to date with the session before and n shortens a history's chain of requests about n times
+    sessions_in_flight: int = Field(1, ge=1)
     max_user_chars: int = Field(300, ge=40)
     max_assistant_chars: int = Field(360, ge=40)
     # JSON-schema patterns make the teacher write each turn's required phrases; checks still verify them
@@ -407,6 +410,8 @@ PRESETS: dict[str, dict[str, Any]] = {
             "turns_128k": {"min": 28, "max": 32},
             "turns_per_session": {"min": 4, "max": 6},
             "draft_unit": "turn", "max_user_chars": 160, "max_assistant_chars": 200,
+            # 3 to 7 sessions a history: three at once keep the engine's batch full instead of a few histories' turns
+            "sessions_in_flight": 3,
         },
         # two goals, each with a reported outcome: Long-term Goal Tracking needs a told outcome among its few items
         # (an unknown outcome may be gold only as often as it is offered as a distractor)
@@ -426,6 +431,8 @@ PRESETS: dict[str, dict[str, Any]] = {
             "turns_train": {"min": 20, "max": 100},
             "turns_32k": {"min": 20, "max": 100},
             "turns_128k": {"min": 100, "max": 500},
+            # a 500-turn history is about 70 sessions, a chain no fleet can shorten unless sessions overlap
+            "sessions_in_flight": 4,
         },
         "plan": {"preferences": 6, "dislikes": 3, "people": 4, "person_events": 8, "goals": 3, "routines": 3,
                  "events": 12, "skills": 2, "styles": 2},

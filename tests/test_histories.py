@@ -229,11 +229,12 @@ def test_personas_never_wait_for_each_other(images, unit):
                            else sum(s.n_turns for p in plans for s in p.sessions))
 
 
+@pytest.mark.parametrize("in_flight", [1, 3])
 @pytest.mark.parametrize("unit", UNITS)
-def test_the_order_answers_arrive_in_changes_nothing(images, unit):
-    """Results are keyed by request: with rewrites and judges in play, any arrival order gives the same
-    dialogues, quarantine rows and failures."""
-    cfg = unit_config(unit)
+def test_the_order_answers_arrive_in_changes_nothing(images, unit, in_flight):
+    """Results are keyed by request: with rewrites and judges in play and sessions of one history in flight
+    together, any arrival order gives the same dialogues, quarantine rows and failures."""
+    cfg = unit_config(unit, dialogue={"sessions_in_flight": in_flight})
     personas, plans = histories(cfg, images)
     flaky = _edit_first_drafts(unit, lambda user, pid: "Just chatting today.",
                                lambda tag: int(tag.split(":")[2]) % 3 == 0)
@@ -247,12 +248,62 @@ def test_the_order_answers_arrive_in_changes_nothing(images, unit):
     assert any(t.startswith("repair:") for t in teacher.order)
 
 
+class SessionWatcher(ShuffledTeacher):
+    """Counts, per persona, the sessions whose drafts are being answered at the same moment."""
+
+    def __init__(self, seed: int):
+        super().__init__(seed=seed)
+        self.open: dict[str, set[int]] = {}
+        self.most: dict[str, int] = {}
+
+    async def agenerate(self, requests, stats=None, priority=0):
+        drafts = [r.tag.split(":") for r in requests if r.tag.startswith("session:")]
+        for _, pid, k in drafts:
+            self.open.setdefault(pid, set()).add(int(k))
+            self.most[pid] = max(self.most.get(pid, 0), len(self.open[pid]))
+        try:
+            return await super().agenerate(requests, stats, priority)
+        finally:
+            for _, pid, k in drafts:
+                self.open[pid].discard(int(k))
+
+
+def test_a_history_writes_its_sessions_in_flight_together_and_reports_them_in_order(images):
+    """With `dialogue.sessions_in_flight` 3, up to three sessions of one history are drafted at once; session k's
+    prompt carries the statements told up to session k - 3 and none told later; sessions are reported final in
+    order, each report a prefix of the finished dialogue."""
+    cfg = unit_config("session", dialogue={"sessions_in_flight": 3})
+    personas, plans = histories(cfg, images)
+    teacher = SessionWatcher(seed=3)
+    reports: dict[str, list[tuple[int, list]]] = {}
+
+    def session_done(persona, plan, dialogue, sessions, whole):
+        reports.setdefault(persona.persona_id, []).append((sessions, [s.model_dump() for s in dialogue.sessions]))
+
+    dialogues, _ = teacher.run(D.write_dialogues(cfg, teacher, personas, plans, images, TeacherStats(),
+                                                 session_done=session_done))
+    assert max(teacher.most.values()) == 3
+    for plan, dialogue in zip(sorted(plans, key=lambda p: p.persona_id), dialogues):
+        final = [s.model_dump() for s in dialogue.sessions]
+        assert [n for n, _ in reports[plan.persona_id]] == list(range(1, len(plan.sessions) + 1))
+        assert all(sessions == final[:n] for n, sessions in reports[plan.persona_id])
+        statements = {i.item_id: PL.realization(i).statement for i in plan.items if PL.realizable(i)}
+        told = [(s.session_index, statements[t.realizes[0]]) for s in dialogue.sessions for t in s.turns if t.realizes]
+        for k in range(3, len(plan.sessions)):
+            [prompt] = [r.messages[1].content for r in teacher.requests if r.tag == f"session:{plan.persona_id}:{k}"]
+            carried = [s for s, statement in told if statement in prompt]
+            assert carried and max(carried) <= k - 3
+
+
 @pytest.mark.parametrize("unit", UNITS)
 def test_prompts_do_not_grow_with_the_history(images, unit):
-    """Prompt size per turn for a 20-turn vs a 300-turn history stays within 1.5x."""
+    """Prompt size per turn for a 20-turn vs a 300-turn history stays within 1.5x. One session in flight, so every
+    session after the first carries the history's bounded state (with n in flight the first n carry nothing, which
+    would make a 3-session history look cheap rather than a long one costly)."""
     def per_turn(turns: int) -> float:
         cfg = unit_config(unit, personas={"train": 1, "bench_32k": 0, "bench_128k": 0},
-                          dialogue={"turns_train": {"min": turns, "max": turns}}, plan={"span_days_train": 31})
+                          dialogue={"turns_train": {"min": turns, "max": turns}, "sessions_in_flight": 1},
+                          plan={"span_days_train": 31})
         personas, plans = histories(cfg, images)
         teacher = SchemaTeacher()
         D.generate_dialogues(cfg, teacher, personas, plans, images, TeacherStats())

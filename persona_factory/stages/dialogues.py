@@ -1,11 +1,13 @@
 """M3 dialogues: sessions of {time, user, assistant} turns realizing the plan in order.
 
 Every turn slot is planned first (time, the plan item it tells, the photo it shares); the teacher only writes the
-words. Sessions of one persona are sequential, but personas never wait for each other: every persona goes through
-its sessions on its own, all of them in flight at the teacher at once, and a history's requests go ahead of other
-queued work, the longest remaining history first (it is the run's critical path). A session prompt carries the persona, what the
-user has told so far (bounded), the last few turns of text and this session's slots, never the whole history, so
-its size does not grow with the history and its persona prefix stays stable for vLLM's prefix cache.
+words. Personas never wait for each other: every persona goes through its sessions on its own, all of them in
+flight at the teacher at once, and a history's requests go ahead of other queued work, the longest remaining
+history first (it is the run's critical path). A session prompt carries the persona, what the user has told so far
+(bounded), the last few turns of text and this session's slots, never the whole history, so its size does not grow
+with the history and its persona prefix stays stable for vLLM's prefix cache. "So far" means up to the session
+`dialogue.sessions_in_flight` before it: with 1 every session waits for the one before, with n a history has n
+sessions in flight at once and its chain of requests is about n times shorter.
 
 Each drafted turn is checked: its required phrases are present, it denies no fact that is true at its date, and it
 does not mention a planned new interest before the plan introduces it. Turns failing a check are rewritten alone
@@ -93,12 +95,25 @@ class PersonaState:
     plan: TimelinePlan
     sessions: list[list[TurnSlot]]
     kept: dict[str, tuple[str, str]] = field(default_factory=dict)  # slot key -> (user, assistant)
-    recent: list[tuple[str, str, str]] = field(default_factory=list)  # (time, user, assistant), bounded
 
-    def known_before(self, time: str) -> list[PlanItem]:
-        """Items told in kept turns before `time`."""
-        told = {s.item.item_id for ss in self.sessions for s in ss if s.item and s.key in self.kept and s.time < time}
+    def written(self, sessions: int) -> list[TurnSlot]:
+        """The kept turns of the first `sessions` sessions, in order."""
+        return [s for ss in self.sessions[:sessions] for s in ss if s.key in self.kept]
+
+    def told(self, sessions: int) -> list[PlanItem]:
+        """Items told in the kept turns of the first `sessions` sessions, in plan order."""
+        told = {s.item.item_id for s in self.written(sessions) if s.item}
         return [i for i in self.plan.items if i.item_id in told]
+
+    def context(self, cfg: PipelineConfig, k: int) -> tuple[list[str], list[tuple[str, str, str]]]:
+        """What session k's prompts carry of the history: the statements told so far (the last KNOWN_FACTS) and the
+        last `dialogue.recent_window` turns (time, user, assistant), both as of the sessions final before it may
+        start (all before it when `dialogue.sessions_in_flight` is 1), so they never depend on answers' timing."""
+        final = max(0, k - cfg.dialogue.sessions_in_flight + 1)
+        known = [realization(i).statement for i in self.told(final)][-KNOWN_FACTS:]
+        window = cfg.dialogue.recent_window
+        recent = [(s.time, *self.kept[s.key]) for s in self.written(final)][-window:] if window else []
+        return known, recent
 
 
 def plan_slots(cfg: PipelineConfig, persona: Persona, plan: TimelinePlan,
@@ -179,9 +194,9 @@ def _photos(cfg: PipelineConfig, slots: list[TurnSlot]) -> list[bytes]:
 def session_request(cfg: PipelineConfig, st: PersonaState, k: int) -> TeacherRequest:
     slots = st.sessions[k]
     start = parse_time(slots[0].time)
-    known = [realization(i).statement for i in st.known_before(slots[0].time)][-KNOWN_FACTS:]
+    known, recent = st.context(cfg, k)
     messages = chat("dialogue_session", images=_photos(cfg, slots), **_header(st, slots[0].time), known=known,
-                    recent=st.recent, start=f"{fmt_time(start)} ({start.strftime('%A')})",
+                    recent=recent, start=f"{fmt_time(start)} ({start.strftime('%A')})",
                     rounds=[{"instruction": s.instruction(), "phrases": s.phrases} for s in slots])
     model = session_model(cfg, slots)
     # a failed session is not asked again whole: its turns are rewritten one by one, which is cheaper
@@ -197,8 +212,8 @@ def turn_request(cfg: PipelineConfig, st: PersonaState, slot: TurnSlot, attempt:
     session = st.sessions[slot.session_index]
     earlier = [s for s in session if s.slot_index < slot.slot_index]
     kept = [(s.time, *st.kept[s.key]) for s in earlier if s.key in st.kept]
-    previous = (st.recent + kept)[-cfg.dialogue.recent_window:] if cfg.dialogue.recent_window else []
-    known = [realization(i).statement for i in st.known_before(session[0].time)][-KNOWN_FACTS:]
+    known, recent = st.context(cfg, slot.session_index)
+    previous = (recent + kept)[-cfg.dialogue.recent_window:] if cfg.dialogue.recent_window else []
     messages = chat("dialogue_turn", images=_photos(cfg, [slot]), **_header(st, slot.time), known=known,
                     previous=previous, topics=[s.instruction() for s in earlier if s.key not in st.kept],
                     time=slot.time, instruction=slot.instruction(), phrases=slot.phrases, problem=problem)
@@ -300,30 +315,53 @@ async def write_dialogues(cfg: PipelineConfig, teacher: TeacherLike, personas: l
 
 async def _write_history(cfg: PipelineConfig, teacher: TeacherLike, st: PersonaState, stats: TeacherStats,
                          session_done: SessionDone | None) -> tuple[list[QuarantineRow], list[TeacherResult]]:
-    """One persona's sessions in order: each drafted, checked, its rejected turns rewritten alone a bounded number
-    of times; returns the dropped turns' quarantine rows and the teacher failures behind them."""
-    dropped: list[QuarantineRow] = []
-    lost: list[TeacherResult] = []
-    for k in range(len(st.sessions)):
-        priority = chain_priority(st, k)
-        rejected = await _accept(cfg, teacher, await _first_drafts(cfg, teacher, st, k, stats, priority), stats,
-                                 priority)
-        for attempt in range(1, cfg.dialogue.realization_retries + 1):
-            if not rejected:
-                break
-            results = await teacher.agenerate([_next_request(cfg, d, attempt) for d in rejected], stats, priority)
-            rejected = await _accept(cfg, teacher, [Draft.of(d.st, d.slot, res) for d, res in zip(rejected, results)],
-                                     stats, priority)
-        for d in rejected:
-            dropped.append(QuarantineRow(table_name="dialogue_turns", row_key=d.slot.key, rule=d.failure.split(":")[0],
-                                         value=f"{d.slot.instruction()} | {d.failure}"))
-            if d.result is not None and all(f.key != d.result.key for f in lost):
-                lost.append(d.result)
-        kept = [s for s in st.sessions[k] if s.key in st.kept]
-        window = cfg.dialogue.recent_window
-        st.recent = (st.recent + [(s.time, *st.kept[s.key]) for s in kept])[-window:] if window else []
+    """One persona's sessions, at most `dialogue.sessions_in_flight` at once, reported final in order; returns the
+    dropped turns' quarantine rows and the teacher failures behind them, in session order."""
+    final = [asyncio.Event() for _ in st.sessions]  # session k and every session before it are final
+
+    async def session(k: int) -> tuple[list[QuarantineRow], list[TeacherResult]]:
+        if k >= cfg.dialogue.sessions_in_flight:  # its prompts carry the history up to that session
+            await final[k - cfg.dialogue.sessions_in_flight].wait()
+        outcome = await _write_session(cfg, teacher, st, k, stats)
+        if k:
+            await final[k - 1].wait()
+        final[k].set()
         if session_done is not None:
-            session_done(st.persona, st.plan, assemble_dialogue(st), k + 1, k + 1 == len(st.sessions))
+            session_done(st.persona, st.plan, assemble_dialogue(st, k + 1), k + 1, k + 1 == len(st.sessions))
+        return outcome
+
+    tasks = [asyncio.ensure_future(session(k)) for k in range(len(st.sessions))]
+    try:
+        outcomes = await asyncio.gather(*tasks)
+    except BaseException:  # e.g. the teacher became unreachable: no session is left waiting for another
+        for task in tasks:
+            task.cancel()
+        raise
+    dropped = [row for rows, _ in outcomes for row in rows]
+    lost: list[TeacherResult] = []
+    for _, failures in outcomes:
+        lost += [f for f in failures if all(f.key != seen.key for seen in lost)]
+    return dropped, lost
+
+
+async def _write_session(cfg: PipelineConfig, teacher: TeacherLike, st: PersonaState, k: int,
+                         stats: TeacherStats) -> tuple[list[QuarantineRow], list[TeacherResult]]:
+    """Session k drafted, checked, its rejected turns rewritten alone a bounded number of times; returns its
+    dropped turns' quarantine rows and the teacher failures behind them."""
+    priority = chain_priority(st, k)
+    rejected = await _accept(cfg, teacher, await _first_drafts(cfg, teacher, st, k, stats, priority), stats, priority)
+    for attempt in range(1, cfg.dialogue.realization_retries + 1):
+        if not rejected:
+            break
+        results = await teacher.agenerate([_next_request(cfg, d, attempt) for d in rejected], stats, priority)
+        rejected = await _accept(cfg, teacher, [Draft.of(d.st, d.slot, res) for d, res in zip(rejected, results)],
+                                 stats, priority)
+    dropped = [QuarantineRow(table_name="dialogue_turns", row_key=d.slot.key, rule=d.failure.split(":")[0],
+                             value=f"{d.slot.instruction()} | {d.failure}") for d in rejected]
+    lost: list[TeacherResult] = []
+    for d in rejected:
+        if d.result is not None and all(f.key != d.result.key for f in lost):
+            lost.append(d.result)
     return dropped, lost
 
 
@@ -403,11 +441,12 @@ async def _accept(cfg: PipelineConfig, teacher: TeacherLike, drafts: list[Draft]
     return rejected
 
 
-def assemble_dialogue(st: PersonaState) -> Dialogue:
-    """Kept turns in order, renumbered; empty sessions are dropped so session indices stay contiguous."""
+def assemble_dialogue(st: PersonaState, through: int | None = None) -> Dialogue:
+    """Kept turns of the first `through` sessions (all by default) in order, renumbered; empty sessions are dropped
+    so session indices stay contiguous."""
     sessions: list[Session] = []
     index = 0
-    for slots in st.sessions:
+    for slots in st.sessions[:through]:
         turns = []
         for slot in slots:
             if slot.key not in st.kept:
