@@ -676,6 +676,15 @@ def test_full_batch_probe_sends_every_sequence_at_once_and_counts_reported_token
     assert probe.completion_tokens == 8 * 40 and probe.sequences == 8
     assert probe.seconds >= 0.2  # timed from the first request to the last answer (concurrency: max_in_flight)
     assert probe.tokens_per_s == pytest.approx(320 / probe.seconds)
+    assert probe.prompt_tokens == 8 * 11  # as the server counted them
+    assert sorted(b["messages"][0]["content"] for b in bodies)[:2] == ["Count upwards from 0.",
+                                                                        "Count upwards from 1."]
+    with FakeOpenAI(MODEL, responder=lambda body: Reply.ok("1 2 3", completion_tokens=body["max_tokens"])) as fake:
+        full_batch_throughput(fake.base_url, MODEL, 2, "run-1", tokens=40, context="Maria is a nurse.")
+        bodies = fake.requests
+    # a longer prompt whose first line differs per sequence, so none reuses another's cached prefix
+    assert sorted(b["messages"][0]["content"] for b in bodies) == ["Count upwards from 0.\nMaria is a nurse.",
+                                                                    "Count upwards from 1.\nMaria is a nurse."]
 
 
 def test_utilization_is_the_runs_tokens_over_what_a_full_batch_makes_in_its_wall_time(tmp_path):

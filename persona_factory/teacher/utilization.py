@@ -31,6 +31,7 @@ class Throughput:
     sequences: int
     completion_tokens: int
     seconds: float
+    prompt_tokens: int = 0  # over all sequences, as the server counted them
 
     @property
     def tokens_per_s(self) -> float:
@@ -51,14 +52,16 @@ class Throughput:
 
 
 def full_batch_throughput(base_url: str, model: str, sequences: int, run_id: str,
-                          tokens: int = PROBE_TOKENS, timeout_s: float = 600.0) -> Throughput:
+                          tokens: int = PROBE_TOKENS, timeout_s: float = 600.0, context: str = "") -> Throughput:
     """`sequences` requests sent at once to an OpenAI-compatible vLLM server, each generating exactly `tokens`
-    tokens (vLLM's `ignore_eos`); the completion tokens it reports over the wall seconds they took together."""
+    tokens (vLLM's `ignore_eos`); the completion tokens it reports over the wall seconds they took together.
+    `context`, if given, goes after each request's own first line, so prompts are longer but share no prefix."""
     def body(i: int) -> dict[str, Any]:
-        return {"model": model, "messages": [{"role": "user", "content": f"Count upwards from {i}."}],
+        content = f"Count upwards from {i}.\n{context}".strip()
+        return {"model": model, "messages": [{"role": "user", "content": content}],
                 "max_tokens": tokens, "ignore_eos": True, "temperature": 0.0, "seed": i}
 
-    async def probe() -> tuple[int, float]:
+    async def probe() -> tuple[int, int, float]:
         limits = httpx.Limits(max_connections=sequences, max_keepalive_connections=sequences)
         async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
             start = time.perf_counter()
@@ -67,10 +70,11 @@ def full_batch_throughput(base_url: str, model: str, sequences: int, run_id: str
             seconds = time.perf_counter() - start
         for reply in replies:
             reply.raise_for_status()
-        return sum(int(r.json()["usage"]["completion_tokens"]) for r in replies), seconds
+        usage = [r.json()["usage"] for r in replies]
+        return sum(int(u["completion_tokens"]) for u in usage), sum(int(u["prompt_tokens"]) for u in usage), seconds
 
-    completion_tokens, seconds = asyncio.run(probe())
-    return Throughput(run_id, sequences, completion_tokens, seconds)
+    completion_tokens, prompt_tokens, seconds = asyncio.run(probe())
+    return Throughput(run_id, sequences, completion_tokens, seconds, prompt_tokens)
 
 
 def run_completion_tokens(metadata_by_asset: Mapping[str, Mapping[str, Any]]) -> int:
