@@ -8,13 +8,13 @@ cache never helps them. For the schemas the stages build (phrase-constrained tur
 answers; the fixed persona, plan, personality and alignment schemas for comparison), on the embedded teacher's
 tokenizer, side by side in one run:
 
-- xgrammar as vLLM runs it (`GrammarCompiler(max_threads=8)`, cache off): compile seconds, then the mask time per
-  token along a valid answer;
-- guidance (llguidance, as vLLM's `guidance` backend builds it): grammar and matcher seconds, mask time per token
-  along the same answer.
+- xgrammar as vLLM runs it (`GrammarCompiler(max_threads=8)`, cache off, vLLM's compact separators): compile
+  seconds, then the mask time per token along a valid answer;
+- guidance (llguidance; the grammar from vLLM's own `serialize_guidance_grammar`): grammar and matcher seconds,
+  mask time per token along a valid answer.
 
-Each answer is a seeded random walk through the tokens its grammar allows (the backends lay out compact JSON
-differently: xgrammar writes `": "`, guidance `":"`).
+Each answer is a seeded random walk through the tokens its grammar allows, each backend walking its own (their
+layouts of compact JSON need not agree).
 """
 
 from __future__ import annotations
@@ -84,6 +84,10 @@ def main() -> int:
     import llguidance.torch as llg_torch
     import xgrammar as xgr
     from transformers import AutoTokenizer
+    from vllm.v1.structured_output.backend_guidance import serialize_guidance_grammar
+    from vllm.v1.structured_output.backend_types import StructuredOutputOptions
+
+    compact = load_config("tiny").teacher.compact_json
 
     tokenizer = AutoTokenizer.from_pretrained(str(embedded_model_dir()))
     ll_tokenizer = llguidance.hf.from_tokenizer(tokenizer)
@@ -95,7 +99,7 @@ def main() -> int:
     ratios = []
     for name, own, schema in schemas():
         t0 = time.perf_counter()
-        grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults={"whitespace_flexible": False})
+        grammar = serialize_guidance_grammar(StructuredOutputOptions.JSON, schema, disable_any_whitespace=compact)
         ll = llguidance.LLMatcher(ll_tokenizer, grammar, log_level=1)
         ll_build = time.perf_counter() - t0
         ll_mask = walk(lambda mask: llg_torch.fill_next_token_bitmask(ll, mask, 0), ll.consume_token, ll.is_stopped,
@@ -103,7 +107,7 @@ def main() -> int:
 
         t0 = time.perf_counter()
         compiled = xgr.GrammarCompiler(xg_info, max_threads=8, cache_enabled=False).compile_json_schema(
-            schema, any_whitespace=False)
+            schema, any_whitespace=not compact, separators=(",", ":") if compact else None)  # as vLLM asks
         xg_build = time.perf_counter() - t0
         xg = xgr.GrammarMatcher(compiled)
         xg_mask = walk(lambda mask: xg.fill_next_token_bitmask(mask, 0), xg.accept_token, xg.is_terminated,

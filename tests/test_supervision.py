@@ -778,18 +778,21 @@ def test_the_guidance_backend_admits_a_turn_only_with_its_phrases(teacher_tokeni
     checks it before admitting a request, and its matcher lets a turn end only once it wrote its phrases."""
     llguidance = pytest.importorskip("llguidance")
     import llguidance.hf
+    from vllm.v1.structured_output.backend_guidance import serialize_guidance_grammar
+    from vllm.v1.structured_output.backend_types import StructuredOutputOptions
 
     from persona_factory.stages.dialogues import turn_model
     from persona_factory.stages.reasoning import answer_model
     from persona_factory.teacher.types import grammar_schema
 
+    cfg = load_config("tiny")
     tokenizer = llguidance.hf.from_tokenizer(teacher_tokenizer)
 
-    def grammar(model) -> str:
-        return llguidance.LLMatcher.grammar_from_json_schema(json.dumps(grammar_schema(model)),
-                                                             defaults={"whitespace_flexible": False})
+    def grammar(model) -> str:  # as vLLM builds it for the engines the pipeline starts
+        return serialize_guidance_grammar(StructuredOutputOptions.JSON, json.dumps(grammar_schema(model)),
+                                          disable_any_whitespace=cfg.teacher.compact_json)
 
-    turn = turn_model(load_config("tiny"), ("jazz music", "my sister Anna"))
+    turn = turn_model(cfg, ("jazz music", "my sister Anna"))
     for model in (turn, M.draft_model("semantic", ("pottery",), True), M.draft_model("topic", ("pottery", "Anna"), True),
                   answer_model("every Saturday morning", True)):
         assert llguidance.LLMatcher.validate_grammar(grammar(model), tokenizer) == "", model.__name__
