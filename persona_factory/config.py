@@ -200,7 +200,7 @@ class DialogueSettings(Strict):
     turns_per_session: TurnRange = TurnRange(min=4, max=10)
     realization_retries: int = Field(2, ge=0)
     # what one first-draft request writes: a whole session (coherent, for capable teachers) or one turn (short
-    # outputs that small teachers finish reliably); either way session k of every persona goes out in one batch
+    # outputs that small teachers finish reliably); either way a session's first drafts go out together
     draft_unit: Literal["session", "turn"] = "session"
     recent_window: int = Field(4, ge=0, le=32)  # earlier turns (text) a session prompt carries; never the history
     # sessions of one history written at once: session k's prompts carry the history up to session k - n, so 1 keeps

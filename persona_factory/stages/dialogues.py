@@ -339,15 +339,16 @@ async def _write_history(cfg: PipelineConfig, teacher: TeacherLike, st: PersonaS
         raise
     dropped = [row for rows, _ in outcomes for row in rows]
     lost: list[TeacherResult] = []
-    for _, failures in outcomes:
-        lost += [f for f in failures if all(f.key != seen.key for seen in lost)]
+    for failure in (f for _, failures in outcomes for f in failures):
+        if all(failure.key != seen.key for seen in lost):  # one request can cost several turns
+            lost.append(failure)
     return dropped, lost
 
 
 async def _write_session(cfg: PipelineConfig, teacher: TeacherLike, st: PersonaState, k: int,
                          stats: TeacherStats) -> tuple[list[QuarantineRow], list[TeacherResult]]:
     """Session k drafted, checked, its rejected turns rewritten alone a bounded number of times; returns its
-    dropped turns' quarantine rows and the teacher failures behind them."""
+    dropped turns' quarantine rows and the teacher failure behind each (if the teacher's)."""
     priority = chain_priority(st, k)
     rejected = await _accept(cfg, teacher, await _first_drafts(cfg, teacher, st, k, stats, priority), stats, priority)
     for attempt in range(1, cfg.dialogue.realization_retries + 1):
@@ -358,11 +359,7 @@ async def _write_session(cfg: PipelineConfig, teacher: TeacherLike, st: PersonaS
                                  stats, priority)
     dropped = [QuarantineRow(table_name="dialogue_turns", row_key=d.slot.key, rule=d.failure.split(":")[0],
                              value=f"{d.slot.instruction()} | {d.failure}") for d in rejected]
-    lost: list[TeacherResult] = []
-    for d in rejected:
-        if d.result is not None and all(f.key != d.result.key for f in lost):
-            lost.append(d.result)
-    return dropped, lost
+    return dropped, [d.result for d in rejected if d.result is not None]
 
 
 @dataclass
