@@ -111,6 +111,9 @@ class TeacherSettings(Strict):
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     max_num_seqs: int = Field(32, ge=1)  # sequences per engine step
     kv_cache_gib: int = Field(2, ge=1)  # CPU builds only (VLLM_CPU_KVCACHE_SPACE)
+    # tokens per KV-cache block, the unit prefix caching reuses (a prompt's shared start counts only in whole
+    # blocks); None = the engine's default (16 on GPU builds, 128 on CPU builds, whose kernels need a multiple of 32)
+    block_size: int | None = Field(None, ge=16, multiple_of=16)
     embedded_port: int = Field(8765, ge=1024, le=65535)  # the shared server (`make serve-teacher`) runs look for
     startup_timeout_s: float = Field(300.0, gt=0, le=7200)
 
@@ -342,7 +345,8 @@ RUN_ONLY_SETTINGS: dict[str, Any] = {
     "image_source": {"min_images"},  # a check's threshold: it fails a run or not, it never changes the data
     "teacher": {"backend", "base_urls", "api_key_env", "max_concurrency", "request_timeout_s", "connect_timeout_s",
                 "retry_cached_failures", "max_requests", "enforce_eager", "tensor_parallel_size",
-                "gpu_memory_utilization", "max_num_seqs", "kv_cache_gib", "embedded_port", "startup_timeout_s"},
+                "gpu_memory_utilization", "max_num_seqs", "kv_cache_gib", "block_size", "embedded_port",
+                "startup_timeout_s"},
 }
 
 
@@ -422,7 +426,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         # the CPU engine writes constrained answers slowly (a full batch of guided sequences gets a few tokens a
         # second each, fewer on a loaded machine): a long answer can take minutes, and a request that times out is
         # asked again and, after its retries, left unanswered
-        "teacher": {"max_tokens": 96, "request_timeout_s": 900},
+        # 32-token KV blocks: the prompts of a session's turns (and of one template's labels) share their start, and
+        # the CPU engine's default 128-token blocks reuse little of it (prefix caching counts whole blocks)
+        "teacher": {"max_tokens": 96, "request_timeout_s": 900, "block_size": 32},
     },
     # PersonaVLM's scale (paper App. C): 500 training + 200 benchmark personas
     "paper": {

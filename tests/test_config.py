@@ -112,6 +112,7 @@ def test_all_errors_are_reported_together():
     ({"teacher": {"max_retries": 11}}, ["teacher.max_retries"]),
     ({"teacher": {"temperature": "hot"}}, ["teacher.temperature"]),
     ({"teacher": {"base_urls": "http://localhost:8000/v1"}}, ["teacher.base_urls"]),
+    ({"teacher": {"block_size": 40}}, ["teacher.block_size", "multiple of 16"]),
     ({"plan": {"span_days_train": 0}}, ["plan.span_days_train"]),
     ({"supervision": {"retriever": "bm25"}}, ["supervision.retriever"]),
     ({"quality": {"question_embedding_similarity": 1.5}}, ["quality.question_embedding_similarity"]),

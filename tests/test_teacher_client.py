@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from persona_factory.config import ConfigError, canonical_json
+from persona_factory.config import ConfigError, canonical_json, load_config
 from persona_factory.teacher.backends import ServerBackend
 from persona_factory.teacher.cache import ResponseCache, request_key
 from persona_factory.teacher.client import Teacher, TeacherUnavailable
@@ -648,6 +648,22 @@ def test_a_bad_answer_is_asked_again_while_slower_requests_still_run(fake, make_
     results = make_teacher(fake.base_url).generate([req(f"q{i}") for i in range(4)])
     assert all(r.ok for r in results) and results[0].value.text == "retried" and results[0].attempts == 2
     assert waited == [True, True, True]
+
+
+def test_the_engine_gets_a_block_size_only_when_one_is_set():
+    """`teacher.block_size` reaches the engine's command line; unset, the engine keeps its own default."""
+    from persona_factory.config import TeacherSettings
+    from persona_factory.teacher.embedded import EmbeddedServer
+
+    def command(settings: TeacherSettings) -> list[str]:
+        server = EmbeddedServer(settings, Path("server.log"))
+        server.model_path, server.served_name = "model-folder", "model"
+        return server.command()
+
+    with_blocks = command(TeacherSettings(block_size=32))
+    assert with_blocks[with_blocks.index("--block-size") + 1] == "32"
+    assert "--block-size" not in command(TeacherSettings())
+    assert load_config("tiny").teacher.block_size == 32  # the demo's CPU engine shares its prompts' starts
 
 
 def test_the_model_id_is_known_without_preparing_anything(tmp_path):

@@ -100,19 +100,16 @@ class PersonaState:
         """The kept turns of the first `sessions` sessions, in order."""
         return [s for ss in self.sessions[:sessions] for s in ss if s.key in self.kept]
 
-    def told(self, sessions: int) -> list[PlanItem]:
-        """Items told in the kept turns of the first `sessions` sessions, in plan order."""
-        told = {s.item.item_id for s in self.written(sessions) if s.item}
-        return [i for i in self.plan.items if i.item_id in told]
-
     def context(self, cfg: PipelineConfig, k: int) -> tuple[list[str], list[tuple[str, str, str]]]:
-        """What session k's prompts carry of the history: the statements told so far (the last KNOWN_FACTS) and the
-        last `dialogue.recent_window` turns (time, user, assistant), both as of the sessions final before it may
-        start (all before it when `dialogue.sessions_in_flight` is 1), so they never depend on answers' timing."""
-        final = max(0, k - cfg.dialogue.sessions_in_flight + 1)
-        known = [realization(i).statement for i in self.told(final)][-KNOWN_FACTS:]
+        """What session k's prompts carry of the history: the statements told so far (the last KNOWN_FACTS, in plan
+        order) and the last `dialogue.recent_window` turns (time, user, assistant), both as of the sessions final
+        before it may start (all before it when `dialogue.sessions_in_flight` is 1), so they never depend on
+        answers' timing."""
+        written = self.written(max(0, k - cfg.dialogue.sessions_in_flight + 1))
+        told = {s.item.item_id for s in written if s.item}
+        known = [realization(i).statement for i in self.plan.items if i.item_id in told][-KNOWN_FACTS:]
         window = cfg.dialogue.recent_window
-        recent = [(s.time, *self.kept[s.key]) for s in self.written(final)][-window:] if window else []
+        recent = [(s.time, *self.kept[s.key]) for s in written][-window:] if window else []
         return known, recent
 
 

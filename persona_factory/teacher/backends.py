@@ -297,6 +297,8 @@ def engine_args(settings: TeacherSettings) -> dict[str, Any]:
     args: dict[str, Any] = dict(dtype=settings.dtype, enforce_eager=settings.enforce_eager,
                                 max_model_len=settings.max_model_len, tensor_parallel_size=settings.tensor_parallel_size,
                                 max_num_seqs=settings.max_num_seqs)
+    if settings.block_size is not None:
+        args["block_size"] = settings.block_size
     if settings.supports_images:
         args["limit_mm_per_prompt"] = {"image": settings.max_images_per_prompt}
     args["structured_outputs_config"] = {"backend": settings.structured_outputs_backend,

@@ -1,0 +1,89 @@
+"""How much does the KV block size matter when prompts share their start? A session's turn requests are sent
+together and carry the same persona, statements and recent turns before their own round; one template's label
+requests share their instructions. vLLM's prefix cache reuses a shared start in whole blocks only, and its CPU
+build defaults to 128-token blocks. This starts one embedded engine per block size in turn and sends each the
+same batches, shaped like the factory's: groups of `--group` prompts that share a `--shared-words` start, then
+`--own-words` of their own, each writing exactly 64 tokens, `teacher.max_num_seqs` at once. It prints each block
+size's rate and its ratio to the first's.
+
+    .venv/bin/python bench/prefix_blocks.py [--block-sizes 128 32] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.engine_ceiling import context  # noqa: E402
+from persona_factory.config import load_config  # noqa: E402
+from persona_factory.teacher.embedded import EmbeddedServer  # noqa: E402
+
+TOKENS = 64
+
+
+def batch_prompts(round_: int, sequences: int, group: int, shared_words: int, own_words: int) -> list[str]:
+    """`sequences` prompts in groups of `group` sharing a start; nothing is shared across groups or rounds."""
+    prompts: list[str] = []
+    while len(prompts) < sequences:
+        g = len(prompts) // group
+        shared = f"User {round_}-{g}: " + context(shared_words, 5000 * round_ + 400 * g)
+        prompts += [f"{shared}\nRound {k}: " + context(own_words, 90000 + 5000 * round_ + 400 * g + 50 * k)
+                    for k in range(group)]
+    return prompts[:sequences]
+
+
+async def send(base_url: str, model: str, prompts: list[str]) -> tuple[float, float]:
+    """(completion tokens per second, mean prompt tokens) for the prompts sent at once."""
+    limits = httpx.Limits(max_connections=len(prompts), max_keepalive_connections=len(prompts))
+    async with httpx.AsyncClient(timeout=900, limits=limits) as client:
+        start = time.perf_counter()
+        replies = await asyncio.gather(*(client.post(f"{base_url}/chat/completions", json={
+            "model": model, "messages": [{"role": "user", "content": p}], "max_tokens": TOKENS, "ignore_eos": True,
+            "temperature": 0.0, "seed": i}) for i, p in enumerate(prompts)))
+        seconds = time.perf_counter() - start
+    for reply in replies:
+        reply.raise_for_status()
+    usage = [r.json()["usage"] for r in replies]
+    return sum(u["completion_tokens"] for u in usage) / seconds, statistics.mean(u["prompt_tokens"] for u in usage)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--block-sizes", type=int, nargs="+", default=[128, 32])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--group", type=int, default=5, help="prompts sharing one start (a session's turns)")
+    parser.add_argument("--shared-words", type=int, default=170)
+    parser.add_argument("--own-words", type=int, default=40)
+    args = parser.parse_args()
+    base = load_config("tiny").teacher
+    rows = []
+    for block_size in args.block_sizes:
+        settings = base.model_copy(update={"block_size": block_size})
+        with EmbeddedServer(settings, Path(tempfile.mkdtemp()) / "server.log") as server:
+            asyncio.run(send(server.base_url, server.served_name, ["warm up"] * settings.max_num_seqs))
+            # every engine gets the same prompts; each round's are new to it, so only a batch's own starts are shared
+            measured = [asyncio.run(send(server.base_url, server.served_name, batch_prompts(
+                r + 1, settings.max_num_seqs, args.group, args.shared_words, args.own_words)))
+                for r in range(args.rounds)]
+        rate = statistics.mean(m[0] for m in measured)
+        rows.append({"block_size": block_size, "prompt_tokens": round(measured[0][1]), "tok_s": round(rate, 1),
+                     "of_first": round(rate / rows[0]["tok_s"], 3) if rows else 1.0})
+        print(f"block size {block_size:4d}: {rate:6.1f} tok/s at a full batch of {settings.max_num_seqs} "
+              f"({measured[0][1]:.0f} prompt tokens, {args.group} per shared start)   {rows[-1]['of_first']:.3f} "
+              f"of the first", flush=True)
+    print(json.dumps({"group": args.group, "rows": rows}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
