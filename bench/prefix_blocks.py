@@ -3,8 +3,8 @@ together and carry the same persona, statements and recent turns before their ow
 requests share their instructions. vLLM's prefix cache reuses a shared start in whole blocks only, and its CPU
 build defaults to 128-token blocks. This starts one embedded engine per block size in turn and sends each the
 same batches, shaped like the factory's: groups of `--group` prompts that share a `--shared-words` start, then
-`--own-words` of their own, each writing exactly 64 tokens, `teacher.max_num_seqs` at once. It prints each block
-size's rate and its ratio to the first's.
+`--own-words` of their own (a batch's last group may be smaller), each writing exactly 64 tokens,
+`teacher.max_num_seqs` at once. It prints each block size's rate and its ratio to the first's.
 
     .venv/bin/python bench/prefix_blocks.py [--block-sizes 128 32] [--rounds 3]
 """
@@ -66,7 +66,7 @@ def main() -> int:
     parser.add_argument("--own-words", type=int, default=40)
     args = parser.parse_args()
     base = load_config("tiny").teacher
-    rows = []
+    rows, first = [], 0.0
     for block_size in args.block_sizes:
         settings = base.model_copy(update={"block_size": block_size})
         with EmbeddedServer(settings, Path(tempfile.mkdtemp()) / "server.log") as server:
@@ -76,8 +76,9 @@ def main() -> int:
                 r + 1, settings.max_num_seqs, args.group, args.shared_words, args.own_words)))
                 for r in range(args.rounds)]
         rate = statistics.mean(m[0] for m in measured)
+        first = first or rate
         rows.append({"block_size": block_size, "prompt_tokens": round(measured[0][1]), "tok_s": round(rate, 1),
-                     "of_first": round(rate / rows[0]["tok_s"], 3) if rows else 1.0})
+                     "of_first": round(rate / first, 3)})
         print(f"block size {block_size:4d}: {rate:6.1f} tok/s at a full batch of {settings.max_num_seqs} "
               f"({measured[0][1]:.0f} prompt tokens, {args.group} per shared start)   {rows[-1]['of_first']:.3f} "
               f"of the first", flush=True)

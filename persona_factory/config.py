@@ -112,7 +112,8 @@ class TeacherSettings(Strict):
     max_num_seqs: int = Field(32, ge=1)  # sequences per engine step
     kv_cache_gib: int = Field(2, ge=1)  # CPU builds only (VLLM_CPU_KVCACHE_SPACE)
     # tokens per KV-cache block, the unit prefix caching reuses (a prompt's shared start counts only in whole
-    # blocks); None = the engine's default (16 on GPU builds, 128 on CPU builds, whose kernels need a multiple of 32)
+    # blocks); None = the engine's default (its attention backend's choice on GPU builds, 128 on CPU builds, whose
+    # kernels need a multiple of 32)
     block_size: int | None = Field(None, ge=16, multiple_of=16)
     embedded_port: int = Field(8765, ge=1024, le=65535)  # the shared server (`make serve-teacher`) runs look for
     startup_timeout_s: float = Field(300.0, gt=0, le=7200)

@@ -664,6 +664,8 @@ def test_the_engine_gets_a_block_size_only_when_one_is_set():
     assert with_blocks[with_blocks.index("--block-size") + 1] == "32"
     assert "--block-size" not in command(TeacherSettings())
     assert load_config("tiny").teacher.block_size == 32  # the demo's CPU engine shares its prompts' starts
+    with pytest.raises(ConfigError, match=r"teacher\.block_size = 48: .*multiple of 32"):
+        command(TeacherSettings(block_size=48))  # this machine's CPU build refuses it before an engine starts
 
 
 def test_the_model_id_is_known_without_preparing_anything(tmp_path):

@@ -298,6 +298,8 @@ def engine_args(settings: TeacherSettings) -> dict[str, Any]:
                                 max_model_len=settings.max_model_len, tensor_parallel_size=settings.tensor_parallel_size,
                                 max_num_seqs=settings.max_num_seqs)
     if settings.block_size is not None:
+        if settings.block_size % 32 and not _has_cuda():  # vLLM would stop at start-up, deep in its log
+            raise ConfigError(f"teacher.block_size = {settings.block_size}: vLLM's CPU build needs a multiple of 32")
         args["block_size"] = settings.block_size
     if settings.supports_images:
         args["limit_mm_per_prompt"] = {"image": settings.max_images_per_prompt}
