@@ -6,6 +6,7 @@ import hashlib
 import random
 import re
 from datetime import datetime
+from functools import lru_cache
 from typing import Sequence
 
 from pydantic import BaseModel
@@ -54,6 +55,7 @@ def chat(template: str, /, *, images: Sequence[bytes] = (), **context: object) -
     return (ChatMessage("system", render("system")), user)
 
 
+@lru_cache(maxsize=1 << 16)  # timeline replays and turn checks normalize the same plan values over and over
 def normalize(text: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"[^\w\s]", " ", text.lower())).strip()
 
