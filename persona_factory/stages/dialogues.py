@@ -31,7 +31,7 @@ from ..schema import (
 )
 from ..teacher.types import TeacherRequest, TeacherResult, TeacherStats, is_answer_failure
 from .common import (
-    chat, contains_phrase, negates, parse_time, personality_text, phrase_pattern, rng_for, sampling,
+    PHRASE_MODEL_CONFIG, chat, contains_phrase, negates, parse_time, personality_text, phrase_pattern, rng_for, sampling,
 )
 from .plans import MINUTES_PER_TURN, Realization, realizable, realization, told_in
 from .timeline import plan_state
@@ -161,7 +161,7 @@ def _turn_model(phrases: tuple[str, ...], constrain: bool, user_max: int, assist
                                                                                              max_length=user_max)]
     assistant = Annotated[str, StringConstraints(min_length=3, max_length=assistant_max)]
     name = "Turn_" + (re.sub(r"\W+", "_", "_".join(phrases))[:40] if constrain and phrases else "free")
-    return create_model(name, __config__=ConfigDict(extra="forbid"), user=(user, ...), assistant=(assistant, ...))
+    return create_model(name, __config__=PHRASE_MODEL_CONFIG, user=(user, ...), assistant=(assistant, ...))
 
 
 def session_model(cfg: PipelineConfig, slots: list[TurnSlot]) -> type[BaseModel]:

@@ -27,7 +27,9 @@ from ..schema import (
     Session, SessionMemoryTarget, TimelinePlan, Turn, fmt_time,
 )
 from ..teacher.types import TeacherRequest, TeacherResult
-from .common import chat, contains_phrase, normalize, parse_time, phrase_pattern, sampling
+from .common import (
+    PHRASE_MODEL_CONFIG, chat, contains_phrase, normalize, parse_time, phrase_pattern, sampling,
+)
 from .plans import realization
 
 SENTENCE_MAX = 240  # a memory sentence or an answer
@@ -63,7 +65,7 @@ def draft_model(kind: str, phrases: tuple[str, ...], constrain: bool) -> type[Ba
     with keywords; the text field must contain the phrases."""
     fields = {"semantic": {"reason": (Sentence, ...), "content": (phrase_text(phrases, constrain, SENTENCE_MAX), ...)},
               "topic": {"topic_summary": (phrase_text(phrases, constrain, SUMMARY_MAX), ...)}}[kind]
-    return create_model(f"{kind.title()}Draft", __config__=ConfigDict(extra="forbid"), **fields,
+    return create_model(f"{kind.title()}Draft", __config__=PHRASE_MODEL_CONFIG, **fields,
                         keywords=(Keywords, ...))
 
 

@@ -22,7 +22,7 @@ from functools import lru_cache
 from datetime import timedelta
 from typing import Annotated, Any, Callable
 
-from pydantic import BaseModel, ConfigDict, StringConstraints, create_model
+from pydantic import BaseModel, StringConstraints, create_model
 
 from ..config import PipelineConfig
 from ..schema import (
@@ -31,7 +31,9 @@ from ..schema import (
 )
 from ..teacher.types import TeacherRequest, TeacherResult
 from .benchmark import relative_phrase
-from .common import chat, contains_phrase, normalize, parse_time, rng_for, sampling, stable_id
+from .common import (
+    PHRASE_MODEL_CONFIG, chat, contains_phrase, normalize, parse_time, rng_for, sampling, stable_id,
+)
 from .distractors import Pools, own_values, pick
 from .memory import SENTENCE_MAX, MemoryEntry, echoes_prompt, phrase_text, short_term, visible_memories
 from .retrieval import Retriever, database_at, holds, index_texts, search_until, terms
@@ -44,7 +46,7 @@ QUESTION_KINDS = ("relationship", "person_event", "event", "routine", "goal_stat
 
 
 class AnswerDraft(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = PHRASE_MODEL_CONFIG
     think: Annotated[str, StringConstraints(min_length=3, max_length=THINK_MAX)]
     answer: str
 
