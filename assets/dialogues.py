@@ -3,12 +3,12 @@ import dagster as dg
 from persona_factory.catalog import DIALOGUE_TURNS, DIALOGUES, IMAGE_POOL, PERSONAS, TIMELINE_PLANS
 from persona_factory.readers import read_shards
 from persona_factory.stages.dialogues import write_dialogues
-from persona_factory.stages.followups import Prefetch
+from persona_factory.stages.followups import Prefetch, ReasoningAhead
 from persona_factory.store import read_records
 from persona_factory.teacher.types import TeacherResult, TeacherStats
 from pipelines.jobs import HISTORIES
 from pipelines.partitions import SHARD_BACKFILL
-from pipelines.resources import FactoryConfig, StoreResource, TeacherResource
+from pipelines.resources import EmbedderResource, FactoryConfig, StoreResource, TeacherResource
 
 from .common import answered, finish, run_assets, run_shards, shard_batch
 
@@ -18,9 +18,10 @@ def dialogues_asset(shards: dg.PartitionsDefinition) -> dg.AssetsDefinition:
               deps=["timeline_plans", "image_pool"],
               description="Multi-session multimodal dialogues realizing each plan, each persona's sessions in order, "
                           "all personas at once; turns record the plan items they state. The supervision requests "
-                          "about sessions already written are asked meanwhile (prefetched_* in the metadata).")
+                          "about sessions already written, and the reasoning requests about finished training "
+                          "histories, are asked meanwhile (prefetched_* in the metadata).")
     def dialogues(context: dg.AssetExecutionContext, settings: FactoryConfig, teacher: TeacherResource,
-                  store: StoreResource) -> dg.MaterializeResult:
+                  embedder: EmbedderResource, store: StoreResource) -> dg.MaterializeResult:
         cfg = settings.load()
         keys = run_shards(context, cfg)
         with store.get().reader() as con:
@@ -31,7 +32,8 @@ def dialogues_asset(shards: dg.PartitionsDefinition) -> dg.AssetsDefinition:
         failures: list[TeacherResult] = []
         client = teacher.get()
         # the supervision assets of this run have their requests asked as the sessions they label are written
-        prefetch = Prefetch(cfg, client, [k.to_user_string() for k in run_assets(context)], prefetched)
+        prefetch = Prefetch(cfg, client, [k.to_user_string() for k in run_assets(context)], prefetched,
+                            ReasoningAhead(people, plans, images, embedder.get()))
 
         async def write() -> tuple:
             written = await write_dialogues(cfg, client, people, plans, images, stats, failures,

@@ -36,6 +36,7 @@ def reasoning_asset(shards: dg.PartitionsDefinition) -> dg.AssetsDefinition:
         by_image = {i.image_id: i for i in images}
         owners = [pid for pid in sorted(user_data) if pid in plans]
         text_embedder = embedder.get()
+        encoded_before = text_embedder.encoded  # the run's embedder: the dialogues step encoded what it asked ahead
         text_embedder.embed(t for pid in owners for t in stage.search_texts(  # one batched pass over every persona
             cfg, personas[pid], dialogues[pid], plans[pid], semantic.get(pid, []), user_data[pid]))
         found_by = retrievers(text_embedder)
@@ -64,7 +65,7 @@ def reasoning_asset(shards: dg.PartitionsDefinition) -> dg.AssetsDefinition:
                       verified_by_mode=count(r.mode for r in verified),
                       retrieval_steps=count(str(sum(s.action == "retrieve" for s in r.steps)) for r in verified),
                       retriever=cfg.supervision.retriever, answer_hit_share=hit_shares(rows),
-                      texts_embedded=text_embedder.encoded)
+                      texts_embedded=text_embedder.encoded - encoded_before)
 
     return reasoning_trajectories
 

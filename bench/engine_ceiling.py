@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from persona_factory.config import load_config  # noqa: E402
 from persona_factory.teacher.embedded import EmbeddedServer  # noqa: E402
-from persona_factory.teacher.utilization import full_batch_throughput  # noqa: E402
+from persona_factory.teacher.utilization import full_batch_throughput, probe_prompts  # noqa: E402
 
 # plain English with no repeated 16-token block at a fixed offset, so prefix caching cannot shorten a prompt
 FILLER = ("Maria is a nurse in Lyon who walks to work along the river, cooks for her two brothers on Sundays, keeps "
@@ -52,14 +52,15 @@ def main() -> int:
     settings = load_config("tiny").teacher
     rows = []
     with EmbeddedServer(settings, Path(tempfile.mkdtemp()) / "server.log") as server:
-        full_batch_throughput(server.base_url, server.served_name, settings.max_num_seqs, "warm-up", tokens=8)
+        full_batch_throughput(server.base_url, server.served_name, probe_prompts(settings.max_num_seqs), "warm-up",
+                              tokens=8)
         rates: dict[int, list[float]] = {w: [] for w in args.context_words}
         prompts: dict[int, float] = {}
         for r in range(args.rounds):  # rounds interleave the lengths, so a drift in load hits all of them
             for words in args.context_words:
                 # a different first block in every round and length, so no prompt reuses another's cached blocks
-                probe = full_batch_throughput(server.base_url, server.served_name, settings.max_num_seqs,
-                                              f"round-{r}", context=context(words, 1000 * r + words))
+                probe = full_batch_throughput(server.base_url, server.served_name, probe_prompts(
+                    settings.max_num_seqs, context(words, 1000 * r + words)), f"round-{r}")
                 rates[words].append(probe.tokens_per_s)
                 prompts[words] = probe.prompt_tokens / probe.sequences
     base = statistics.mean(rates[args.context_words[0]])

@@ -12,21 +12,18 @@ same batches, shaped like the factory's: groups of `--group` prompts that share 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
-
-import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.engine_ceiling import context  # noqa: E402
 from persona_factory.config import load_config  # noqa: E402
 from persona_factory.teacher.embedded import EmbeddedServer  # noqa: E402
+from persona_factory.teacher.utilization import full_batch_throughput  # noqa: E402
 
 TOKENS = 64
 
@@ -42,21 +39,6 @@ def batch_prompts(round_: int, sequences: int, group: int, shared_words: int, ow
     return prompts[:sequences]
 
 
-async def send(base_url: str, model: str, prompts: list[str]) -> tuple[float, float]:
-    """(completion tokens per second, mean prompt tokens) for the prompts sent at once."""
-    limits = httpx.Limits(max_connections=len(prompts), max_keepalive_connections=len(prompts))
-    async with httpx.AsyncClient(timeout=900, limits=limits) as client:
-        start = time.perf_counter()
-        replies = await asyncio.gather(*(client.post(f"{base_url}/chat/completions", json={
-            "model": model, "messages": [{"role": "user", "content": p}], "max_tokens": TOKENS, "ignore_eos": True,
-            "temperature": 0.0, "seed": i}) for i, p in enumerate(prompts)))
-        seconds = time.perf_counter() - start
-    for reply in replies:
-        reply.raise_for_status()
-    usage = [r.json()["usage"] for r in replies]
-    return sum(u["completion_tokens"] for u in usage) / seconds, statistics.mean(u["prompt_tokens"] for u in usage)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--block-sizes", type=int, nargs="+", default=[128, 32])
@@ -70,17 +52,19 @@ def main() -> int:
     for block_size in args.block_sizes:
         settings = base.model_copy(update={"block_size": block_size})
         with EmbeddedServer(settings, Path(tempfile.mkdtemp()) / "server.log") as server:
-            asyncio.run(send(server.base_url, server.served_name, ["warm up"] * settings.max_num_seqs))
+            full_batch_throughput(server.base_url, server.served_name, ["warm up"] * settings.max_num_seqs,
+                                  "warm-up", tokens=TOKENS, timeout_s=900)
             # every engine gets the same prompts; each round's are new to it, so only a batch's own starts are shared
-            measured = [asyncio.run(send(server.base_url, server.served_name, batch_prompts(
-                r + 1, settings.max_num_seqs, args.group, args.shared_words, args.own_words)))
-                for r in range(args.rounds)]
-        rate = statistics.mean(m[0] for m in measured)
+            measured = [full_batch_throughput(server.base_url, server.served_name, batch_prompts(
+                r + 1, settings.max_num_seqs, args.group, args.shared_words, args.own_words), f"round-{r}",
+                tokens=TOKENS, timeout_s=900) for r in range(args.rounds)]
+        rate = statistics.mean(m.tokens_per_s for m in measured)
         first = first or rate
-        rows.append({"block_size": block_size, "prompt_tokens": round(measured[0][1]), "tok_s": round(rate, 1),
+        prompt_tokens = round(measured[0].prompt_tokens / measured[0].sequences)
+        rows.append({"block_size": block_size, "prompt_tokens": prompt_tokens, "tok_s": round(rate, 1),
                      "of_first": round(rate / first, 3)})
         print(f"block size {block_size:4d}: {rate:6.1f} tok/s at a full batch of {settings.max_num_seqs} "
-              f"({measured[0][1]:.0f} prompt tokens, {args.group} per shared start)   {rows[-1]['of_first']:.3f} "
+              f"({prompt_tokens} prompt tokens, {args.group} per shared start)   {rows[-1]['of_first']:.3f} "
               f"of the first", flush=True)
     print(json.dumps({"group": args.group, "rows": rows}))
     return 0

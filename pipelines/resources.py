@@ -128,12 +128,12 @@ class TeacherResource(dg.ConfigurableResource):
 
     def _measure(self, run_id: str) -> None:
         """The started engine's full-batch rate, recorded next to its log for the run's utilization line."""
-        from persona_factory.teacher.utilization import full_batch_throughput
+        from persona_factory.teacher.utilization import full_batch_throughput, probe_prompts
 
         cfg = self.settings.load()
         try:
             probe = full_batch_throughput(self._server.base_url, self._server.served_name,
-                                          cfg.teacher.max_num_seqs, run_id)
+                                          probe_prompts(cfg.teacher.max_num_seqs), run_id)
         except (httpx.HTTPError, KeyError, ValueError) as e:  # the run's data is written: only the figure is lost
             print(f"[embedded] full-batch rate not measured: {type(e).__name__}: {e}", flush=True)
             return

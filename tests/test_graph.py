@@ -5,6 +5,7 @@ alone, and setup mistakes fail fast naming the setting to fix."""
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 from pathlib import Path
 
 import dagster as dg
@@ -53,17 +54,18 @@ def test_every_asset_materializes(graph_run):
         assert (out / path).exists(), path
 
 
-def test_labels_of_written_sessions_are_asked_while_histories_are_still_written(graph_run):
-    """The supervision assets' requests were asked during the dialogues step, session by session, so the assets
-    found every answer in the cache: the same requests, built by the same functions."""
+def test_supervision_of_written_sessions_and_histories_is_asked_while_histories_are_still_written(graph_run):
+    """The supervision assets' requests were asked during the dialogues step (labels session by session, reasoning
+    answers once a training history and its labels were done), so the assets found every answer in the cache: the
+    same requests, built by the same functions."""
     _, _, result, _ = graph_run
     meta = materialization_metadata(result)
-    labels = ("memory_targets", "personality_trajectories", "alignment_pairs")
-    for asset in labels:
+    asked_ahead = ("memory_targets", "personality_trajectories", "alignment_pairs", "reasoning_trajectories")
+    for asset in asked_ahead:
         assert meta[asset]["teacher_requests"] > 0
         assert meta[asset]["teacher_calls_sent"] == 0, asset
         assert meta[asset]["teacher_cache_hits"] == meta[asset]["teacher_requests"], asset
-    assert meta["dialogues"]["prefetched_teacher_requests"] == sum(meta[a]["teacher_requests"] for a in labels)
+    assert meta["dialogues"]["prefetched_teacher_requests"] == sum(meta[a]["teacher_requests"] for a in asked_ahead)
 
 
 def test_trajectories_retrieve_with_embeddings_and_the_card_compares_both_retrievers(graph_run):
@@ -106,7 +108,8 @@ def test_second_run_asks_the_teacher_nothing_and_writes_the_same(graph_run, sche
     assert result.success
     assert schema_teacher.request_count == 0
     meta = materialization_metadata(result)
-    assert meta["reasoning_trajectories"]["texts_embedded"] > 0
+    with sqlite3.connect(out / "embeddings.sqlite") as con:  # every vector the run used was encoded again
+        assert con.execute("SELECT count(*) FROM embeddings").fetchone()[0] > 0
     for asset in TEACHER_ASSETS:
         assert meta[asset]["teacher_calls_sent"] == 0, asset
         assert meta[asset]["teacher_cache_hits"] == meta[asset]["teacher_requests"], asset

@@ -24,6 +24,7 @@ from persona_factory.schema import (
 from persona_factory.stages import alignment as A
 from persona_factory.stages import dialogues as D
 from persona_factory.stages import exports as E
+from persona_factory.stages import followups as F
 from persona_factory.stages import memory as M
 from persona_factory.stages import personality as PE
 from persona_factory.stages import plans as PL
@@ -34,6 +35,7 @@ from persona_factory.stages.timeline import plan_state, replay
 from persona_factory.stages.common import contains_phrase, parse_time, provenance
 from persona_factory import catalog as CAT
 from persona_factory.store import Batch, DuckDBStore, dumps
+from persona_factory.teacher.cache import request_key
 from persona_factory.teacher.types import TeacherResult, TeacherStats
 from pipelines.partitions import persona_shards
 from pipelines.resources import FactoryConfig, StoreResource
@@ -568,6 +570,43 @@ def test_trajectory_checks_catch_future_leakage_and_unsearched_or_unanswered_ste
     assert R.trajectory_problems(unsearched, lab.user_data, 60) == [f"{traj.probe_id}: mode retrieve but no search"]
     unanswered = traj.model_copy(update={"steps": traj.steps[:1]})
     assert R.trajectory_problems(unanswered, lab.user_data, 60) == [f"{traj.probe_id}: verified without an answer"]
+
+
+def test_a_finished_training_history_has_its_reasoning_asked_while_others_are_written(images, text_embedder):
+    """With every asset it depends on in the run, the dialogues step asks a finished training history's reasoning
+    answers once its labels are answered: the very requests the reasoning stage builds from those labels and the
+    database replayed from them. Without one of those assets, none is asked ahead."""
+    cfg = load_config("tiny")
+    personas, plans = personas_and_plans(cfg, images)
+    every = ["memory_targets", "personality_trajectories", "alignment_pairs", "reasoning_trajectories"]
+
+    def written(assets: list[str]) -> tuple[SchemaTeacher, list[Dialogue]]:
+        teacher = SchemaTeacher()
+        prefetch = F.Prefetch(cfg, teacher, assets, TeacherStats(),
+                              F.ReasoningAhead(personas, plans, images, text_embedder))
+
+        async def write():
+            dialogues, _ = await D.write_dialogues(cfg, teacher, personas, plans, images, TeacherStats(),
+                                                   session_done=prefetch.session_done)
+            await prefetch.wait()
+            return dialogues
+
+        return teacher, teacher.run(write())
+
+    teacher, dialogues = written(every)
+    by_image, plan_of = {i.image_id: i for i in images}, {p.persona_id: p for p in plans}
+    expected = []
+    for persona, dialogue in zip(sorted(personas, key=lambda p: p.persona_id), dialogues):
+        if persona.split == "train":
+            plan = plan_of[persona.persona_id]
+            lab = label_memory(cfg, by_image, persona, plan, dialogue, SchemaTeacher())
+            pools = Pools.of([plan_of[p.persona_id] for p in personas if p.shard == persona.shard], images)
+            expected += R.answer_requests(cfg, persona, R.prepare_jobs(
+                cfg, persona, dialogue, plan, lab.semantic, lab.user_data, pools, by_image, RT.retrievers(text_embedder)))
+    asked = [r for r in teacher.requests if r.tag.startswith("answer:")]
+    assert expected and sorted(request_key("m", r) for r in asked) == sorted(request_key("m", r) for r in expected)
+    teacher, _ = written([a for a in every if a != "personality_trajectories"])
+    assert not [r for r in teacher.requests if r.tag.startswith("answer:")]
 
 
 # ---------------------------------------------------------------------------------------------- alignment

@@ -683,11 +683,11 @@ def test_the_model_id_is_known_without_preparing_anything(tmp_path):
 
 
 def test_full_batch_probe_sends_every_sequence_at_once_and_counts_reported_tokens():
-    from persona_factory.teacher.utilization import full_batch_throughput
+    from persona_factory.teacher.utilization import full_batch_throughput, probe_prompts
 
     with FakeOpenAI(MODEL, responder=lambda body: Reply.ok("1 2 3", completion_tokens=body["max_tokens"],
                                                             delay_s=0.2)) as fake:
-        probe = full_batch_throughput(fake.base_url, MODEL, 8, "run-1", tokens=40)
+        probe = full_batch_throughput(fake.base_url, MODEL, probe_prompts(8), "run-1", tokens=40)
         bodies = fake.requests
     assert fake.max_in_flight == 8  # the batch is full: all sequences in flight together
     assert all(b["ignore_eos"] and b["max_tokens"] == 40 for b in bodies)  # each writes exactly `tokens`
@@ -698,7 +698,7 @@ def test_full_batch_probe_sends_every_sequence_at_once_and_counts_reported_token
     assert sorted(b["messages"][0]["content"] for b in bodies)[:2] == ["Count upwards from 0.",
                                                                         "Count upwards from 1."]
     with FakeOpenAI(MODEL, responder=lambda body: Reply.ok("1 2 3", completion_tokens=body["max_tokens"])) as fake:
-        full_batch_throughput(fake.base_url, MODEL, 2, "run-1", tokens=40, context="Maria is a nurse.")
+        full_batch_throughput(fake.base_url, MODEL, probe_prompts(2, "Maria is a nurse."), "run-1", tokens=40)
         bodies = fake.requests
     # a longer prompt whose first line differs per sequence, so none reuses another's cached prefix
     assert sorted(b["messages"][0]["content"] for b in bodies) == ["Count upwards from 0.\nMaria is a nurse.",

@@ -82,6 +82,7 @@ def personality_text(big_five: BigFive | dict[str, float]) -> str:
     return ", ".join(f"{t} {values[t]:.1f}" for t in BIG_FIVE_TRAITS)
 
 
+@lru_cache(maxsize=1 << 16)  # retrieval windows parse the same turn times at every probe; datetimes are immutable
 def parse_time(value: str) -> datetime:
     return datetime.strptime(value, TIME_FORMAT)
 

@@ -4,23 +4,31 @@ depend on is final, while other histories are still being written.
 A run writes short and long histories together; once the short ones are done, only the long ones' sessions are
 left to ask, one at a time each, and the engine would idle behind them. The labels of what is already written
 (a session's semantic memories, episodic topics and personality states; a finished training history's alignment
-replies) need nothing else, so they are asked meanwhile, behind the histories' own requests. The assets build the
-very same requests with the very same functions, listed here, and find the answers in the response cache: what a
-run writes does not change, only when the teacher is asked.
+replies) need nothing else, so they are asked meanwhile, behind the histories' own requests. Once a finished
+training history's labels are answered, its memory database is replayed from them and its reasoning probes are
+prepared (embedding and retrieval, on a worker thread) and their answers asked too. The assets build the very same
+requests with the very same functions, listed here, and find the answers in the response cache (and the vectors in
+the embedder's): what a run writes does not change, only when the teacher is asked.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
-from typing import Callable, Iterable
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ..config import PipelineConfig
-from ..schema import Dialogue, Persona, TimelinePlan
+from ..embeddings import TextEmbedder
+from ..schema import Dialogue, ImageRecord, Persona, SemanticMemoryTarget, TimelinePlan
+from ..store import dumps
 from ..teacher.client import TeacherUnavailable
-from ..teacher.types import TeacherRequest, TeacherStats
-from . import alignment, memory, personality
+from ..teacher.types import TRANSPORT, TeacherRequest, TeacherResult, TeacherStats, failure_kind
+from . import alignment, memory, personality, reasoning
 from .dialogues import TeacherLike
+from .distractors import Pools
+from .retrieval import retrievers
 
 BACKGROUND = 1 << 20  # a priority behind every history's own requests (see dialogues.chain_priority)
 
@@ -30,6 +38,7 @@ class Followup:
     """Requests one asset makes about one persona's history."""
 
     asset: str
+    labels: str  # what the answers are: the memory database of a history is replayed from some of them
     # (cfg, persona, plan, dialogue, first session not asked yet) -> requests
     build: Callable[[PipelineConfig, Persona, TimelinePlan, Dialogue, int], list[TeacherRequest]]
     # False: the requests for a session depend on the sessions up to it only, so they are final with it
@@ -38,40 +47,125 @@ class Followup:
 
 
 FOLLOWUPS: tuple[Followup, ...] = (
-    Followup("memory_targets", lambda cfg, persona, plan, d, start: memory.semantic_requests(cfg, d, plan, start)),
-    Followup("memory_targets", lambda cfg, persona, plan, d, start: memory.topic_requests(cfg, persona, d, plan,
-                                                                                          start)),
-    Followup("personality_trajectories",
+    Followup("memory_targets", "semantic",
+             lambda cfg, persona, plan, d, start: memory.semantic_requests(cfg, d, plan, start)),
+    Followup("memory_targets", "topic",
+             lambda cfg, persona, plan, d, start: memory.topic_requests(cfg, persona, d, plan, start)),
+    Followup("personality_trajectories", "personality",
              lambda cfg, persona, plan, d, start: personality.inference_requests(cfg, persona, d, start)),
-    Followup("alignment_pairs", lambda cfg, persona, plan, d, start: alignment.reply_requests(
+    Followup("alignment_pairs", "alignment", lambda cfg, persona, plan, d, start: alignment.reply_requests(
         cfg, alignment.pair_specs(cfg, persona, plan, d)), whole_history=True,
         applies=lambda persona: persona.split == "train"),
 )
 
 
+# the labels a history's memory database is replayed from (memory_targets, personality_trajectories, memory_db)
+DATABASE_LABELS = ("semantic", "topic", "personality")
+
+
+def memory_database(cfg: PipelineConfig, persona: Persona, plan: TimelinePlan, dialogue: Dialogue,
+                    images: Mapping[str, ImageRecord], answers: Mapping[str, list[TeacherResult]]
+                    ) -> tuple[list[SemanticMemoryTarget], dict[str, Any]]:
+    """A history's semantic targets and memory database (as the memory_db asset stores it) from its label answers,
+    built as the memory_targets, personality_trajectories and memory_db assets build them. Raises ValueError
+    where the answers do not cover the history (the memory_db asset quarantines such a persona)."""
+    semantic, _ = memory.semantic_targets(dialogue, plan, dict(images), answers["semantic"])
+    sessions, _ = memory.session_targets(cfg, persona, dialogue, plan, semantic, answers["topic"])
+    steps, _ = personality.trajectory(cfg, persona, plan, dialogue, answers["personality"])
+    return semantic, json.loads(dumps(memory.replay_user_data(persona, dialogue, semantic, sessions, steps)))
+
+
+@dataclass
+class ReasoningAhead:
+    """What a finished training history's reasoning requests need besides its label answers: the plans of the
+    run's shards (wrong options come from the history's own shard), the image pool and the run's text embedder."""
+
+    personas: Sequence[Persona]
+    plans: Sequence[TimelinePlan]
+    images: Sequence[ImageRecord]
+    embedder: TextEmbedder
+    _pools: dict[str, Pools] = field(default_factory=dict)
+
+    def requests(self, cfg: PipelineConfig, persona: Persona, plan: TimelinePlan, dialogue: Dialogue,
+                 answers: Mapping[str, list[TeacherResult]]) -> list[TeacherRequest]:
+        """The reasoning asset's answer requests for this history (none where its database cannot be replayed)."""
+        by_image = {i.image_id: i for i in self.images}
+        try:
+            semantic, user_data = memory_database(cfg, persona, plan, dialogue, by_image, answers)
+        except ValueError:
+            return []
+        self.embedder.embed(reasoning.search_texts(cfg, persona, dialogue, plan, semantic, user_data))
+        jobs = reasoning.prepare_jobs(cfg, persona, dialogue, plan, semantic, user_data, self.pools(persona.shard),
+                                      by_image, retrievers(self.embedder))
+        return reasoning.answer_requests(cfg, persona, jobs)
+
+    def pools(self, shard: str) -> Pools:
+        if shard not in self._pools:
+            of_shard = {p.persona_id for p in self.personas if p.shard == shard}
+            self._pools[shard] = Pools.of([p for p in self.plans if p.persona_id in of_shard], self.images)
+        return self._pools[shard]
+
+
 class Prefetch:
     """Asks the follow-ups of the given assets in the background as `dialogues.write_dialogues` reports sessions
-    final (its `session_done`); `wait()` returns once all are answered. Answers go to the response cache only."""
+    final (its `session_done`); `wait()` returns once all are answered. Answers go to the response cache only.
+    With `ahead` and every asset the reasoning step needs in the run, a finished training history's reasoning
+    answers are asked too, once its labels are answered."""
 
-    def __init__(self, cfg: PipelineConfig, teacher: TeacherLike, assets: Iterable[str], stats: TeacherStats):
+    def __init__(self, cfg: PipelineConfig, teacher: TeacherLike, assets: Iterable[str], stats: TeacherStats,
+                 ahead: ReasoningAhead | None = None):
         wanted = set(assets)
         self.cfg, self.teacher, self.stats = cfg, teacher, stats
         self.followups = [f for f in FOLLOWUPS if f.asset in wanted]
+        labelled = {f.labels for f in self.followups}
+        self.ahead = ahead if "reasoning_trajectories" in wanted and labelled.issuperset(DATABASE_LABELS) else None
         self._asked: dict[str, int] = {}  # persona -> sessions of its dialogue whose follow-ups were asked
+        # persona -> its label tasks, each with the (labels, count) runs of the requests it asked, in order
+        self._labels: dict[str, list[tuple[asyncio.Task, list[tuple[str, int]]]]] = {}
         self._tasks: list[asyncio.Task] = []
+        # one thread for the embedding and retrieval: the event loop stays free to send the histories' requests
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="reasoning-ahead") if self.ahead else None
 
     def session_done(self, persona: Persona, plan: TimelinePlan, dialogue: Dialogue, sessions: int,
                      whole: bool) -> None:
-        start = self._asked.get(persona.persona_id, 0)
-        self._asked[persona.persona_id] = len(dialogue.sessions)
-        requests = [r for f in self.followups if f.applies(persona) and (whole or not f.whole_history)
-                    for r in f.build(self.cfg, persona, plan, dialogue, 0 if f.whole_history else start)]
+        pid = persona.persona_id
+        start = self._asked.get(pid, 0)
+        self._asked[pid] = len(dialogue.sessions)
+        requests: list[TeacherRequest] = []
+        runs: list[tuple[str, int]] = []
+        for f in self.followups:
+            if f.applies(persona) and (whole or not f.whole_history):
+                asked = f.build(self.cfg, persona, plan, dialogue, 0 if f.whole_history else start)
+                requests += asked
+                runs.append((f.labels, len(asked)))
         if requests:
-            self._tasks.append(asyncio.create_task(self.teacher.agenerate(requests, self.stats, BACKGROUND)))
+            task = asyncio.create_task(self.teacher.agenerate(requests, self.stats, BACKGROUND))
+            self._tasks.append(task)
+            self._labels.setdefault(pid, []).append((task, runs))
+        if whole and self.ahead is not None and persona.split == "train":
+            self._tasks.append(asyncio.create_task(self._reason(persona, plan, dialogue)))
+
+    async def _reason(self, persona: Persona, plan: TimelinePlan, dialogue: Dialogue) -> None:
+        answers: dict[str, list[TeacherResult]] = {labels: [] for labels in DATABASE_LABELS}
+        for task, runs in self._labels.pop(persona.persona_id, []):
+            results = iter(await task)
+            for labels, n in runs:
+                answers.setdefault(labels, []).extend(next(results) for _ in range(n))
+        if any(not r.ok and failure_kind(r.failure or "") == TRANSPORT for rs in answers.values() for r in rs):
+            return  # not cached: the assets ask again and may label differently
+        requests = await asyncio.get_running_loop().run_in_executor(
+            self._worker, self.ahead.requests, self.cfg, persona, plan, dialogue, answers)
+        if requests:
+            await self.teacher.agenerate(requests, self.stats, BACKGROUND)
 
     async def wait(self) -> None:
         """Every follow-up answered or failed; a teacher that became unreachable is left to the assets to report
         (they ask again and fail with the cause)."""
-        for outcome in await asyncio.gather(*self._tasks, return_exceptions=True):
+        try:
+            outcomes = await asyncio.gather(*self._tasks, return_exceptions=True)
+        finally:
+            if self._worker is not None:
+                self._worker.shutdown()
+        for outcome in outcomes:
             if isinstance(outcome, BaseException) and not isinstance(outcome, TeacherUnavailable):
                 raise outcome

@@ -15,7 +15,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import httpx
 
@@ -51,22 +51,26 @@ class Throughput:
         return probe if probe.run_id == run_id and probe.seconds > 0 else None
 
 
-def full_batch_throughput(base_url: str, model: str, sequences: int, run_id: str,
-                          tokens: int = PROBE_TOKENS, timeout_s: float = 600.0, context: str = "") -> Throughput:
-    """`sequences` requests sent at once to an OpenAI-compatible vLLM server, each generating exactly `tokens`
-    tokens (vLLM's `ignore_eos`); the completion tokens it reports over the wall seconds they took together.
-    `context`, if given, goes after each request's own first line, so prompts are longer but share no prefix."""
+def probe_prompts(sequences: int, context: str = "") -> list[str]:
+    """`sequences` prompts that share no prefix: each starts with its own line; `context`, if given, follows it,
+    so prompts are longer and still reuse none of each other's cached blocks."""
+    return [f"Count upwards from {i}.\n{context}".strip() for i in range(sequences)]
+
+
+def full_batch_throughput(base_url: str, model: str, prompts: Sequence[str], run_id: str,
+                          tokens: int = PROBE_TOKENS, timeout_s: float = 600.0) -> Throughput:
+    """The prompts sent at once to an OpenAI-compatible vLLM server, one request each, each generating exactly
+    `tokens` tokens (vLLM's `ignore_eos`); the completion tokens it reports over the wall seconds they took together."""
     def body(i: int) -> dict[str, Any]:
-        content = f"Count upwards from {i}.\n{context}".strip()
-        return {"model": model, "messages": [{"role": "user", "content": content}],
+        return {"model": model, "messages": [{"role": "user", "content": prompts[i]}],
                 "max_tokens": tokens, "ignore_eos": True, "temperature": 0.0, "seed": i}
 
     async def probe() -> tuple[int, int, float]:
-        limits = httpx.Limits(max_connections=sequences, max_keepalive_connections=sequences)
+        limits = httpx.Limits(max_connections=len(prompts), max_keepalive_connections=len(prompts))
         async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
             start = time.perf_counter()
             replies = await asyncio.gather(*(client.post(f"{base_url}/chat/completions", json=body(i))
-                                             for i in range(sequences)))
+                                             for i in range(len(prompts))))
             seconds = time.perf_counter() - start
         for reply in replies:
             reply.raise_for_status()
@@ -74,7 +78,7 @@ def full_batch_throughput(base_url: str, model: str, sequences: int, run_id: str
         return sum(int(u["completion_tokens"]) for u in usage), sum(int(u["prompt_tokens"]) for u in usage), seconds
 
     completion_tokens, prompt_tokens, seconds = asyncio.run(probe())
-    return Throughput(run_id, sequences, completion_tokens, seconds, prompt_tokens)
+    return Throughput(run_id, len(prompts), completion_tokens, seconds, prompt_tokens)
 
 
 def run_completion_tokens(metadata_by_asset: Mapping[str, Mapping[str, Any]]) -> int:
