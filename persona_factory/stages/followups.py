@@ -31,6 +31,7 @@ from .distractors import Pools
 from .retrieval import retrievers
 
 BACKGROUND = 1 << 20  # a priority behind every history's own requests (see dialogues.chain_priority)
+UNLOCKS_NOTHING = 1 << 19  # added for follow-ups nothing else waits on before the dialogues step ends
 
 
 @dataclass(frozen=True)
@@ -139,11 +140,21 @@ class Prefetch:
                 requests += asked
                 runs.append((f.labels, len(asked)))
         if requests:
-            task = asyncio.create_task(self.teacher.agenerate(requests, self.stats, BACKGROUND))
+            task = asyncio.create_task(self.teacher.agenerate(requests, self.stats, self.priority(persona, plan)))
             self._tasks.append(task)
             self._labels.setdefault(pid, []).append((task, runs))
-        if whole and self.ahead is not None and persona.split == "train":
+        if whole and self.reasons(persona):
             self._tasks.append(asyncio.create_task(self._reason(persona, plan, dialogue)))
+
+    def reasons(self, persona: Persona) -> bool:
+        """Whether this history's reasoning requests are asked ahead."""
+        return self.ahead is not None and persona.split == "train"
+
+    def priority(self, persona: Persona, plan: TimelinePlan) -> int:
+        """Behind every history's own requests. The labels a history's reasoning waits for go first, the shortest
+        history's first, so each such history's labels are done together and its reasoning is prepared (on the
+        worker thread) while the engine still has labels to answer, not all at once after the last of them."""
+        return BACKGROUND + (0 if self.reasons(persona) else UNLOCKS_NOTHING) + sum(s.n_turns for s in plan.sessions)
 
     async def _reason(self, persona: Persona, plan: TimelinePlan, dialogue: Dialogue) -> None:
         answers: dict[str, list[TeacherResult]] = {labels: [] for labels in DATABASE_LABELS}
@@ -156,7 +167,7 @@ class Prefetch:
         requests = await asyncio.get_running_loop().run_in_executor(
             self._worker, self.ahead.requests, self.cfg, persona, plan, dialogue, answers)
         if requests:
-            await self.teacher.agenerate(requests, self.stats, BACKGROUND)
+            await self.teacher.agenerate(requests, self.stats, self.priority(persona, plan))
 
     async def wait(self) -> None:
         """Every follow-up answered or failed; a teacher that became unreachable is left to the assets to report
