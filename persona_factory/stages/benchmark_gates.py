@@ -30,6 +30,7 @@ import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from difflib import SequenceMatcher
+from functools import lru_cache
 from typing import Callable, Iterable, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -159,8 +160,14 @@ def outside_own_values(c: BenchmarkCandidate) -> str:
     values = {str(v) for o in [c.gold, *c.pool, *c.distractors] for v in o.claim.model_dump().values()}
     values |= {o.text for o in [c.gold, *c.pool]}
     for v in sorted(filter(None, values), key=len, reverse=True):
-        query = re.sub(rf"(?<!\w){re.escape(v)}(?!\w)", " ", query, flags=re.IGNORECASE)
+        query = standalone(v).sub(" ", query)
     return query
+
+
+@lru_cache(maxsize=1 << 14)  # a run's candidates share their plan values: tens of thousands, more than re's cache holds
+def standalone(value: str) -> re.Pattern[str]:
+    """The value as a whole phrase, in any case."""
+    return re.compile(rf"(?<!\w){re.escape(value)}(?!\w)", re.IGNORECASE)
 
 
 def time_problem(c: BenchmarkCandidate, dialogue: Dialogue) -> str | None:
@@ -315,9 +322,12 @@ def near_duplicates(cands: list[BenchmarkCandidate], ratio: float) -> dict[str, 
     for c in sorted(cands, key=lambda c: c.item.item_id):
         query, gold = normalize(c.item.query), normalize(c.gold.text)
         for other in kept[c.item.persona_id]:
-            similar = SequenceMatcher(None, query, normalize(other.item.query)).ratio()
-            if similar >= ratio and gold == normalize(other.gold.text):
-                out[c.item.item_id] = f"near_duplicate_of {other.item.item_id} ({similar:.2f})"
+            if gold != normalize(other.gold.text):
+                continue
+            match = SequenceMatcher(None, query, normalize(other.item.query))
+            # the quick ratios are upper bounds of ratio(): most pairs are ruled out without matching blocks
+            if match.real_quick_ratio() >= ratio and match.quick_ratio() >= ratio and match.ratio() >= ratio:
+                out[c.item.item_id] = f"near_duplicate_of {other.item.item_id} ({match.ratio():.2f})"
                 break
         else:
             kept[c.item.persona_id].append(c)
