@@ -32,16 +32,22 @@ def dialogues_asset(shards: dg.PartitionsDefinition) -> dg.AssetsDefinition:
         failures: list[TeacherResult] = []
         client = teacher.get()
         # the supervision assets of this run have their requests asked as the sessions they label are written
+        text_embedder = embedder.get()
         prefetch = Prefetch(cfg, client, [k.to_user_string() for k in run_assets(context)], prefetched,
-                            ReasoningAhead(people, plans, images, embedder.get()))
+                            ReasoningAhead(people, plans, images, text_embedder))
 
         async def write() -> tuple:
-            written = await write_dialogues(cfg, client, people, plans, images, stats, failures,
-                                            prefetch.session_done)
-            await prefetch.wait()
-            return written
+            try:
+                written = await write_dialogues(cfg, client, people, plans, images, stats, failures,
+                                                prefetch.session_done)
+                await prefetch.wait()
+                return written
+            finally:
+                prefetch.close()
 
         rows, quarantined = client.run(write())
+        for pid, why in sorted(prefetch.not_ahead.items()):
+            context.log.warning(f"{pid}: reasoning not asked ahead ({why}); reasoning_trajectories prepares it")
         answered("dialogues", stats)
         turns = [t for d in rows for t in d.turns]
         shard_of = {p.persona_id: p.shard for p in people}
@@ -51,6 +57,8 @@ def dialogues_asset(shards: dg.PartitionsDefinition) -> dg.AssetsDefinition:
         return finish(store.get(), batch, stats, quarantined, failures, owner_shard=shard_of,
                       dialogues=len(rows), turns=len(turns), image_turns=sum(t.image_id is not None for t in turns),
                       realizing_turns=sum(bool(t.realizes) for t in turns), sessions=sum(len(d.sessions) for d in rows),
+                      prefetched_texts_embedded=text_embedder.encoded,
+                      reasoning_not_asked_ahead=len(prefetch.not_ahead),
                       **prefetched.as_metadata("prefetched_"))
 
     return dialogues

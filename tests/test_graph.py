@@ -102,6 +102,8 @@ def test_second_run_asks_the_teacher_nothing_and_writes_the_same(graph_run, sche
     before = tree_digest(out / "hub"), tree_digest(out / "native")
     with duckdb.connect(str(out / "pipeline.duckdb"), read_only=True) as con:
         turns = con.execute("SELECT record FROM dialogue_turns ORDER BY rowid").fetchall()
+    with sqlite3.connect(out / "embeddings.sqlite") as con:
+        vectors = con.execute("SELECT count(*) FROM embeddings").fetchone()[0]
     (out / "embeddings.sqlite").unlink()  # re-encoded afresh: the vectors, so the trajectories, come out the same
     schema_teacher.reset_stats()
     result = run_all(settings, graph_instance)
@@ -109,7 +111,7 @@ def test_second_run_asks_the_teacher_nothing_and_writes_the_same(graph_run, sche
     assert schema_teacher.request_count == 0
     meta = materialization_metadata(result)
     with sqlite3.connect(out / "embeddings.sqlite") as con:  # every vector the run used was encoded again
-        assert con.execute("SELECT count(*) FROM embeddings").fetchone()[0] > 0
+        assert con.execute("SELECT count(*) FROM embeddings").fetchone()[0] == vectors > 0
     for asset in TEACHER_ASSETS:
         assert meta[asset]["teacher_calls_sent"] == 0, asset
         assert meta[asset]["teacher_cache_hits"] == meta[asset]["teacher_requests"], asset

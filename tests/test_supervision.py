@@ -575,25 +575,31 @@ def test_trajectory_checks_catch_future_leakage_and_unsearched_or_unanswered_ste
 def test_a_finished_training_history_has_its_reasoning_asked_while_others_are_written(images, text_embedder):
     """With every asset it depends on in the run, the dialogues step asks a finished training history's reasoning
     answers once its labels are answered: the very requests the reasoning stage builds from those labels and the
-    database replayed from them. Without one of those assets, none is asked ahead."""
+    database replayed from them. Without one of those assets none is asked ahead; where preparing it fails, the
+    history is named and the dialogues go on."""
     cfg = load_config("tiny")
     personas, plans = personas_and_plans(cfg, images)
-    every = ["memory_targets", "personality_trajectories", "alignment_pairs", "reasoning_trajectories"]
+    every = ["memory_targets", "personality_trajectories", "alignment_pairs", "memory_db", "reasoning_trajectories"]
 
-    def written(assets: list[str]) -> tuple[SchemaTeacher, list[Dialogue]]:
+    def written(assets: list[str], embedder=text_embedder) -> tuple[SchemaTeacher, list[Dialogue], F.Prefetch]:
         teacher = SchemaTeacher()
-        prefetch = F.Prefetch(cfg, teacher, assets, TeacherStats(),
-                              F.ReasoningAhead(personas, plans, images, text_embedder))
+        prefetch = F.Prefetch(cfg, teacher, assets, TeacherStats(), F.ReasoningAhead(personas, plans, images, embedder))
 
         async def write():
-            dialogues, _ = await D.write_dialogues(cfg, teacher, personas, plans, images, TeacherStats(),
-                                                   session_done=prefetch.session_done)
-            await prefetch.wait()
-            return dialogues
+            try:
+                dialogues, _ = await D.write_dialogues(cfg, teacher, personas, plans, images, TeacherStats(),
+                                                       session_done=prefetch.session_done)
+                await prefetch.wait()
+                return dialogues
+            finally:
+                prefetch.close()
 
-        return teacher, teacher.run(write())
+        return teacher, teacher.run(write()), prefetch
 
-    teacher, dialogues = written(every)
+    def answers(teacher: SchemaTeacher) -> list:
+        return [r for r in teacher.requests if r.tag.startswith("answer:")]
+
+    teacher, dialogues, prefetch = written(every)
     by_image, plan_of = {i.image_id: i for i in images}, {p.persona_id: p for p in plans}
     expected = []
     for persona, dialogue in zip(sorted(personas, key=lambda p: p.persona_id), dialogues):
@@ -603,10 +609,36 @@ def test_a_finished_training_history_has_its_reasoning_asked_while_others_are_wr
             pools = Pools.of([plan_of[p.persona_id] for p in personas if p.shard == persona.shard], images)
             expected += R.answer_requests(cfg, persona, R.prepare_jobs(
                 cfg, persona, dialogue, plan, lab.semantic, lab.user_data, pools, by_image, RT.retrievers(text_embedder)))
-    asked = [r for r in teacher.requests if r.tag.startswith("answer:")]
-    assert expected and sorted(request_key("m", r) for r in asked) == sorted(request_key("m", r) for r in expected)
-    teacher, _ = written([a for a in every if a != "personality_trajectories"])
-    assert not [r for r in teacher.requests if r.tag.startswith("answer:")]
+    assert expected and sorted(request_key("m", r) for r in answers(teacher)) == sorted(
+        request_key("m", r) for r in expected)
+    assert not prefetch.not_ahead
+    for missing in ("personality_trajectories", "memory_db"):
+        assert not answers(written([a for a in every if a != missing])[0])
+
+    class Broken(TextEmbedder):
+        def embed(self, texts):
+            raise RuntimeError("no model")
+
+    teacher, again, prefetch = written(every, Broken())
+    assert not answers(teacher) and again == dialogues
+    assert prefetch.not_ahead == {p.persona_id: "RuntimeError: no model" for p in personas if p.split == "train"}
+
+
+def test_labels_a_reasoning_history_waits_for_go_first_the_shortest_first(images, text_embedder):
+    """Every label goes behind every history's own requests; a training history's labels (its reasoning waits for
+    them) before a benchmark history's, and a shorter training history's before a longer one's."""
+    cfg = load_config("tiny")
+    personas, plans = personas_and_plans(cfg, images)
+    prefetch = F.Prefetch(cfg, SchemaTeacher(), ["memory_targets", "personality_trajectories", "memory_db",
+                                                  "reasoning_trajectories"], TeacherStats(),
+                          F.ReasoningAhead(personas, plans, images, text_embedder))
+    plan_of = {p.persona_id: p for p in plans}
+    turns = {pid: sum(s.n_turns for s in plan.sessions) for pid, plan in plan_of.items()}
+    ranked = sorted(personas, key=lambda p: prefetch.priority(p, plan_of[p.persona_id]))
+    trained = sum(p.split == "train" for p in personas)
+    assert 0 < trained < len(personas) and all(p.split == "train" for p in ranked[:trained])
+    assert [turns[p.persona_id] for p in ranked[:trained]] == sorted(turns[p.persona_id] for p in ranked[:trained])
+    assert min(prefetch.priority(p, plan_of[p.persona_id]) for p in personas) > 0  # histories' own: 0 or below
 
 
 # ---------------------------------------------------------------------------------------------- alignment

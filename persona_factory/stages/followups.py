@@ -85,19 +85,21 @@ class ReasoningAhead:
     plans: Sequence[TimelinePlan]
     images: Sequence[ImageRecord]
     embedder: TextEmbedder
-    _pools: dict[str, Pools] = field(default_factory=dict)
+    _pools: dict[str, Pools] = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        self._by_image = {i.image_id: i for i in self.images}
 
     def requests(self, cfg: PipelineConfig, persona: Persona, plan: TimelinePlan, dialogue: Dialogue,
                  answers: Mapping[str, list[TeacherResult]]) -> list[TeacherRequest]:
         """The reasoning asset's answer requests for this history (none where its database cannot be replayed)."""
-        by_image = {i.image_id: i for i in self.images}
         try:
-            semantic, user_data = memory_database(cfg, persona, plan, dialogue, by_image, answers)
+            semantic, user_data = memory_database(cfg, persona, plan, dialogue, self._by_image, answers)
         except ValueError:
             return []
         self.embedder.embed(reasoning.search_texts(cfg, persona, dialogue, plan, semantic, user_data))
         jobs = reasoning.prepare_jobs(cfg, persona, dialogue, plan, semantic, user_data, self.pools(persona.shard),
-                                      by_image, retrievers(self.embedder))
+                                      self._by_image, retrievers(self.embedder))
         return reasoning.answer_requests(cfg, persona, jobs)
 
     def pools(self, shard: str) -> Pools:
@@ -109,9 +111,10 @@ class ReasoningAhead:
 
 class Prefetch:
     """Asks the follow-ups of the given assets in the background as `dialogues.write_dialogues` reports sessions
-    final (its `session_done`); `wait()` returns once all are answered. Answers go to the response cache only.
-    With `ahead` and every asset the reasoning step needs in the run, a finished training history's reasoning
-    answers are asked too, once its labels are answered."""
+    final (its `session_done`); `wait()` returns once all are answered; `close()` stops what is left (always call
+    it). Answers go to the response cache only. With `ahead` and every asset the reasoning step needs in the run, a
+    finished training history's reasoning answers are asked too, once its labels are answered; a history whose
+    reasoning could not be prepared is left to the reasoning asset and named in `not_ahead` with the cause."""
 
     def __init__(self, cfg: PipelineConfig, teacher: TeacherLike, assets: Iterable[str], stats: TeacherStats,
                  ahead: ReasoningAhead | None = None):
@@ -119,12 +122,15 @@ class Prefetch:
         self.cfg, self.teacher, self.stats = cfg, teacher, stats
         self.followups = [f for f in FOLLOWUPS if f.asset in wanted]
         labelled = {f.labels for f in self.followups}
-        self.ahead = ahead if "reasoning_trajectories" in wanted and labelled.issuperset(DATABASE_LABELS) else None
+        needs = {"memory_db", "reasoning_trajectories"}  # the database the asset reads must be this run's
+        self.ahead = ahead if needs <= wanted and labelled.issuperset(DATABASE_LABELS) else None
+        self.not_ahead: dict[str, str] = {}  # persona -> why its reasoning was not asked ahead
         self._asked: dict[str, int] = {}  # persona -> sessions of its dialogue whose follow-ups were asked
-        # persona -> its label tasks, each with the (labels, count) runs of the requests it asked, in order
+        # persona -> its database label tasks, each with the (labels, count) runs of the requests it asked, in order
         self._labels: dict[str, list[tuple[asyncio.Task, list[tuple[str, int]]]]] = {}
         self._tasks: list[asyncio.Task] = []
-        # one thread for the embedding and retrieval: the event loop stays free to send the histories' requests
+        # one thread for the embedding and retrieval, so the event loop keeps sending (it still takes turns with
+        # the pure-Python parts for the GIL)
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="reasoning-ahead") if self.ahead else None
 
     def session_done(self, persona: Persona, plan: TimelinePlan, dialogue: Dialogue, sessions: int,
@@ -132,17 +138,20 @@ class Prefetch:
         pid = persona.persona_id
         start = self._asked.get(pid, 0)
         self._asked[pid] = len(dialogue.sessions)
-        requests: list[TeacherRequest] = []
+        database, others = [], []  # a history's reasoning waits for its database labels only
         runs: list[tuple[str, int]] = []
         for f in self.followups:
             if f.applies(persona) and (whole or not f.whole_history):
                 asked = f.build(self.cfg, persona, plan, dialogue, 0 if f.whole_history else start)
-                requests += asked
-                runs.append((f.labels, len(asked)))
-        if requests:
-            task = asyncio.create_task(self.teacher.agenerate(requests, self.stats, self.priority(persona, plan)))
-            self._tasks.append(task)
-            self._labels.setdefault(pid, []).append((task, runs))
+                if self.reasons(persona) and f.labels in DATABASE_LABELS:
+                    database += asked
+                    runs.append((f.labels, len(asked)))
+                else:
+                    others += asked
+        if database:
+            self._labels.setdefault(pid, []).append((self._ask(database, persona, plan), runs))
+        if others:
+            self._ask(others, persona, plan)
         if whole and self.reasons(persona):
             self._tasks.append(asyncio.create_task(self._reason(persona, plan, dialogue)))
 
@@ -156,27 +165,43 @@ class Prefetch:
         worker thread) while the engine still has labels to answer, not all at once after the last of them."""
         return BACKGROUND + (0 if self.reasons(persona) else UNLOCKS_NOTHING) + sum(s.n_turns for s in plan.sessions)
 
+    def _ask(self, requests: list[TeacherRequest], persona: Persona, plan: TimelinePlan) -> asyncio.Task:
+        task = asyncio.create_task(self.teacher.agenerate(requests, self.stats, self.priority(persona, plan)))
+        self._tasks.append(task)
+        return task
+
     async def _reason(self, persona: Persona, plan: TimelinePlan, dialogue: Dialogue) -> None:
+        pid = persona.persona_id
         answers: dict[str, list[TeacherResult]] = {labels: [] for labels in DATABASE_LABELS}
-        for task, runs in self._labels.pop(persona.persona_id, []):
+        for task, runs in self._labels.pop(pid, []):
             results = iter(await task)
             for labels, n in runs:
-                answers.setdefault(labels, []).extend(next(results) for _ in range(n))
-        if any(not r.ok and failure_kind(r.failure or "") == TRANSPORT for rs in answers.values() for r in rs):
+                answers[labels].extend(next(results) for _ in range(n))
+        failed = [r for rs in answers.values() for r in rs if not r.ok]
+        if any(failure_kind(r.failure or "") == TRANSPORT for r in failed):
             return  # not cached: the assets ask again and may label differently
-        requests = await asyncio.get_running_loop().run_in_executor(
-            self._worker, self.ahead.requests, self.cfg, persona, plan, dialogue, answers)
+        if failed and self.cfg.teacher.retry_cached_failures:
+            return  # the label assets ask these again in this run and may label differently
+        try:
+            requests = await asyncio.get_running_loop().run_in_executor(
+                self._worker, self.ahead.requests, self.cfg, persona, plan, dialogue, answers)
+        except Exception as err:  # the reasoning asset prepares it again, and reports what fails there
+            self.not_ahead[pid] = f"{type(err).__name__}: {err}"
+            return
         if requests:
             await self.teacher.agenerate(requests, self.stats, self.priority(persona, plan))
 
     async def wait(self) -> None:
         """Every follow-up answered or failed; a teacher that became unreachable is left to the assets to report
         (they ask again and fail with the cause)."""
-        try:
-            outcomes = await asyncio.gather(*self._tasks, return_exceptions=True)
-        finally:
-            if self._worker is not None:
-                self._worker.shutdown()
-        for outcome in outcomes:
+        for outcome in await asyncio.gather(*self._tasks, return_exceptions=True):
             if isinstance(outcome, BaseException) and not isinstance(outcome, TeacherUnavailable):
                 raise outcome
+
+    def close(self) -> None:
+        """Cancels what is still asked and waits out the worker's current history (it uses the run's embedder,
+        which is closed after the step)."""
+        for task in self._tasks:
+            task.cancel()
+        if self._worker is not None:
+            self._worker.shutdown(wait=True, cancel_futures=True)
