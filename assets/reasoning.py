@@ -41,8 +41,8 @@ def reasoning_asset(shards: dg.PartitionsDefinition) -> dg.AssetsDefinition:
             cfg, personas[pid], dialogues[pid], plans[pid], semantic.get(pid, []), user_data[pid]))
         found_by = retrievers(text_embedder)
         jobs = {}
-        for shard in keys:  # wrong answers come from the shard's own plans, so a shard's data never depends on others
-            pools = Pools.of([p for pid, p in plans.items() if personas[pid].shard == shard], images)
+        for shard in keys:
+            pools = Pools.of_shard(shard, personas.values(), plans.values(), images)
             jobs.update({pid: stage.prepare_jobs(cfg, personas[pid], dialogues[pid], plans[pid], semantic.get(pid, []),
                                                  user_data[pid], pools, by_image, found_by)
                          for pid in owners if personas[pid].shard == shard})

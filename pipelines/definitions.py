@@ -18,7 +18,7 @@ from .jobs import factory_job, images_job, release_job, shard_job
 from .partitions import persona_shards
 from .resources import EmbedderResource, FactoryConfig, StoreResource, TeacherResource, default_settings
 from .schedules import regeneration_job, regeneration_schedule
-from .sensors import publish_job, republish_sensor
+from .sensors import missed_retry_sensor, publish_job, republish_sensor
 from .supervision_checks import supervision_checks
 
 ASSET_MODULES = [images, benchmark, quality, publish]
@@ -28,14 +28,15 @@ def build_definitions(settings: FactoryConfig | None = None) -> dg.Definitions:
     """Everything for one config: the shard partitions are sized from it, so build one per config."""
     settings = settings or default_settings()
     shards = persona_shards(settings.load())
+    jobs = [factory_job, images_job, shard_job, release_job, regeneration_job, publish_job]
     per_shard = [personas_asset(shards), timeline_plans_asset(shards), dialogues_asset(shards),
                  *memory_assets(shards), reasoning_asset(shards), alignment_asset(shards), training_asset(shards)]
     return dg.Definitions(
         assets=[*per_shard, *dg.load_assets_from_modules(ASSET_MODULES)],
         asset_checks=[*release_checks, *supervision_checks(shards)],
-        jobs=[factory_job, images_job, shard_job, release_job, regeneration_job, publish_job],
+        jobs=jobs,
         schedules=[regeneration_schedule(settings)],
-        sensors=[republish_sensor(settings)],
+        sensors=[republish_sensor(settings), missed_retry_sensor(jobs)],
         executor=dg.in_process_executor,
         resources={"settings": settings, "teacher": TeacherResource(settings=settings),
                    "embedder": EmbedderResource(settings=settings), "store": StoreResource(settings=settings)},

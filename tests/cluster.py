@@ -24,6 +24,7 @@ from pathlib import Path
 import dagster as dg
 import yaml
 
+from pipelines.sensors import RETRY_OF
 from tests.servers import S3_ENV, create_database, free_port, listening, make_bucket, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,9 +32,16 @@ DEPLOY = REPO / "deploy" / "celery"
 BIN = Path(sys.executable).parent
 
 
+def retry_of(run) -> str | None:
+    """The failed run a run retries: run retries tag it with its parent, the `retry_missed_retries` sensor (for a
+    retry the daemon missed) with RETRY_OF."""
+    return run.tags.get("dagster/parent_run_id") or run.tags.get(RETRY_OF)
+
+
 class LocalCluster:
     def __init__(self, work: Path, postgres_url: str, redis_url: str, s3_endpoint: str, teacher_urls: list[str],
-                 *, workers: int = 2, max_runs: int = 2, preset: str = "tiny", config: dict | None = None):
+                 *, workers: int = 2, max_runs: int = 2, preset: str = "tiny", config: dict | None = None,
+                 env: dict[str, str] | None = None):
         self.work = work
         self.workers = workers
         tag = uuid.uuid4().hex[:8]
@@ -61,6 +69,7 @@ class LocalCluster:
             "PERSONA_FACTORY_CACHE_URL": create_database(postgres_url, f"cache_{tag}"),
             "PYTHONPATH": os.pathsep.join([str(DEPLOY), str(REPO)]),
             "DAGSTER_DISABLE_TELEMETRY": "1",
+            **(env or {}),
         }
         self.workspace = work / "workspace.yaml"
         self.code_port = free_port()
@@ -177,7 +186,7 @@ class LocalCluster:
 
     def _will_retry(self, run) -> bool:
         """A failed run the daemon retries (it tags the failure with its decision, then launches the retry)."""
-        retried = any(r.tags.get("dagster/parent_run_id") == run.run_id for r in self.runs_all())
+        retried = any(retry_of(r) == run.run_id for r in self.runs_all())
         tags = self.instance.get_run_by_id(run.run_id).tags
         return retried or tags.get("dagster/will_retry", "true") == "true"
 

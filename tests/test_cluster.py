@@ -2,7 +2,9 @@
 instance on Postgres, the working tables as Parquet on S3 and the shared response cache on Postgres (every server
 on loopback, tests/cluster.py), against the schema-following fake teacher. One shard run's worker process is
 killed with SIGKILL in the middle of its dialogues: that shard re-runs alone, nothing is stored twice, no answer
-cached before the kill is asked again, and the published folders are byte-identical to a single-machine run."""
+cached before the kill is asked again, and the published folders are byte-identical to a single-machine run. All of
+it twice: retried by the daemon's run retries, and by the retry_missed_retries sensor when the daemon misses the
+failure (its retry pass made to wait longer than the run)."""
 
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ from persona_factory.stages.personas import shard_keys
 from persona_factory.store import ParquetStore
 from persona_factory.teacher.embedded import EMBEDDED_SERVED_NAME
 from pipelines.resources import FactoryConfig
-from tests.cluster import LocalCluster
+from pipelines.sensors import RETRY_OF
+from tests.cluster import LocalCluster, retry_of
 from tests.fake_openai import FakeOpenAI, Reply
 from tests.fake_teacher import openai_responder
 
@@ -96,14 +99,20 @@ class ClusterRun:
     killed_at: float
     answered_before: list[tuple[float, str]]  # the teacher's answers until the kill
     asked_after: list[str]  # digests of the requests the teacher received after the kill
+    retried_by: str  # "daemon" (run retries) or "sensor" (the daemon missed the failure)
 
 
-@pytest.fixture(scope="module")
-def cluster_run(single_machine, teacher, postgres_url, redis_url, s3_endpoint, tmp_path_factory):
+# the daemon's retry pass (Dagster's EventLogConsumerDaemon) runs once at its start, then after this interval
+MISSED_BY_THE_DAEMON = {"DAGSTER_EVENT_LOG_CONSUMER_DAEMON_INTERVAL_SECONDS": str(24 * 3600)}
+
+
+@pytest.fixture(scope="module", params=["daemon", "sensor"])
+def cluster_run(request, single_machine, teacher, postgres_url, redis_url, s3_endpoint, tmp_path_factory):
     fake, recorder = teacher
     recorder.reset()
     work = tmp_path_factory.mktemp("cluster")
-    with LocalCluster(work, postgres_url, redis_url, s3_endpoint, [fake.base_url], workers=2, max_runs=2) as cluster:
+    with LocalCluster(work, postgres_url, redis_url, s3_endpoint, [fake.base_url], workers=2, max_runs=2,
+                      env=MISSED_BY_THE_DAEMON if request.param == "sensor" else None) as cluster:
         cluster.launch("images_job")
         cluster.wait_for_runs("images_job")
         shards = shard_keys(FactoryConfig(preset="tiny").load())
@@ -120,23 +129,26 @@ def cluster_run(single_machine, teacher, postgres_url, redis_url, s3_endpoint, t
         asked_after = [d for t, d in recorder.answered if t - LATENCY_S > killed_at]
         cluster.launch("release_job")
         cluster.wait_for_runs("release_job")
-        yield ClusterRun(cluster, runs, victim, killed_at, answered_before, asked_after)
+        yield ClusterRun(cluster, runs, victim, killed_at, answered_before, asked_after, request.param)
 
 
 def test_every_shard_ran_and_both_workers_took_shards(cluster_run):
     runs = cluster_run.shard_runs
     succeeded = [r for r in runs if r.status == dg.DagsterRunStatus.SUCCESS]
     assert sorted(r.tags["dagster/partition"] for r in succeeded) == shard_keys(FactoryConfig(preset="tiny").load())
-    first_runs = [r for r in runs if "dagster/parent_run_id" not in r.tags]
+    first_runs = [r for r in runs if retry_of(r) is None]
     assert {cluster_run.cluster.worker_of(r) for r in first_runs} == {0, 1}
 
 
 def test_the_killed_shard_reran_alone(cluster_run):
     """Run monitoring saw the Celery task fail and marked the run failed; run retries started that shard, and only
-    it, again from the step that did not finish."""
+    it, again from the step that did not finish (or, had the daemon missed it, the retry_missed_retries sensor
+    started the shard again)."""
     runs, victim = cluster_run.shard_runs, cluster_run.victim
-    retries = [r for r in runs if "dagster/parent_run_id" in r.tags]
-    assert [r.tags["dagster/parent_run_id"] for r in retries] == [victim.run_id]
+    retries = [r for r in runs if retry_of(r) is not None]
+    assert [retry_of(r) for r in retries] == [victim.run_id]
+    if cluster_run.retried_by == "sensor":
+        assert retries[0].tags[RETRY_OF] == victim.run_id
     assert retries[0].tags["dagster/partition"] == victim.tags["dagster/partition"]
     assert retries[0].status == dg.DagsterRunStatus.SUCCESS
     assert cluster_run.cluster.instance.get_run_by_id(victim.run_id).status == dg.DagsterRunStatus.FAILURE

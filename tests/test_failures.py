@@ -1,13 +1,16 @@
 """What failures do to a run: a teacher failure on the way (transport, a refused request) never reaches a prompt and
 does not change the text a run ends with; a dropped turn is counted with the teacher failures; an export killed
-half-way leaves nothing a later run keeps; a run never prepares or patches its environment."""
+half-way leaves nothing a later run keeps; a run never prepares or patches its environment; a run marked for a
+retry the Dagster daemon never started is started again, once."""
 
 from __future__ import annotations
 
 import subprocess
+import time
 from collections import Counter
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
 from persona_factory.config import ConfigError, TeacherSettings, load_config
@@ -16,6 +19,7 @@ from persona_factory.stages import dialogues as D
 from persona_factory.teacher import prepare
 from persona_factory.teacher.embedded import resolve_model
 from persona_factory.teacher.types import TeacherRequest, TeacherResult, TeacherStats
+from pipelines.sensors import MISSED_AFTER_S, RETRY_OF, missed_retries
 
 try:
     from tests.fake_teacher import SchemaTeacher
@@ -151,3 +155,31 @@ def test_a_run_checks_torchvision_and_never_patches_it(monkeypatch):
     with pytest.raises(ConfigError, match=r"torchvision::nms does not exist.*make setup"):
         prepare.require_torchvision()
     assert (target.read_bytes(), target.stat().st_mtime_ns) == before
+
+
+def test_a_failed_run_marked_for_a_retry_that_never_came_is_started_again_once():
+    def failed(instance, run_id, **tags):
+        instance.add_run(dg.DagsterRun(job_name="shard_job", run_id=run_id, status=dg.DagsterRunStatus.FAILURE,
+                                       run_config={"resources": {"settings": {"config": {"seed": 7}}}},
+                                       tags={"dagster/partition": "shard-001", "persona_factory/seed": "7", **tags}))
+
+    with dg.instance_for_test() as instance:
+        failed(instance, "missed", **{"dagster/will_retry": "true", "dagster/failure_reason": "RUN_WORKER_FAILURE",
+                                      "dagster-celery/task_id": "t1"})
+        failed(instance, "not-to-retry", **{"dagster/will_retry": "false"})
+        failed(instance, "retried", **{"dagster/will_retry": "true", "dagster/auto_retry_run_id": "r1"})
+        failed(instance, "retry-pending", **{"dagster/will_retry": "true"})
+        instance.add_run(dg.DagsterRun(job_name="shard_job", run_id="child", status=dg.DagsterRunStatus.STARTED,
+                                       tags={"dagster/parent_run_id": "retry-pending"}))
+        failed(instance, "a-retry-itself", **{"dagster/will_retry": "true", RETRY_OF: "older"})
+
+        assert missed_retries(instance, time.time()) == []  # the daemon may still be about to retry them
+        [request] = missed_retries(instance, time.time() + MISSED_AFTER_S + 1)
+        assert request.run_key == "retry-missed" and request.job_name == "shard_job"
+        assert request.partition_key == "shard-001"
+        assert request.run_config == {"resources": {"settings": {"config": {"seed": 7}}}}
+        assert request.tags == {"persona_factory/seed": "7", RETRY_OF: "missed"}
+
+        instance.add_run(dg.DagsterRun(job_name="shard_job", run_id="its-retry", status=dg.DagsterRunStatus.STARTED,
+                                       tags={RETRY_OF: "missed"}))
+        assert missed_retries(instance, time.time() + MISSED_AFTER_S + 1) == []

@@ -75,6 +75,14 @@ class Pools:
         out["label"] = Counter(label for img in images for label in img.labels)
         return cls({k: _by_key(v) for k, v in out.items()})
 
+    @classmethod
+    def of_shard(cls, shard: str, personas: Iterable[Persona], plans: Iterable[TimelinePlan],
+                 images: Iterable[ImageRecord]) -> "Pools":
+        """The pools of one shard's plans: a reasoning history's wrong options come from its own shard, so a shard's
+        data never depends on the others."""
+        of_shard = {p.persona_id for p in personas if p.shard == shard}
+        return cls.of([p for p in plans if p.persona_id in of_shard], images)
+
     def __getitem__(self, answer_type: str) -> list[str]:
         return sorted(self.values[answer_type])
 

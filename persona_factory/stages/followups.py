@@ -70,7 +70,7 @@ def memory_database(cfg: PipelineConfig, persona: Persona, plan: TimelinePlan, d
     """A history's semantic targets and memory database (as the memory_db asset stores it) from its label answers,
     built as the memory_targets, personality_trajectories and memory_db assets build them. Raises ValueError
     where the answers do not cover the history (the memory_db asset quarantines such a persona)."""
-    semantic, _ = memory.semantic_targets(dialogue, plan, dict(images), answers["semantic"])
+    semantic, _ = memory.semantic_targets(dialogue, plan, images, answers["semantic"])
     sessions, _ = memory.session_targets(cfg, persona, dialogue, plan, semantic, answers["topic"])
     steps, _ = personality.trajectory(cfg, persona, plan, dialogue, answers["personality"])
     return semantic, json.loads(dumps(memory.replay_user_data(persona, dialogue, semantic, sessions, steps)))
@@ -104,8 +104,7 @@ class ReasoningAhead:
 
     def pools(self, shard: str) -> Pools:
         if shard not in self._pools:
-            of_shard = {p.persona_id for p in self.personas if p.shard == shard}
-            self._pools[shard] = Pools.of([p for p in self.plans if p.persona_id in of_shard], self.images)
+            self._pools[shard] = Pools.of_shard(shard, self.personas, self.plans, self.images)
         return self._pools[shard]
 
 

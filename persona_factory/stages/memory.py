@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import lru_cache
@@ -179,7 +180,7 @@ def image_object(content: str, naming: str, image: ImageRecord) -> str:
     return content[:match.end()] + tag + content[match.end():]
 
 
-def semantic_targets(dialogue: Dialogue, plan: TimelinePlan, images: dict[str, ImageRecord],
+def semantic_targets(dialogue: Dialogue, plan: TimelinePlan, images: Mapping[str, ImageRecord],
                      results: list[TeacherResult]) -> tuple[list[SemanticMemoryTarget], Counter[str]]:
     """One decision per turn (index-aligned with the interactions); returns (targets, why wording fell back to
     the plan: teacher_failure or the failed check, with counts)."""
