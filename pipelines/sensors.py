@@ -47,8 +47,8 @@ RETRY_OF = "persona_factory/retry_of"
 WILL_RETRY = "dagster/will_retry"
 RETRIED_BY = "dagster/auto_retry_run_id"
 PARENT_RUN = "dagster/parent_run_id"
-# what a run was launched with, as opposed to the tags Dagster keeps about its state (failure, retries, run key)
 PARTITION = "dagster/partition"
+# what a run was launched with, as opposed to the tags Dagster keeps about its state (failure, retries, run key)
 LAUNCH_TAGS = {"dagster/asset_partition_range_start", "dagster/asset_partition_range_end",
                "dagster/priority", "dagster/max_retries", "dagster/retry_on_asset_or_op_failure"}
 # The daemon's retry consumer reads new failure events every 5 s, and passes over one whose run does not say FAILURE

@@ -24,7 +24,7 @@ from pathlib import Path
 import dagster as dg
 import yaml
 
-from pipelines.sensors import RETRY_OF
+from pipelines.sensors import PARENT_RUN, RETRY_OF
 from tests.servers import S3_ENV, create_database, free_port, listening, make_bucket, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,7 +35,7 @@ BIN = Path(sys.executable).parent
 def retry_of(run) -> str | None:
     """The failed run a run retries: run retries tag it with its parent, the `retry_missed_retries` sensor (for a
     retry the daemon missed) with RETRY_OF."""
-    return run.tags.get("dagster/parent_run_id") or run.tags.get(RETRY_OF)
+    return run.tags.get(PARENT_RUN) or run.tags.get(RETRY_OF)
 
 
 class LocalCluster:
