@@ -112,6 +112,11 @@ class TextEmbedder:
         if self.cache is not None:
             self.cache.close()
 
+    @staticmethod
+    def warm() -> None:
+        """Loads the model now (once per process), so the first `embed` that needs it does not wait for it."""
+        load_encoder()
+
     def _encode(self, texts: list[str]) -> dict[str, np.ndarray]:
         import torch
 

@@ -4,6 +4,7 @@ rules, reasoning trajectories without future leakage, alignment pairs, the SFT/R
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -581,8 +582,9 @@ def test_a_finished_training_history_has_its_reasoning_asked_while_others_are_wr
     personas, plans = personas_and_plans(cfg, images)
     every = ["memory_targets", "personality_trajectories", "alignment_pairs", "memory_db", "reasoning_trajectories"]
 
-    def written(assets: list[str], embedder=text_embedder) -> tuple[SchemaTeacher, list[Dialogue], F.Prefetch]:
-        teacher = SchemaTeacher()
+    def written(assets: list[str], embedder=text_embedder, teacher_kind=SchemaTeacher
+                ) -> tuple[SchemaTeacher, list[Dialogue], F.Prefetch]:
+        teacher = teacher_kind()
         prefetch = F.Prefetch(cfg, teacher, assets, TeacherStats(), F.ReasoningAhead(personas, plans, images, embedder))
 
         async def write():
@@ -622,6 +624,22 @@ def test_a_finished_training_history_has_its_reasoning_asked_while_others_are_wr
     teacher, again, prefetch = written(every, Broken())
     assert not answers(teacher) and again == dialogues
     assert prefetch.not_ahead == {p.persona_id: "RuntimeError: no model" for p in personas if p.split == "train"}
+
+    # the embedding model loads as soon as labels come back anew, once; never when the cache answered them all
+    class Counting(Broken):
+        loads = 0
+
+        def warm(self):
+            self.loads += 1
+
+    class Cached(SchemaTeacher):
+        async def agenerate(self, requests, stats=None, priority=0):
+            return [dataclasses.replace(r, cached=True) for r in await super().agenerate(requests, stats, priority)]
+
+    for teacher_kind, loads in ((SchemaTeacher, 1), (Cached, 0)):
+        counting = Counting()
+        written(every, counting, teacher_kind)
+        assert counting.loads == loads
 
 
 def test_labels_a_reasoning_history_waits_for_go_first_the_shortest_first(images, text_embedder):

@@ -131,6 +131,8 @@ class Prefetch:
         # one thread for the embedding and retrieval, so the event loop keeps sending (it still takes turns with
         # the pure-Python parts for the GIL)
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="reasoning-ahead") if self.ahead else None
+        self._warming = False  # whether the worker was told to load the embedding model
+        self._closed = False
 
     def session_done(self, persona: Persona, plan: TimelinePlan, dialogue: Dialogue, sessions: int,
                      whole: bool) -> None:
@@ -148,7 +150,9 @@ class Prefetch:
                 else:
                     others += asked
         if database:
-            self._labels.setdefault(pid, []).append((self._ask(database, persona, plan), runs))
+            labels = self._ask(database, persona, plan)
+            labels.add_done_callback(self._warm_embedder)
+            self._labels.setdefault(pid, []).append((labels, runs))
         if others:
             self._ask(others, persona, plan)
         if whole and self.reasons(persona):
@@ -168,6 +172,16 @@ class Prefetch:
         task = asyncio.create_task(self.teacher.agenerate(requests, self.stats, self.priority(persona, plan)))
         self._tasks.append(task)
         return task
+
+    def _warm_embedder(self, labels: asyncio.Task) -> None:
+        """The first database labels answered anew mean new texts to embed: the worker loads the embedding model
+        then, while the engine is busy with the histories, instead of on the way to the first reasoning requests
+        (a re-run answered from the cache never loads it)."""
+        if self._warming or self._closed or labels.cancelled() or labels.exception() is not None:
+            return
+        if any(not r.cached for r in labels.result()):
+            self._warming = True
+            self._worker.submit(self.ahead.embedder.warm)
 
     async def _reason(self, persona: Persona, plan: TimelinePlan, dialogue: Dialogue) -> None:
         pid = persona.persona_id
@@ -200,6 +214,7 @@ class Prefetch:
     def close(self) -> None:
         """Cancels what is still asked and waits out the worker's current history (it uses the run's embedder,
         which is closed after the step)."""
+        self._closed = True
         for task in self._tasks:
             task.cancel()
         if self._worker is not None:
